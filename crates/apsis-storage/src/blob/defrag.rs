@@ -1,0 +1,283 @@
+//! Online defrag: rewrites a closed base without its dead records.
+//!
+//! One base at a time, so the extra space needed is at most one base's live bytes. The open
+//! base is never touched. While a base is being rewritten, writers append instead of
+//! rewriting its records in place, and each record is copied under its key's read lock, so
+//! nothing written concurrently is lost. The rewritten base keeps its number (write order)
+//! and gets a new generation; it is installed in a new slot and every index entry is moved
+//! only if it still points at the old copy. Tombstones older than `tombstone_ttl_secs` are
+//! dropped, but only when no older base still holds a record of that key (which would
+//! otherwise come back at the next restart).
+
+use super::format::*;
+use super::index::Loc;
+use super::scan::Scanner;
+use super::{base_name, index_name, random_u64, Base, Inner};
+use crate::error::{Result, StorageError};
+use crate::types::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Moved {
+    key: Key,
+    old_off: u64,
+    new_off: Option<u64>,
+    pending: bool,
+    hdr: RecordHeader,
+}
+
+/// Keeps defrag's I/O under a byte rate.
+struct Throttle {
+    rate: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn consume(&mut self, n: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        let spent = self.start.elapsed();
+        if due > spent {
+            std::thread::sleep(due - spent);
+        }
+    }
+}
+
+struct Flag<'a>(&'a AtomicBool);
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Inner {
+    /// Defrags every closed base whose dead fraction is at least `threshold`.
+    pub(crate) fn defrag(&self, threshold: f64) -> Result<crate::types::DefragReport> {
+        let Some(_g) = self.defrag_lock.try_lock() else {
+            return Err(StorageError::AlreadyRunning("defrag"));
+        };
+        self.check_writable()?;
+        self.defrag_running.store(true, Ordering::Release);
+        let _running = Flag(&self.defrag_running);
+        // Closed bases need their index files (the tombstone rule reads them).
+        self.build_pending_indexes()?;
+        let mut report = crate::types::DefragReport::default();
+        let mut bases: Vec<Arc<Base>> = self
+            .bases
+            .read()
+            .iter()
+            .flatten()
+            .filter(|b| !b.open.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        bases.sort_by_key(|b| b.number);
+        let now = Timestamp::now();
+        for b in bases {
+            let st = b.stats();
+            let body = st.size_bytes.saturating_sub(BASE_HEADER_SIZE);
+            let has_old_tombstones = st.removed_records > 0;
+            if body == 0 || (st.dead_bytes == 0 && !has_old_tombstones) {
+                continue;
+            }
+            if (st.dead_bytes as f64) < threshold * body as f64
+                && !(threshold == 0.0 && has_old_tombstones)
+            {
+                continue;
+            }
+            self.defrag_base(&b, now, &mut report)?;
+        }
+        self.defrag_completed.fetch_add(1, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    fn defrag_base(
+        &self,
+        old: &Arc<Base>,
+        now: Timestamp,
+        report: &mut crate::types::DefragReport,
+    ) -> Result<()> {
+        let live = old.live_bytes.load(Ordering::Relaxed);
+        let free = self.dir.free_space()?;
+        if free < live + (1 << 20) {
+            return Err(StorageError::NoSpace(format!(
+                "defrag of base {} needs {live} free bytes, {free} are free",
+                old.number
+            )));
+        }
+        old.defragging.store(true, Ordering::Release);
+        let _flag = Flag(&old.defragging);
+        let tmp = format!("{}.tmp", base_name(old.number));
+        let dev = self.dir.open(&tmp, true)?;
+        let generation = random_u64();
+        let result = (|| -> Result<(Vec<Moved>, u64)> {
+            dev.set_len(0)?;
+            dev.allocate(live + BASE_HEADER_SIZE)
+                .map_err(|e| StorageError::from_io(e, "defrag"))?;
+            dev.write_at(
+                &BaseHeader {
+                    number: old.number,
+                    generation,
+                }
+                .encode(),
+                0,
+            )
+            .map_err(|e| StorageError::from_io(e, "defrag"))?;
+            let mut moves = Vec::new();
+            let mut out = BASE_HEADER_SIZE;
+            let mut throttle = Throttle {
+                rate: self.cfg.defrag_rate_bytes,
+                start: Instant::now(),
+                bytes: 0,
+            };
+            let end = old.end.load(Ordering::Acquire);
+            let mut sc = Scanner::new(&*old.dev, BASE_HEADER_SIZE, end);
+            while let Some((off, h)) = sc.next_record()? {
+                let loc = Loc::new(old.slot, off);
+                let _g = self.key_lock(&h.key).read();
+                let pending = self.pending.lock().get(&h.key) == Some(&loc);
+                if !pending && self.index.get(&h.key) != Some(loc) {
+                    continue; // dead
+                }
+                // Re-read under the lock: the record may have been rewritten in place
+                // before this base was marked.
+                let mut rec = vec![0u8; h.disk_size() as usize];
+                old.dev.read_at(&mut rec, off)?;
+                let hdr = RecordHeader::decode(&rec)
+                    .filter(|x| x.key == h.key && x.disk_size() == h.disk_size())
+                    .unwrap_or(h);
+                let expired = hdr.is_removed()
+                    && now.sec.saturating_sub(hdr.timestamp.sec) >= self.cfg.tombstone_ttl_secs;
+                if !pending && expired && !self.older_base_has(&hdr.key, old.number)? {
+                    moves.push(Moved {
+                        key: hdr.key,
+                        old_off: off,
+                        new_off: None,
+                        pending,
+                        hdr,
+                    });
+                    continue;
+                }
+                dev.write_at(&rec, out)
+                    .map_err(|e| StorageError::from_io(e, "defrag"))?;
+                moves.push(Moved {
+                    key: hdr.key,
+                    old_off: off,
+                    new_off: Some(out),
+                    pending,
+                    hdr,
+                });
+                out += rec.len() as u64;
+                throttle.consume(2 * rec.len() as u64);
+            }
+            dev.sync()?;
+            Ok((moves, out))
+        })();
+        let (moves, new_end) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.dir.remove(&tmp);
+                return Err(e);
+            }
+        };
+        let new_base = self.install_base(|slot| Base {
+            number: old.number,
+            generation,
+            slot,
+            dev: dev.clone(),
+            end: AtomicU64::new(new_end),
+            flushed: AtomicU64::new(new_end),
+            live_bytes: AtomicU64::new(0),
+            live_records: AtomicU64::new(0),
+            removed_records: AtomicU64::new(0),
+            open: AtomicBool::new(false),
+            defragging: AtomicBool::new(false),
+        })?;
+        // Move index entries that still point at the old copies.
+        for m in &moves {
+            let _g = self.key_lock(&m.key).write();
+            let old_loc = Loc::new(old.slot, m.old_off);
+            let new_loc = m.new_off.map(|o| Loc::new(new_base.slot, o));
+            if m.pending {
+                let mut p = self.pending.lock();
+                if let (Some(cur), Some(n)) = (p.get_mut(&m.key), new_loc) {
+                    if *cur == old_loc {
+                        *cur = n;
+                        new_base
+                            .live_bytes
+                            .fetch_add(m.hdr.disk_size(), Ordering::Relaxed);
+                    }
+                }
+            } else if self.index.replace_if(&m.key, old_loc, new_loc) {
+                match new_loc {
+                    Some(_) => new_base.add_live(&m.hdr),
+                    None => report.tombstones_dropped += 1,
+                }
+            }
+        }
+        // Swap the files: data first, then its index (a mismatch is rebuilt at start).
+        self.dir.rename(&tmp, &base_name(old.number))?;
+        self.dir.sync_dir()?;
+        let old_end = old.end.load(Ordering::Acquire);
+        let empty = new_base.live_bytes.load(Ordering::Relaxed) == 0;
+        if empty {
+            // Nothing refers to it any more: remove the base entirely.
+            self.bases.write()[new_base.slot as usize] = None;
+            self.dir.remove(&base_name(old.number))?;
+            let _ = self.dir.remove(&index_name(old.number));
+            self.dir.sync_dir()?;
+            report.bases_deleted += 1;
+        } else {
+            self.write_index(&new_base)?;
+        }
+        self.bases.write()[old.slot as usize] = None;
+        report.bases_rewritten += 1;
+        report.records_copied += moves.iter().filter(|m| m.new_off.is_some()).count() as u64;
+        report.bytes_reclaimed += old_end.saturating_sub(if empty { 0 } else { new_end });
+        Ok(())
+    }
+
+    /// Whether a base older than `number` may hold a record of `key` (then a tombstone for
+    /// it must stay). Reads the older bases' sorted indexes by binary search.
+    fn older_base_has(&self, key: &Key, number: u64) -> Result<bool> {
+        let older: Vec<Arc<Base>> = self
+            .bases
+            .read()
+            .iter()
+            .flatten()
+            .filter(|b| b.number < number)
+            .cloned()
+            .collect();
+        for b in older {
+            let Some(dev) = self.dir.open(&index_name(b.number), false).ok() else {
+                return Ok(true);
+            };
+            let mut hb = [0u8; INDEX_HEADER_SIZE as usize];
+            if dev.read_at(&mut hb, 0).is_err() {
+                return Ok(true);
+            }
+            let Ok(h) = IndexHeader::decode(&hb) else {
+                return Ok(true);
+            };
+            if h.base_generation != b.generation {
+                return Ok(true);
+            }
+            let (mut lo, mut hi) = (0u64, h.entries);
+            let mut kb = [0u8; KEY_SIZE];
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                dev.read_at(&mut kb, INDEX_HEADER_SIZE + mid * INDEX_ENTRY_SIZE)?;
+                match kb.cmp(&key.0) {
+                    std::cmp::Ordering::Equal => return Ok(true),
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                }
+            }
+        }
+        Ok(false)
+    }
+}

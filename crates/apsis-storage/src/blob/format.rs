@@ -1,0 +1,420 @@
+//! The blob engine's bytes on disk, format version 1 (described in `docs/format.md`).
+//!
+//! Every decoder here checks before it trusts: magic, version, sizes against their bounds,
+//! and a crc32c, and returns `None`/an error rather than panicking on any input.
+
+use crate::types::{record_flags, Key, Timestamp, KEY_SIZE};
+
+/// Format version written into base, record and index headers.
+pub const FORMAT_VERSION: u16 = 1;
+
+pub const BASE_MAGIC: &[u8; 8] = b"APSISBLB";
+pub const BASE_HEADER_SIZE: u64 = 128;
+
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"APSR");
+pub const RECORD_HEADER_SIZE: u64 = 128;
+/// Records start at multiples of this.
+pub const RECORD_ALIGN: u64 = 8;
+
+pub const INDEX_MAGIC: &[u8; 8] = b"APSISIDX";
+pub const INDEX_HEADER_SIZE: u64 = 64;
+pub const INDEX_ENTRY_SIZE: u64 = 80;
+pub const INDEX_FOOTER_SIZE: u64 = 8;
+
+/// Data checksum chunk: 64 KiB (log2 = 16). Stored in each record so it may change later.
+pub const DEFAULT_CHUNK_LOG2: u8 = 16;
+pub const CHUNK_LOG2_MIN: u8 = 9;
+pub const CHUNK_LOG2_MAX: u8 = 24;
+
+/// Largest record capacity the decoder accepts (1 TiB), matching the engine's object limit.
+pub const CAPACITY_MAX: u64 = 1 << 40;
+
+#[inline]
+pub fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+fn crc(b: &[u8]) -> u32 {
+    crc32c::crc32c(b)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+// --- Base header ------------------------------------------------------------------------
+
+/// The first 128 bytes of every base file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseHeader {
+    /// Position of this base in write order; later bases win over earlier ones.
+    pub number: u64,
+    /// Random; changes each time defrag rewrites the base, tying an index file to its base.
+    pub generation: u64,
+}
+
+impl BaseHeader {
+    pub fn encode(&self) -> [u8; BASE_HEADER_SIZE as usize] {
+        let mut b = [0u8; BASE_HEADER_SIZE as usize];
+        b[0..8].copy_from_slice(BASE_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(BASE_HEADER_SIZE as u16).to_le_bytes());
+        b[16..24].copy_from_slice(&self.number.to_le_bytes());
+        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
+        let c = crc(&b[..124]);
+        b[124..128].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<BaseHeader, String> {
+        if b.len() < BASE_HEADER_SIZE as usize {
+            return Err("base header is truncated".into());
+        }
+        if &b[0..8] != BASE_MAGIC {
+            return Err("not an apsis base file (bad magic)".into());
+        }
+        let v = u16_at(b, 8);
+        if v != FORMAT_VERSION {
+            return Err(format!(
+                "base format version {v} is not supported (this build reads {FORMAT_VERSION})"
+            ));
+        }
+        if crc(&b[..124]) != u32_at(b, 124) {
+            return Err("base header checksum mismatch".into());
+        }
+        Ok(BaseHeader {
+            number: u64_at(b, 16),
+            generation: u64_at(b, 24),
+        })
+    }
+}
+
+// --- Record header ------------------------------------------------------------------------
+
+/// A record's 128-byte header. The record is `header | checksums | data`, each part padded
+/// to 8 bytes; see [`RecordHeader::disk_size`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: Key,
+    /// [`record_flags`] (stored subset).
+    pub flags: u64,
+    /// Committed data size (0 while uncommitted, and for tombstones).
+    pub data_size: u64,
+    /// Bytes reserved for data.
+    pub capacity: u64,
+    pub timestamp: Timestamp,
+    pub user_flags: u64,
+    /// log2 of the checksum chunk size.
+    pub chunk_log2: u8,
+}
+
+impl RecordHeader {
+    pub fn chunk_size(&self) -> u64 {
+        1 << self.chunk_log2
+    }
+    /// Number of chunk checksums the record stores (one per chunk of the capacity).
+    pub fn chunk_count(&self) -> u64 {
+        self.capacity.div_ceil(self.chunk_size())
+    }
+    /// Bytes of the checksum area (padded).
+    pub fn csum_area(&self) -> u64 {
+        align_up(self.chunk_count() * 4, RECORD_ALIGN)
+    }
+    /// Offset of the data from the start of the record.
+    pub fn data_start(&self) -> u64 {
+        RECORD_HEADER_SIZE + self.csum_area()
+    }
+    /// Total bytes the record occupies.
+    pub fn disk_size(&self) -> u64 {
+        self.data_start() + align_up(self.capacity, RECORD_ALIGN)
+    }
+    pub fn is_removed(&self) -> bool {
+        self.flags & record_flags::REMOVE != 0
+    }
+    pub fn is_uncommitted(&self) -> bool {
+        self.flags & record_flags::UNCOMMITTED != 0
+    }
+    pub fn verifies(&self) -> bool {
+        self.flags & record_flags::NOCSUM == 0
+    }
+
+    pub fn encode(&self) -> [u8; RECORD_HEADER_SIZE as usize] {
+        let mut b = [0u8; RECORD_HEADER_SIZE as usize];
+        b[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[6..8].copy_from_slice(&(RECORD_HEADER_SIZE as u16).to_le_bytes());
+        b[8..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..16 + KEY_SIZE].copy_from_slice(&self.key.0);
+        b[80..88].copy_from_slice(&self.data_size.to_le_bytes());
+        b[88..96].copy_from_slice(&self.capacity.to_le_bytes());
+        b[96..104].copy_from_slice(&self.timestamp.sec.to_le_bytes());
+        b[104..108].copy_from_slice(&self.timestamp.nsec.to_le_bytes());
+        b[108] = self.chunk_log2;
+        b[112..120].copy_from_slice(&self.user_flags.to_le_bytes());
+        let c = crc(&b[..124]);
+        b[124..128].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates a header. `None` for anything that is not a well-formed,
+    /// checksummed version-1 record header.
+    pub fn decode(b: &[u8]) -> Option<RecordHeader> {
+        if b.len() < RECORD_HEADER_SIZE as usize || u32_at(b, 0) != RECORD_MAGIC {
+            return None;
+        }
+        if u16_at(b, 4) != FORMAT_VERSION || u16_at(b, 6) != RECORD_HEADER_SIZE as u16 {
+            return None;
+        }
+        if crc(&b[..124]) != u32_at(b, 124) {
+            return None;
+        }
+        let mut key = [0u8; KEY_SIZE];
+        key.copy_from_slice(&b[16..16 + KEY_SIZE]);
+        let h = RecordHeader {
+            key: Key(key),
+            flags: u64_at(b, 8),
+            data_size: u64_at(b, 80),
+            capacity: u64_at(b, 88),
+            timestamp: Timestamp {
+                sec: u64_at(b, 96),
+                nsec: u32_at(b, 104),
+            },
+            chunk_log2: b[108],
+            user_flags: u64_at(b, 112),
+        };
+        let sane = h.flags & !record_flags::STORED_MASK == 0
+            && h.capacity <= CAPACITY_MAX
+            && h.data_size <= h.capacity
+            && (CHUNK_LOG2_MIN..=CHUNK_LOG2_MAX).contains(&h.chunk_log2)
+            && h.timestamp.nsec < 1_000_000_000;
+        sane.then_some(h)
+    }
+}
+
+/// crc32c of each `chunk`-sized piece of `data`, in order.
+pub fn chunk_checksums(data: &[u8], chunk: u64) -> impl Iterator<Item = u32> + '_ {
+    data.chunks(chunk as usize).map(crc)
+}
+
+/// Encodes a checksum area for `data` in a record of `capacity` (unused slots are zero).
+pub fn encode_checksums(h: &RecordHeader, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; h.csum_area() as usize];
+    if h.verifies() {
+        for (i, c) in chunk_checksums(data, h.chunk_size()).enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Checks `data` (the bytes of chunks `first_chunk..`, starting at a chunk boundary and ending
+/// at a chunk boundary or the data end) against `csums`, the stored checksums of those chunks.
+pub fn verify_chunks(
+    h: &RecordHeader,
+    csums: &[u8],
+    first_chunk: u64,
+    data: &[u8],
+) -> Result<(), String> {
+    for (i, c) in chunk_checksums(data, h.chunk_size()).enumerate() {
+        let n = first_chunk as usize + i;
+        let stored = csums
+            .get(i * 4..i * 4 + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")));
+        if stored != Some(c) {
+            return Err(format!("data chunk {n} fails its checksum"));
+        }
+    }
+    Ok(())
+}
+
+// --- Sorted index file ----------------------------------------------------------------------
+
+/// One entry of a closed base's sorted index: the newest record of `key` in that base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IndexEntry {
+    pub key: Key,
+    pub offset: u64,
+    pub flags: u64,
+}
+
+impl IndexEntry {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.key.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
+    }
+    pub fn decode(b: &[u8]) -> Option<IndexEntry> {
+        if b.len() < INDEX_ENTRY_SIZE as usize {
+            return None;
+        }
+        let mut key = [0u8; KEY_SIZE];
+        key.copy_from_slice(&b[..KEY_SIZE]);
+        let flags = u64_at(b, 72);
+        if flags & !record_flags::STORED_MASK != 0 {
+            return None;
+        }
+        Some(IndexEntry {
+            key: Key(key),
+            offset: u64_at(b, 64),
+            flags,
+        })
+    }
+}
+
+/// The 64-byte header of an index file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexHeader {
+    pub base_number: u64,
+    pub base_generation: u64,
+    pub entries: u64,
+}
+
+/// Largest index the decoder accepts: 2^32 entries (320 GiB of index).
+pub const INDEX_ENTRIES_MAX: u64 = 1 << 32;
+
+impl IndexHeader {
+    pub fn encode(&self) -> [u8; INDEX_HEADER_SIZE as usize] {
+        let mut b = [0u8; INDEX_HEADER_SIZE as usize];
+        b[0..8].copy_from_slice(INDEX_MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[10..12].copy_from_slice(&(INDEX_ENTRY_SIZE as u16).to_le_bytes());
+        b[16..24].copy_from_slice(&self.base_number.to_le_bytes());
+        b[24..32].copy_from_slice(&self.base_generation.to_le_bytes());
+        b[32..40].copy_from_slice(&self.entries.to_le_bytes());
+        let c = crc(&b[..60]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<IndexHeader, String> {
+        if b.len() < INDEX_HEADER_SIZE as usize || &b[0..8] != INDEX_MAGIC {
+            return Err("not an apsis index file".into());
+        }
+        if u16_at(b, 8) != FORMAT_VERSION || u16_at(b, 10) != INDEX_ENTRY_SIZE as u16 {
+            return Err("unsupported index version".into());
+        }
+        if crc(&b[..60]) != u32_at(b, 60) {
+            return Err("index header checksum mismatch".into());
+        }
+        let h = IndexHeader {
+            base_number: u64_at(b, 16),
+            base_generation: u64_at(b, 24),
+            entries: u64_at(b, 32),
+        };
+        if h.entries > INDEX_ENTRIES_MAX {
+            return Err("index entry count out of bounds".into());
+        }
+        Ok(h)
+    }
+
+    /// Total file size implied by the entry count.
+    pub fn file_size(&self) -> u64 {
+        INDEX_HEADER_SIZE + self.entries * INDEX_ENTRY_SIZE + INDEX_FOOTER_SIZE
+    }
+}
+
+/// Encodes a whole index file for sorted, deduplicated entries.
+pub fn encode_index(base: &BaseHeader, entries: &[IndexEntry]) -> Vec<u8> {
+    let h = IndexHeader {
+        base_number: base.number,
+        base_generation: base.generation,
+        entries: entries.len() as u64,
+    };
+    let mut out = Vec::with_capacity(h.file_size() as usize);
+    out.extend_from_slice(&h.encode());
+    for e in entries {
+        e.encode_into(&mut out);
+    }
+    let c = crc(&out[INDEX_HEADER_SIZE as usize..]);
+    out.extend_from_slice(&c.to_le_bytes());
+    out.extend_from_slice(b"IEND");
+    out
+}
+
+/// Decodes a whole index file held in memory: header, entries (sorted, unique keys) and the
+/// footer checksum. Used by tests and the fuzzer; the engine streams the same format.
+pub fn decode_index(b: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), String> {
+    let h = IndexHeader::decode(b)?;
+    if b.len() as u64 != h.file_size() {
+        return Err("index file size does not match its entry count".into());
+    }
+    let body = &b[INDEX_HEADER_SIZE as usize..b.len() - INDEX_FOOTER_SIZE as usize];
+    let foot = &b[b.len() - INDEX_FOOTER_SIZE as usize..];
+    if &foot[4..8] != b"IEND" || crc(body) != u32_at(foot, 0) {
+        return Err("index body checksum mismatch".into());
+    }
+    let mut entries = Vec::with_capacity(h.entries as usize);
+    for chunk in body.chunks_exact(INDEX_ENTRY_SIZE as usize) {
+        let e = IndexEntry::decode(chunk).ok_or("bad index entry")?;
+        if entries.last().is_some_and(|p: &IndexEntry| p.key >= e.key) {
+            return Err("index entries are not sorted".into());
+        }
+        entries.push(e);
+    }
+    Ok((h, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> RecordHeader {
+        RecordHeader {
+            key: Key::from_name(b"", b"k"),
+            flags: record_flags::CHUNKED_CSUM,
+            data_size: 100,
+            capacity: 200_000,
+            timestamp: Timestamp::new(5, 6),
+            user_flags: 7,
+            chunk_log2: DEFAULT_CHUNK_LOG2,
+        }
+    }
+
+    #[test]
+    fn record_header_round_trips_and_rejects_any_single_bit_flip() {
+        let h = header();
+        let b = h.encode();
+        assert_eq!(RecordHeader::decode(&b), Some(h));
+        for bit in 0..(b.len() * 8) {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(
+                RecordHeader::decode(&c),
+                None,
+                "flip of bit {bit} went unnoticed"
+            );
+        }
+        assert_eq!(h.chunk_count(), 4);
+        assert_eq!(h.disk_size(), 128 + 16 + 200_000);
+    }
+
+    #[test]
+    fn index_file_round_trips_and_detects_damage() {
+        let base = BaseHeader {
+            number: 3,
+            generation: 9,
+        };
+        let mut es: Vec<_> = (0..10u8)
+            .map(|i| IndexEntry {
+                key: Key::from_name(b"", &[i]),
+                offset: i as u64 * 8,
+                flags: 0,
+            })
+            .collect();
+        es.sort();
+        let b = encode_index(&base, &es);
+        let (h, back) = decode_index(&b).unwrap();
+        assert_eq!((h.base_number, h.base_generation), (3, 9));
+        assert_eq!(back, es);
+        let mut bad = b.clone();
+        bad[100] ^= 1;
+        assert!(decode_index(&bad).is_err());
+        assert!(decode_index(&b[..b.len() - 1]).is_err());
+    }
+}

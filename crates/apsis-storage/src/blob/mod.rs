@@ -1,0 +1,1000 @@
+//! The blob backend: an eblob-style append-only engine.
+//!
+//! # Layout
+//! - [`format`]: the bytes on disk (base header, record header, checksums, sorted index).
+//! - [`index`]: the compact in-memory index (fingerprint → packed location).
+//! - [`scan`]: sequential reading of a base, shared by recovery, index builds, iteration, defrag.
+//! - `open` (this file): configuration, the engine's state, and recovery at start.
+//! - `write`: every write mode, tombstones, appending records and rotating bases.
+//! - `read`: lookup, read, iteration.
+//! - `sync`: the write buffer, group commit, the background thread and poisoning.
+//! - `defrag`: online compaction of closed bases.
+//!
+//! # How it works
+//! A backend directory holds numbered bases `data-NNNNNNNN.blob`. The last one is *open* and
+//! takes appends; the others are *closed* and each has a sorted index `data-NNNNNNNN.index`
+//! written when it closed, so a restart reads indexes instead of data. A later base wins over
+//! an earlier one for the same key, and inside a base a later offset wins; defrag rewrites a
+//! base under the same number, so this order is never disturbed.
+//!
+//! Small records are gathered in a write buffer (default 1 MiB) and reach the OS in one
+//! `pwrite`; what `sync` promises is in [`BlobConfig::sync`].
+
+pub mod format;
+pub mod index;
+pub mod scan;
+
+mod defrag;
+mod read;
+mod sync;
+mod write;
+
+use self::format::*;
+use self::index::{Index, Loc};
+use crate::device::{Device, Dir, FileDir};
+use crate::error::{Result, StorageError};
+use crate::types::*;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{BinaryHeap, HashMap};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// How the blob backend behaves. The defaults suit a general object store.
+#[derive(Clone, Debug)]
+pub struct BlobConfig {
+    /// A base is closed once it holds this many bytes (eblob `blob_size`). Default 1 GiB; this
+    /// is also the most extra space defrag needs and the most a restart scans.
+    pub blob_size: u64,
+    /// A base is closed once it holds this many records (eblob `records_in_blob`); 0 = no limit.
+    pub records_in_blob: u64,
+    /// Durability (eblob `sync`): `0` = a write is acknowledged only after fsync, and
+    /// concurrent writers share one fsync (group commit); `N > 0` = fsync every N seconds;
+    /// `-1` = never fsync (data reaches the OS within `flush_interval_ms`).
+    pub sync: i64,
+    /// Small records are gathered into a buffer of this size before reaching the OS; 0 hands
+    /// every write to the OS before acknowledging it. A process crash loses at most what the
+    /// buffer held, and never anything acknowledged under `sync = 0`.
+    pub write_buffer_bytes: usize,
+    /// The background thread hands buffered writes to the OS at least this often.
+    pub flush_interval_ms: u64,
+    /// Defrag rewrites a closed base once this fraction of it is dead (removed/overwritten).
+    pub defrag_threshold: f64,
+    /// Defrag reads and writes at most this many bytes per second; 0 = unthrottled.
+    pub defrag_rate_bytes: u64,
+    /// Tombstones are kept at least this long, so recovery can propagate deletes.
+    pub tombstone_ttl_secs: u64,
+    /// The backend refuses writes (ENOSPC) beyond this many bytes on disk; 0 = the disk's size.
+    pub size_limit_bytes: u64,
+    /// Rewrite a record in place when the new data fits its reservation (eblob's behaviour).
+    /// In-place rewrites are not atomic under power loss: a torn one reads as corrupt
+    /// (-EILSEQ), never as wrong data. Turn off to always append.
+    pub overwrite_in_place: bool,
+    /// log2 of the checksum chunk size (default 16 = 64 KiB).
+    pub chunk_log2: u8,
+    /// Run the background thread (flushing, periodic sync, index builds). Tests that want
+    /// determinism turn it off and call [`BlobBackend::maintenance`].
+    pub background: bool,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        BlobConfig {
+            blob_size: 1 << 30,
+            records_in_blob: 0,
+            sync: 0,
+            write_buffer_bytes: 1 << 20,
+            flush_interval_ms: 10,
+            defrag_threshold: 0.25,
+            defrag_rate_bytes: 128 << 20,
+            tombstone_ttl_secs: 3 * 24 * 3600,
+            size_limit_bytes: 0,
+            overwrite_in_place: true,
+            chunk_log2: DEFAULT_CHUNK_LOG2,
+            background: true,
+        }
+    }
+}
+
+/// One base (data file).
+pub(crate) struct Base {
+    number: u64,
+    generation: u64,
+    slot: u16,
+    dev: Arc<dyn Device>,
+    /// End of the records (for the open base: including buffered ones).
+    end: AtomicU64,
+    /// Bytes handed to the device; `end` minus this is in the write buffer.
+    flushed: AtomicU64,
+    live_bytes: AtomicU64,
+    live_records: AtomicU64,
+    removed_records: AtomicU64,
+    open: AtomicBool,
+    defragging: AtomicBool,
+}
+
+impl Base {
+    fn stats(&self) -> BaseStats {
+        let size = self.end.load(Ordering::Acquire);
+        let live = self.live_bytes.load(Ordering::Relaxed);
+        BaseStats {
+            number: self.number,
+            size_bytes: size,
+            live_bytes: live,
+            dead_bytes: size.saturating_sub(BASE_HEADER_SIZE).saturating_sub(live),
+            live_records: self.live_records.load(Ordering::Relaxed),
+            removed_records: self.removed_records.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
+        }
+    }
+    /// Counts a record that became current in this base.
+    fn add_live(&self, h: &RecordHeader) {
+        self.count_live(h.disk_size(), h.flags);
+    }
+    fn count_live(&self, disk_size: u64, flags: u64) {
+        self.live_bytes.fetch_add(disk_size, Ordering::Relaxed);
+        if flags & record_flags::UNCOMMITTED == 0 {
+            let c = if flags & record_flags::REMOVE != 0 {
+                &self.removed_records
+            } else {
+                &self.live_records
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Counts a record of this base that stopped being current.
+    fn sub_live(&self, h: &RecordHeader) {
+        let _ = self
+            .live_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(h.disk_size()))
+            });
+        let c = if h.is_removed() {
+            &self.removed_records
+        } else {
+            &self.live_records
+        };
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
+    }
+}
+
+pub(crate) fn base_name(number: u64) -> String {
+    format!("data-{number:08}.blob")
+}
+pub(crate) fn index_name(number: u64) -> String {
+    format!("data-{number:08}.index")
+}
+
+/// State guarded by the writer lock: the open base and its write buffer.
+pub(crate) struct Writer {
+    open: Arc<Base>,
+    /// Logical end of the open base.
+    tail: u64,
+    /// Buffered bytes, which belong at `buf_start..tail` of the open base.
+    buf: Vec<u8>,
+    buf_start: u64,
+    /// Records appended to the open base.
+    open_records: u64,
+    /// Every mutation gets the next sequence number; group commit makes a prefix durable.
+    seq: u64,
+    /// Closed bases written to (in place) or closed since the last sync.
+    dirty: Vec<Arc<Base>>,
+    next_number: u64,
+}
+
+pub(crate) struct SyncState {
+    durable_seq: u64,
+    leader: bool,
+}
+
+pub(crate) struct Inner {
+    cfg: BlobConfig,
+    dir: Arc<dyn Dir>,
+    index: Index,
+    /// Prepared, uncommitted reservations.
+    pending: Mutex<HashMap<Key, Loc>>,
+    /// Slot → base. Defrag installs the rewritten base in a new slot and retires the old one.
+    bases: RwLock<Vec<Option<Arc<Base>>>>,
+    writer: Mutex<Writer>,
+    sync_state: Mutex<SyncState>,
+    sync_cv: Condvar,
+    /// Per-key locks (striped): writers exclusive, readers shared.
+    locks: Box<[RwLock<()>]>,
+    poisoned: Mutex<Option<String>>,
+    is_poisoned: AtomicBool,
+    read_only: AtomicBool,
+    /// Closed bases whose sorted index is still to be written.
+    index_queue: Mutex<Vec<Arc<Base>>>,
+    defrag_lock: Mutex<()>,
+    defrag_running: AtomicBool,
+    defrag_completed: AtomicU64,
+    shutdown: Mutex<bool>,
+    shutdown_cv: Condvar,
+    last_sync: Mutex<std::time::Instant>,
+}
+
+const LOCK_STRIPES: usize = 4096;
+
+/// The blob backend. Dropping it flushes and syncs everything.
+pub struct BlobBackend {
+    inner: Arc<Inner>,
+    background: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the start-up recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub bases: u64,
+    pub indexes_rebuilt: u64,
+    pub open_base_records: u64,
+    /// Bytes cut from the end of the open base (a torn tail).
+    pub truncated_bytes: u64,
+    /// Records of the open base skipped because their data failed its checksum.
+    pub damaged_records: u64,
+}
+
+impl BlobBackend {
+    /// Opens (or creates) a backend in a directory on the filesystem.
+    pub fn open_path(path: impl AsRef<std::path::Path>, cfg: BlobConfig) -> Result<BlobBackend> {
+        let dir = FileDir::open(path).map_err(|e| StorageError::Open(e.to_string()))?;
+        BlobBackend::open(Arc::new(dir), cfg).map(|(b, _)| b)
+    }
+
+    /// Opens (or creates) a backend on any [`Dir`], recovering the open base.
+    pub fn open(dir: Arc<dyn Dir>, cfg: BlobConfig) -> Result<(BlobBackend, RecoveryReport)> {
+        if !(CHUNK_LOG2_MIN..=CHUNK_LOG2_MAX).contains(&cfg.chunk_log2) {
+            return Err(StorageError::InvalidArgument(format!(
+                "chunk_log2 must be in {CHUNK_LOG2_MIN}..={CHUNK_LOG2_MAX}"
+            )));
+        }
+        if cfg.blob_size < 1 << 16 || cfg.blob_size > index::OFFSET_MAX {
+            return Err(StorageError::InvalidArgument(
+                "blob_size must be between 64 KiB and 256 TiB".into(),
+            ));
+        }
+        let (inner, report) = Inner::open(dir, cfg)?;
+        let inner = Arc::new(inner);
+        let background = inner
+            .cfg
+            .background
+            .then(|| sync::spawn_background(inner.clone()));
+        Ok((BlobBackend { inner, background }, report))
+    }
+
+    /// Runs one round of background work now: hands buffered writes to the OS, writes
+    /// pending base indexes, and syncs when the `sync` period says so.
+    pub fn maintenance(&self) -> Result<()> {
+        self.inner.maintenance(true)
+    }
+
+    /// Closes the open base and starts a new one (normally done when a base is full).
+    pub fn rotate(&self) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        self.inner.rotate(&mut w)?;
+        drop(w);
+        self.inner.build_pending_indexes()
+    }
+
+    /// Defrags every closed base whose dead fraction is at least `threshold` (0 = all that
+    /// have anything dead).
+    pub fn defrag_with_threshold(&self, threshold: f64) -> Result<DefragReport> {
+        self.inner.defrag(threshold)
+    }
+}
+
+impl Drop for BlobBackend {
+    fn drop(&mut self) {
+        *self.inner.shutdown.lock() = true;
+        self.inner.shutdown_cv.notify_all();
+        if let Some(h) = self.background.take() {
+            let _ = h.join();
+        }
+        if !self.inner.is_poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.inner.sync_all() {
+                tracing::error!(error = %e, "blob backend: final sync failed");
+            }
+            let _ = self.inner.build_pending_indexes();
+        }
+    }
+}
+
+/// A sorted source of index entries for the merge at start.
+struct Source {
+    base: Arc<Base>,
+    /// For closed bases: the index file, streamed.
+    reader: Option<std::io::BufReader<DevReader>>,
+    /// For the open base: entries from the scan, sorted.
+    entries: std::vec::IntoIter<IndexEntryFull>,
+    remaining: u64,
+    crc: u32,
+}
+
+/// An index entry with the record's disk size (the index file stores both).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IndexEntryFull {
+    pub key: Key,
+    pub offset: u64,
+    pub flags: u64,
+    pub disk_size: u64,
+}
+
+/// `Read` over a device from a starting offset.
+struct DevReader {
+    dev: Arc<dyn Device>,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for DevReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.end - self.pos) as usize;
+        self.dev.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Source {
+    fn next(&mut self) -> Result<Option<IndexEntryFull>> {
+        let Some(r) = self.reader.as_mut() else {
+            return Ok(self.entries.next());
+        };
+        if self.remaining == 0 {
+            let mut foot = [0u8; INDEX_FOOTER_SIZE as usize];
+            r.read_exact(&mut foot)?;
+            if u32::from_le_bytes(foot[..4].try_into().expect("4")) != self.crc
+                || &foot[4..] != b"IEND"
+            {
+                return Err(StorageError::Corrupt(format!(
+                    "index of base {} fails its checksum",
+                    self.base.number
+                )));
+            }
+            self.reader = None;
+            return Ok(None);
+        }
+        let mut b = [0u8; INDEX_ENTRY_SIZE as usize];
+        r.read_exact(&mut b)?;
+        self.crc = crc32c::crc32c_append(self.crc, &b);
+        self.remaining -= 1;
+        let e = decode_full_entry(&b).ok_or_else(|| {
+            StorageError::Corrupt(format!("bad entry in index of base {}", self.base.number))
+        })?;
+        Ok(Some(e))
+    }
+}
+
+/// Index file entries: key(64) | offset:48 + flags:16 (u64) | disk size (u64).
+pub(crate) fn encode_full_entry(e: &IndexEntryFull, out: &mut Vec<u8>) {
+    IndexEntry {
+        key: e.key,
+        offset: e.offset | (e.flags << 48),
+        flags: e.disk_size,
+    }
+    .encode_into(out)
+}
+
+fn decode_full_entry(b: &[u8]) -> Option<IndexEntryFull> {
+    let key: [u8; KEY_SIZE] = b.get(..KEY_SIZE)?.try_into().ok()?;
+    let packed = u64::from_le_bytes(b.get(64..72)?.try_into().ok()?);
+    let disk_size = u64::from_le_bytes(b.get(72..80)?.try_into().ok()?);
+    let flags = packed >> 48;
+    if flags & !record_flags::STORED_MASK != 0 || disk_size < RECORD_HEADER_SIZE {
+        return None;
+    }
+    Some(IndexEntryFull {
+        key: Key(key),
+        offset: packed & index::OFFSET_MAX,
+        flags,
+        disk_size,
+    })
+}
+
+/// Decodes an index file held in memory (the fuzz target and tests use this).
+pub fn decode_index_file(b: &[u8]) -> std::result::Result<(IndexHeader, usize), String> {
+    let h = IndexHeader::decode(b)?;
+    if b.len() as u64 != h.file_size() {
+        return Err("index file size does not match its entry count".into());
+    }
+    let body = &b[INDEX_HEADER_SIZE as usize..b.len() - INDEX_FOOTER_SIZE as usize];
+    let foot = &b[b.len() - INDEX_FOOTER_SIZE as usize..];
+    if &foot[4..] != b"IEND"
+        || crc32c::crc32c(body) != u32::from_le_bytes(foot[..4].try_into().expect("4"))
+    {
+        return Err("index body checksum mismatch".into());
+    }
+    let mut prev: Option<Key> = None;
+    for c in body.chunks_exact(INDEX_ENTRY_SIZE as usize) {
+        let e = decode_full_entry(c).ok_or("bad index entry")?;
+        if prev.is_some_and(|p| p >= e.key) {
+            return Err("index entries are not sorted".into());
+        }
+        prev = Some(e.key);
+    }
+    Ok((h, body.len() / INDEX_ENTRY_SIZE as usize))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+impl Inner {
+    fn open(dir: Arc<dyn Dir>, cfg: BlobConfig) -> Result<(Inner, RecoveryReport)> {
+        let mut report = RecoveryReport::default();
+        let open_err = |e: std::io::Error| StorageError::Open(e.to_string());
+        let mut numbers = Vec::new();
+        for name in dir.list().map_err(open_err)? {
+            if name.ends_with(".tmp") {
+                dir.remove(&name).map_err(open_err)?;
+                continue;
+            }
+            if let Some(n) = name
+                .strip_prefix("data-")
+                .and_then(|r| r.strip_suffix(".blob"))
+            {
+                if let Ok(n) = n.parse::<u64>() {
+                    numbers.push(n);
+                }
+            }
+        }
+        numbers.sort_unstable();
+        let mut bases = Vec::new();
+        for (i, &n) in numbers.iter().enumerate() {
+            let dev = dir.open(&base_name(n), false).map_err(open_err)?;
+            let len = dev.len().map_err(open_err)?;
+            let mut hb = [0u8; BASE_HEADER_SIZE as usize];
+            let hdr = if len >= BASE_HEADER_SIZE {
+                dev.read_at(&mut hb, 0).map_err(open_err)?;
+                BaseHeader::decode(&hb)
+            } else {
+                Err("base file is shorter than its header".into())
+            };
+            let hdr = match hdr {
+                Ok(h) if h.number == n => h,
+                Ok(_) => {
+                    return Err(StorageError::Open(format!(
+                        "{} holds a different base number",
+                        base_name(n)
+                    )))
+                }
+                // A base whose header never became durable can only be the newest one,
+                // created just before a crash: it holds nothing.
+                Err(_) if i + 1 == numbers.len() && len <= BASE_HEADER_SIZE => {
+                    dir.remove(&base_name(n)).map_err(open_err)?;
+                    continue;
+                }
+                Err(e) => return Err(StorageError::Open(format!("{}: {e}", base_name(n)))),
+            };
+            bases.push(Arc::new(Base {
+                number: n,
+                generation: hdr.generation,
+                slot: bases.len() as u16,
+                dev,
+                end: AtomicU64::new(len),
+                flushed: AtomicU64::new(len),
+                live_bytes: AtomicU64::new(0),
+                live_records: AtomicU64::new(0),
+                removed_records: AtomicU64::new(0),
+                open: AtomicBool::new(false),
+                defragging: AtomicBool::new(false),
+            }));
+        }
+        if bases.len() > u16::MAX as usize / 2 {
+            return Err(StorageError::Open(
+                "too many bases (more than 32767)".into(),
+            ));
+        }
+        report.bases = bases.len() as u64;
+
+        let inner_dir = dir.clone();
+        let next_number = bases.last().map_or(1, |b| b.number + 1);
+        // The newest base is the open one: scan it, verify every record, cut a torn tail.
+        let mut open_entries = Vec::new();
+        if let Some(open) = bases.last() {
+            let end = open.dev.len().map_err(open_err)?;
+            let mut sc = scan::Scanner::new(&*open.dev, BASE_HEADER_SIZE, end);
+            while let Some((off, h)) = sc.next_record()? {
+                if !h.is_uncommitted() && sc.verify(off, &h)?.is_err() {
+                    // Damaged or torn: the key keeps its previous version.
+                    report.damaged_records += 1;
+                    continue;
+                }
+                open_entries.push(IndexEntryFull {
+                    key: h.key,
+                    offset: off,
+                    flags: h.flags,
+                    disk_size: h.disk_size(),
+                });
+            }
+            let valid_end = sc.valid_end;
+            if valid_end < end {
+                report.truncated_bytes = end - valid_end;
+                open.dev.set_len(valid_end).map_err(open_err)?;
+                open.dev.sync().map_err(open_err)?;
+            }
+            open.end.store(valid_end, Ordering::Release);
+            open.flushed.store(valid_end, Ordering::Release);
+            open.open.store(true, Ordering::Release);
+            report.open_base_records = open_entries.len() as u64;
+            // Stable sort by key keeps offset order; the last entry per key wins.
+            open_entries.sort_by_key(|e| e.key);
+            dedup_keep_last(&mut open_entries);
+        }
+
+        let mut inner = Inner {
+            index: Index::default(),
+            pending: Mutex::new(HashMap::new()),
+            bases: RwLock::new(bases.iter().cloned().map(Some).collect()),
+            writer: Mutex::new(Writer {
+                open: bases
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| bases_placeholder(&dir)),
+                tail: bases
+                    .last()
+                    .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire)),
+                buf: Vec::new(),
+                buf_start: 0,
+                open_records: open_entries.len() as u64,
+                seq: 0,
+                dirty: Vec::new(),
+                next_number,
+            }),
+            sync_state: Mutex::new(SyncState {
+                durable_seq: 0,
+                leader: false,
+            }),
+            sync_cv: Condvar::new(),
+            locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            poisoned: Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
+            read_only: AtomicBool::new(false),
+            index_queue: Mutex::new(Vec::new()),
+            defrag_lock: Mutex::new(()),
+            defrag_running: AtomicBool::new(false),
+            defrag_completed: AtomicU64::new(0),
+            shutdown: Mutex::new(false),
+            shutdown_cv: Condvar::new(),
+            last_sync: Mutex::new(std::time::Instant::now()),
+            dir: inner_dir,
+            cfg,
+        };
+
+        // Closed bases: their sorted index, rebuilt from the data when missing or damaged.
+        let closed = bases.len().saturating_sub(1);
+        loop {
+            let mut sources = Vec::new();
+            let mut total = open_entries.len() as u64;
+            for b in &bases[..closed] {
+                match inner.index_reader(b)? {
+                    Some((reader, n)) => {
+                        total += n;
+                        sources.push(Source {
+                            base: b.clone(),
+                            reader: Some(reader),
+                            entries: Vec::new().into_iter(),
+                            remaining: n,
+                            crc: 0,
+                        });
+                    }
+                    None => {
+                        inner.write_index(b)?;
+                        report.indexes_rebuilt += 1;
+                        let (reader, n) = inner.index_reader(b)?.ok_or_else(|| {
+                            StorageError::Open("index just written is unreadable".into())
+                        })?;
+                        total += n;
+                        sources.push(Source {
+                            base: b.clone(),
+                            reader: Some(reader),
+                            entries: Vec::new().into_iter(),
+                            remaining: n,
+                            crc: 0,
+                        });
+                    }
+                }
+            }
+            if let Some(open) = bases.last() {
+                sources.push(Source {
+                    base: open.clone(),
+                    reader: None,
+                    entries: open_entries.clone().into_iter(),
+                    remaining: 0,
+                    crc: 0,
+                });
+            }
+            inner.index.reserve(total as usize);
+            match inner.merge(sources) {
+                Ok(()) => break,
+                Err(StorageError::Corrupt(msg)) => {
+                    // A damaged index file: drop it, rebuild from data, and load again.
+                    tracing::warn!(%msg, "blob: rebuilding a damaged base index");
+                    for b in &bases[..closed] {
+                        if inner.index_reader(b).is_err()
+                            || msg.contains(&format!("base {}", b.number))
+                        {
+                            let _ = inner.dir.remove(&index_name(b.number));
+                        }
+                    }
+                    inner.reset_loaded_state();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        {
+            let mut w = inner.writer.lock();
+            if bases.is_empty() {
+                inner.create_open_base(&mut w)?;
+            } else {
+                let blob_size = inner.cfg.blob_size;
+                let open = w.open.clone();
+                if let Err(e) = open.dev.allocate(blob_size) {
+                    tracing::warn!(error = %e, "blob: cannot reserve space for the open base");
+                }
+                w.buf_start = w.tail;
+            }
+        }
+        Ok((inner, report))
+    }
+
+    fn reset_loaded_state(&mut self) {
+        self.index = Index::default();
+        self.pending.lock().clear();
+        for b in self.bases.read().iter().flatten() {
+            b.live_bytes.store(0, Ordering::Relaxed);
+            b.live_records.store(0, Ordering::Relaxed);
+            b.removed_records.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens a closed base's index file if it exists and belongs to this generation of the base.
+    fn index_reader(&self, b: &Base) -> Result<Option<(std::io::BufReader<DevReader>, u64)>> {
+        let dev = match self.dir.open(&index_name(b.number), false) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        };
+        let len = dev.len()?;
+        let mut hb = [0u8; INDEX_HEADER_SIZE as usize];
+        if len < INDEX_HEADER_SIZE {
+            return Ok(None);
+        }
+        dev.read_at(&mut hb, 0)?;
+        let Ok(h) = IndexHeader::decode(&hb) else {
+            return Ok(None);
+        };
+        if h.base_number != b.number || h.base_generation != b.generation || h.file_size() != len {
+            return Ok(None);
+        }
+        let reader = DevReader {
+            dev,
+            pos: INDEX_HEADER_SIZE,
+            end: len,
+        };
+        Ok(Some((
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            h.entries,
+        )))
+    }
+
+    /// Loads the index from sorted sources: for each key the newest committed record or
+    /// tombstone goes to the index, and a newer prepared record to the pending map.
+    fn merge(&self, mut sources: Vec<Source>) -> Result<()> {
+        // Heap of (key, base number) so equal keys come out newest first.
+        #[derive(PartialEq, Eq, PartialOrd, Ord)]
+        struct Head(std::cmp::Reverse<Key>, u64, usize);
+        let mut heads: Vec<Option<IndexEntryFull>> = Vec::with_capacity(sources.len());
+        let mut heap = BinaryHeap::new();
+        for (i, s) in sources.iter_mut().enumerate() {
+            let e = s.next()?;
+            if let Some(e) = &e {
+                heap.push(Head(std::cmp::Reverse(e.key), s.base.number, i));
+            }
+            heads.push(e);
+        }
+        let mut cur_key: Option<Key> = None;
+        let mut have_committed = false;
+        let mut have_pending = false;
+        let mut pending = self.pending.lock();
+        while let Some(Head(_, _, i)) = heap.pop() {
+            let e = heads[i].take().expect("a head for every heap entry");
+            let base = sources[i].base.clone();
+            if cur_key != Some(e.key) {
+                cur_key = Some(e.key);
+                have_committed = false;
+                have_pending = false;
+            }
+            let loc = Loc::new(base.slot, e.offset);
+            let mut flags = e.flags;
+            if flags & record_flags::UNCOMMITTED != 0 && !base.open.load(Ordering::Relaxed) {
+                // Committed in place after its base was closed? The header knows.
+                let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
+                base.dev.read_at(&mut hb, e.offset)?;
+                if let Some(h) = RecordHeader::decode(&hb).filter(|h| h.key == e.key) {
+                    flags = h.flags;
+                }
+            }
+            if flags & record_flags::UNCOMMITTED != 0 {
+                if !have_committed && !have_pending {
+                    have_pending = true;
+                    pending.insert(e.key, loc);
+                    base.count_live(e.disk_size, flags);
+                }
+            } else if !have_committed {
+                have_committed = true;
+                // Keys arrive unique and sorted, so a shared fingerprint is always another key.
+                self.index.insert(&e.key, loc, &mut |_| false);
+                base.count_live(e.disk_size, flags);
+            }
+            if let Some(n) = sources[i].next()? {
+                heap.push(Head(std::cmp::Reverse(n.key), base.number, i));
+                heads[i] = Some(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Scans a closed base and writes its sorted index (via a temporary file and rename).
+    fn write_index(&self, b: &Base) -> Result<()> {
+        let end = b.end.load(Ordering::Acquire);
+        let mut entries = Vec::new();
+        let mut sc = scan::Scanner::new(&*b.dev, BASE_HEADER_SIZE, end);
+        while let Some((off, h)) = sc.next_record()? {
+            entries.push(IndexEntryFull {
+                key: h.key,
+                offset: off,
+                flags: h.flags,
+                disk_size: h.disk_size(),
+            });
+        }
+        entries.sort_by_key(|e| e.key);
+        dedup_keep_last(&mut entries);
+        let hdr = IndexHeader {
+            base_number: b.number,
+            base_generation: b.generation,
+            entries: entries.len() as u64,
+        };
+        let mut out = Vec::with_capacity(hdr.file_size() as usize);
+        out.extend_from_slice(&hdr.encode());
+        for e in &entries {
+            encode_full_entry(e, &mut out);
+        }
+        let c = crc32c::crc32c(&out[INDEX_HEADER_SIZE as usize..]);
+        out.extend_from_slice(&c.to_le_bytes());
+        out.extend_from_slice(b"IEND");
+        let tmp = format!("{}.tmp", index_name(b.number));
+        let dev = self.dir.open(&tmp, true)?;
+        dev.set_len(0)?;
+        dev.write_at(&out, 0)
+            .map_err(|e| StorageError::from_io(e, "writing a base index"))?;
+        dev.sync()?;
+        self.dir.rename(&tmp, &index_name(b.number))?;
+        self.dir.sync_dir()?;
+        Ok(())
+    }
+
+    /// Writes the indexes of bases closed since the last call.
+    fn build_pending_indexes(&self) -> Result<()> {
+        let queue = std::mem::take(&mut *self.index_queue.lock());
+        for b in queue {
+            if let Err(e) = b
+                .dev
+                .sync()
+                .map_err(StorageError::from)
+                .and_then(|_| self.write_index(&b))
+            {
+                // Not fatal: a restart rebuilds a missing index from the data.
+                tracing::warn!(base = b.number, error = %e, "blob: could not write a base index");
+                self.index_queue.lock().push(b);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn base(&self, slot: u16) -> Option<Arc<Base>> {
+        self.bases.read().get(slot as usize).and_then(|b| b.clone())
+    }
+
+    fn key_lock(&self, key: &Key) -> &RwLock<()> {
+        &self.locks[(key.fingerprint() as usize ^ key.stripe_bits()) % LOCK_STRIPES]
+    }
+
+    /// Installs a base in a free slot.
+    fn install_base(&self, make: impl FnOnce(u16) -> Base) -> Result<Arc<Base>> {
+        let mut t = self.bases.write();
+        let slot = match t.iter().position(|b| b.is_none()) {
+            Some(s) => s,
+            None if t.len() < u16::MAX as usize => {
+                t.push(None);
+                t.len() - 1
+            }
+            None => return Err(StorageError::Limit("no free base slots".into())),
+        };
+        let b = Arc::new(make(slot as u16));
+        t[slot] = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Creates the next base and makes it the open one.
+    fn create_open_base(&self, w: &mut Writer) -> Result<()> {
+        let number = w.next_number;
+        let name = base_name(number);
+        let dev = self
+            .dir
+            .open(&name, true)
+            .map_err(|e| StorageError::from_io(e, "creating a base"))?;
+        let generation = random_u64();
+        let setup = (|| {
+            dev.allocate(self.cfg.blob_size)?;
+            dev.write_at(&BaseHeader { number, generation }.encode(), 0)?;
+            dev.sync()?;
+            self.dir.sync_dir()
+        })();
+        if let Err(e) = setup {
+            let _ = self.dir.remove(&name);
+            return Err(StorageError::from_io(e, "creating a base"));
+        }
+        let base = self.install_base(|slot| Base {
+            number,
+            generation,
+            slot,
+            dev,
+            end: AtomicU64::new(BASE_HEADER_SIZE),
+            flushed: AtomicU64::new(BASE_HEADER_SIZE),
+            live_bytes: AtomicU64::new(0),
+            live_records: AtomicU64::new(0),
+            removed_records: AtomicU64::new(0),
+            open: AtomicBool::new(true),
+            defragging: AtomicBool::new(false),
+        })?;
+        w.open = base;
+        w.tail = BASE_HEADER_SIZE;
+        w.buf_start = BASE_HEADER_SIZE;
+        w.open_records = 0;
+        w.next_number = number + 1;
+        Ok(())
+    }
+
+    /// Closes the open base (its index is written by the background thread or the next
+    /// maintenance call) and opens a new one.
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        self.flush_buffer(w)?;
+        let old = w.open.clone();
+        self.create_open_base(w)?;
+        old.open.store(false, Ordering::Release);
+        w.dirty.push(old.clone());
+        self.index_queue.lock().push(old);
+        Ok(())
+    }
+}
+
+/// A placeholder open base for a backend with no bases yet; replaced before `open` returns.
+fn bases_placeholder(_dir: &Arc<dyn Dir>) -> Arc<Base> {
+    Arc::new(Base {
+        number: 0,
+        generation: 0,
+        slot: u16::MAX,
+        dev: Arc::new(NullDevice),
+        end: AtomicU64::new(BASE_HEADER_SIZE),
+        flushed: AtomicU64::new(BASE_HEADER_SIZE),
+        live_bytes: AtomicU64::new(0),
+        live_records: AtomicU64::new(0),
+        removed_records: AtomicU64::new(0),
+        open: AtomicBool::new(false),
+        defragging: AtomicBool::new(false),
+    })
+}
+
+struct NullDevice;
+impl Device for NullDevice {
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("no base"))
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("no base"))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(0)
+    }
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn allocate(&self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Keeps the last of each run of equal keys (the input is stably sorted by key).
+fn dedup_keep_last(v: &mut Vec<IndexEntryFull>) {
+    if v.is_empty() {
+        return;
+    }
+    let mut out = 0;
+    for i in 0..v.len() {
+        if i + 1 < v.len() && v[i + 1].key == v[i].key {
+            continue;
+        }
+        v[out] = v[i];
+        out += 1;
+    }
+    v.truncate(out);
+}
+
+impl crate::backend::Backend for BlobBackend {
+    fn write(&self, key: &Key, req: &WriteRequest<'_>) -> Result<RecordInfo> {
+        self.inner.write(key, req)
+    }
+    fn read(&self, key: &Key, req: &ReadRequest) -> Result<ReadResult> {
+        self.inner.read(key, req)
+    }
+    fn lookup(&self, key: &Key, checksum: bool) -> Result<RecordInfo> {
+        self.inner.lookup(key, checksum)
+    }
+    fn remove(&self, key: &Key, req: &RemoveRequest) -> Result<RecordInfo> {
+        self.inner.remove(key, req)
+    }
+    fn iterate(&self, req: &IterRequest, cursor: Option<&IterCursor>) -> Result<IterBatch> {
+        self.inner.iterate(req, cursor)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.check_poison()?;
+        self.inner.sync_all()
+    }
+    fn stats(&self) -> BackendStats {
+        let i = &self.inner;
+        let mut bases: Vec<BaseStats> =
+            i.bases.read().iter().flatten().map(|b| b.stats()).collect();
+        bases.sort_by_key(|b| b.number);
+        let (pending_len, pending_cap) = {
+            let p = i.pending.lock();
+            (p.len(), p.capacity())
+        };
+        let mut s = BackendStats {
+            uncommitted_records: pending_len as u64,
+            index_memory_bytes: i.index.memory_bytes() + (pending_cap * (KEY_SIZE + 16)) as u64,
+            read_only: i.read_only.load(Ordering::Relaxed),
+            poisoned: i.poisoned.lock().clone(),
+            defrag_running: i.defrag_running.load(Ordering::Relaxed),
+            defrag_completed: i.defrag_completed.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for b in &bases {
+            s.records += b.live_records;
+            s.removed_records += b.removed_records;
+            s.live_bytes += b.live_bytes;
+            s.dead_bytes += b.dead_bytes;
+        }
+        s.bases = bases;
+        s
+    }
+    fn set_read_only(&self, read_only: bool) {
+        self.inner.read_only.store(read_only, Ordering::Release);
+    }
+    fn defrag(&self) -> Result<DefragReport> {
+        self.inner.defrag(self.inner.cfg.defrag_threshold)
+    }
+}
+
+impl Inner {
+    fn check_poison(&self) -> Result<()> {
+        if self.is_poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned(
+                self.poisoned.lock().clone().unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Lookup, read (whole or ranged, checksum-verified) and iteration.
+
+use super::format::*;
+use super::index::Loc;
+use super::scan::Scanner;
+use super::write::{record_info, Current, Located};
+use super::Inner;
+use crate::backend::{data_checksum, read_range};
+use crate::error::{Result, StorageError};
+use crate::types::*;
+use std::sync::atomic::Ordering;
+
+/// Bytes read speculatively with the header, so small records cost one read.
+const PREFETCH: u64 = 4096;
+/// Largest single read answer (callers read bigger objects in ranges).
+pub const READ_SIZE_MAX: u64 = 1 << 32;
+
+impl Inner {
+    /// The committed, live record of `key`.
+    fn live(&self, key: &Key, prefetch: u64) -> Result<Current> {
+        match self.locate(key, prefetch)? {
+            Located::Found(c) if !c.hdr.is_removed() && !c.hdr.is_uncommitted() => Ok(c),
+            Located::Found(_) | Located::Absent => Err(StorageError::NotFound),
+            Located::Damaged(_) => Err(StorageError::Corrupt(
+                "the record's header fails its checksum".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn read(&self, key: &Key, req: &ReadRequest) -> Result<ReadResult> {
+        let _g = self.key_lock(key).read();
+        let c = self.live(key, PREFETCH)?;
+        let (off, len) = read_range(c.hdr.data_size, req)?;
+        if len > READ_SIZE_MAX {
+            return Err(StorageError::Limit(format!(
+                "a read returns at most {READ_SIZE_MAX} bytes; read in ranges"
+            )));
+        }
+        let data = self.read_data(&c, off, len, !req.nocsum)?;
+        Ok(ReadResult {
+            info: record_info(&c.hdr, &c.base, c.loc),
+            offset: off,
+            data,
+        })
+    }
+
+    pub(crate) fn lookup(&self, key: &Key, checksum: bool) -> Result<RecordInfo> {
+        let _g = self.key_lock(key).read();
+        let c = self.live(
+            key,
+            if checksum {
+                PREFETCH
+            } else {
+                RECORD_HEADER_SIZE
+            },
+        )?;
+        let mut info = record_info(&c.hdr, &c.base, c.loc);
+        if checksum {
+            let data = self.read_data(&c, 0, c.hdr.data_size, true)?;
+            info.checksum = Some(data_checksum(&data));
+        }
+        Ok(info)
+    }
+
+    /// `len` bytes of a record's data from `off`, verified chunk by chunk when `verify`.
+    pub(crate) fn read_data(
+        &self,
+        c: &Current,
+        off: u64,
+        len: u64,
+        verify: bool,
+    ) -> Result<Vec<u8>> {
+        let h = &c.hdr;
+        let rec = c.loc.offset();
+        let verify = verify && h.verifies() && len > 0;
+        let (from, to) = if verify {
+            let chunk = h.chunk_size();
+            (
+                (off / chunk) * chunk,
+                ((off + len).div_ceil(chunk) * chunk).min(h.data_size),
+            )
+        } else {
+            (off, off + len)
+        };
+        let region = |start: u64, n: u64| -> Result<Vec<u8>> {
+            let mut b = vec![0u8; n as usize];
+            let s = start - rec;
+            if s + n <= c.head.len() as u64 {
+                b.copy_from_slice(&c.head[s as usize..(s + n) as usize]);
+            } else {
+                self.read_region(&c.base, start, &mut b)?;
+            }
+            Ok(b)
+        };
+        let data = region(rec + h.data_start() + from, to - from)?;
+        if verify {
+            let first = from / h.chunk_size();
+            let count = (to - from).div_ceil(h.chunk_size());
+            let sums = region(rec + RECORD_HEADER_SIZE + first * 4, count * 4)?;
+            verify_chunks(h, &sums, first, &data).map_err(|e| {
+                StorageError::Corrupt(format!("base {} offset {}: {e}", c.base.number, rec))
+            })?;
+        }
+        let s = (off - from) as usize;
+        Ok(if s == 0 && data.len() as u64 == len {
+            data
+        } else {
+            data[s..s + len as usize].to_vec()
+        })
+    }
+
+    /// One batch of an iteration in storage order (base by base, record by record).
+    /// Cursor: base number, base generation, offset (24 bytes).
+    pub(crate) fn iterate(
+        &self,
+        req: &IterRequest,
+        cursor: Option<&IterCursor>,
+    ) -> Result<IterBatch> {
+        let (mut start_number, start_gen, start_off) = match cursor {
+            None => (0, 0, 0),
+            Some(c) if c.0.len() == 24 => {
+                let n = |i: usize| u64::from_le_bytes(c.0[i..i + 8].try_into().expect("8 bytes"));
+                (n(0), n(8), n(16))
+            }
+            Some(_) => {
+                return Err(StorageError::InvalidArgument(
+                    "malformed iterator cursor".into(),
+                ))
+            }
+        };
+        let mut bases: Vec<_> = self.bases.read().iter().flatten().cloned().collect();
+        bases.sort_by_key(|b| b.number);
+        let batch_records = req.batch_records.max(1);
+        let mut items: Vec<IterItem> = Vec::new();
+        let mut bytes = 0usize;
+        for base in bases {
+            if base.number < start_number {
+                continue;
+            }
+            if base.open.load(Ordering::Acquire) {
+                let mut w = self.writer.lock();
+                self.flush_buffer(&mut w)?;
+            }
+            let from = if base.number == start_number && base.generation == start_gen {
+                start_off.max(BASE_HEADER_SIZE)
+            } else {
+                BASE_HEADER_SIZE
+            };
+            start_number = 0;
+            let end = base.flushed.load(Ordering::Acquire);
+            let mut sc = Scanner::new(&*base.dev, from, end);
+            while let Some((off, h)) = sc.next_record()? {
+                let loc = Loc::new(base.slot, off);
+                let current = if h.is_uncommitted() {
+                    self.pending.lock().get(&h.key) == Some(&loc)
+                } else {
+                    self.index.get(&h.key) == Some(loc)
+                };
+                if !current {
+                    continue;
+                }
+                let mut info = record_info(&h, &base, loc);
+                if !req.wants(&info) {
+                    continue;
+                }
+                if items.len() >= batch_records || (bytes >= req.batch_bytes && !items.is_empty()) {
+                    let mut c = Vec::with_capacity(24);
+                    for v in [base.number, base.generation, off] {
+                        c.extend_from_slice(&v.to_le_bytes());
+                    }
+                    return Ok(IterBatch {
+                        items,
+                        next: Some(IterCursor(c)),
+                    });
+                }
+                let mut corrupt = false;
+                let mut data = None;
+                if req.with_data && !h.is_removed() && !h.is_uncommitted() {
+                    // Through the normal read path: key lock, current header, verification.
+                    match self.read(&h.key, &ReadRequest::default()) {
+                        Ok(r) => {
+                            info = r.info;
+                            bytes += r.data.len();
+                            data = Some(r.data);
+                        }
+                        Err(StorageError::Corrupt(_)) => corrupt = true,
+                        Err(StorageError::NotFound) => continue, // removed meanwhile
+                        Err(e) => return Err(e),
+                    }
+                } else if !h.is_removed() && !h.is_uncommitted() {
+                    corrupt = sc.verify(off, &h)?.is_err();
+                }
+                items.push(IterItem {
+                    info,
+                    data,
+                    corrupt,
+                });
+            }
+        }
+        Ok(IterBatch { items, next: None })
+    }
+}
