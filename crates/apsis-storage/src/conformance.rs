@@ -44,6 +44,10 @@ pub const CHECKS: &[Check] = &[
         commit_without_prepare,
     ),
     ("prepare_and_commit_in_one_request", prepare_commit_together),
+    (
+        "a_committed_write_discards_a_reservation",
+        write_discards_reservation,
+    ),
     ("cas_on_checksum", cas_checksum),
     ("cas_on_timestamp", cas_timestamp),
     ("remove_is_a_timestamped_tombstone", remove),
@@ -949,4 +953,34 @@ fn oversized(b: &dyn Backend) {
     );
     assert!(matches!(r, Err(StorageError::Limit(_))), "{r:?}");
     assert!(is_enoent(get(b, &key)));
+}
+
+fn write_discards_reservation(b: &dyn Backend) {
+    let key = k("superseded");
+    b.write(
+        &key,
+        &WriteRequest {
+            data: b"abc",
+            prepare: Some(10),
+            timestamp: ts(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    put(b, &key, b"whole", 2);
+    let commit = b.write(
+        &key,
+        &WriteRequest {
+            data: b"",
+            commit: Some(3),
+            timestamp: ts(3),
+            ..Default::default()
+        },
+    );
+    assert!(
+        is_enoent(commit),
+        "COMMIT after a whole write must find no reservation"
+    );
+    assert_eq!(get(b, &key).unwrap(), b"whole");
+    assert_eq!(b.stats().uncommitted_records, 0);
 }

@@ -200,6 +200,13 @@ impl SimDir {
         self.state.lock().writes_until_power_loss = Some(n);
     }
 
+    /// Power is lost now: every later write and sync fails until [`SimDir::crash`]. A test
+    /// calls this before dropping a backend, so the drop cannot write anything more (the
+    /// equivalent of `kill -9`).
+    pub fn power_off(&self) {
+        self.state.lock().powered_off = true;
+    }
+
     /// The next fsync fails with EIO.
     pub fn fail_next_sync(&self) {
         self.state.lock().fail_next_sync = true;
@@ -399,15 +406,20 @@ impl Dir for SimDir {
         Ok(self.state.lock().files.keys().cloned().collect())
     }
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.state
-            .lock()
-            .files
+        let mut st = self.state.lock();
+        if st.powered_off {
+            return Err(io::Error::other("simulated power loss"));
+        }
+        st.files
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
     }
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut st = self.state.lock();
+        if st.powered_off {
+            return Err(io::Error::other("simulated power loss"));
+        }
         let f = st
             .files
             .remove(from)

@@ -117,9 +117,11 @@ impl Backend for MemoryBackend {
                 };
                 let info = rec.info(key);
                 st.records.insert(*key, rec);
+                st.pending.remove(key);
                 info
             }
             WriteOp::Patch { .. } | WriteOp::Append => {
+                st.pending.remove(key);
                 let mut data = cur.map(|r| r.data).unwrap_or_default();
                 let at = match op {
                     WriteOp::Patch { offset } => offset as usize,

@@ -43,11 +43,11 @@ fn blob_backend_unbuffered_sync0_conforms() {
 }
 
 #[test]
-fn blob_backend_without_in_place_overwrite_conforms() {
+fn blob_backend_with_in_place_overwrite_conforms() {
     run_all(&|| {
         let cfg = BlobConfig {
             sync: -1,
-            overwrite_in_place: false,
+            overwrite_in_place: true,
             blob_size: 1 << 16,
             background: false,
             ..Default::default()

@@ -7,7 +7,8 @@
 //! and gets a new generation; it is installed in a new slot and every index entry is moved
 //! only if it still points at the old copy. Tombstones older than `tombstone_ttl_secs` are
 //! dropped, but only when no older base still holds a record of that key (which would
-//! otherwise come back at the next restart).
+//! otherwise come back at the next restart). Everything is made durable before the rewritten
+//! base replaces the old one, so a dropped record's successor cannot be lost in a crash.
 
 use super::format::*;
 use super::index::Loc;
@@ -219,6 +220,10 @@ impl Inner {
                 }
             }
         }
+        // Every record left out was superseded by a newer version; before the old copies
+        // disappear from disk, those versions must be durable too (under `sync != 0` they
+        // may not be yet), or a crash would lose both.
+        self.sync_all()?;
         // Swap the files: data first, then its index (a mismatch is rebuilt at start).
         self.dir.rename(&tmp, &base_name(old.number))?;
         self.dir.sync_dir()?;

@@ -140,8 +140,11 @@ impl RecordHeader {
     pub fn is_uncommitted(&self) -> bool {
         self.flags & record_flags::UNCOMMITTED != 0
     }
+    /// Whether the record stores chunk checksums. Apsis always stores them (a NOCSUM write
+    /// is only remembered in the flags), so recovery can verify every record; only a read may
+    /// skip verification.
     pub fn verifies(&self) -> bool {
-        self.flags & record_flags::NOCSUM == 0
+        self.flags & record_flags::CHUNKED_CSUM != 0
     }
 
     pub fn encode(&self) -> [u8; RECORD_HEADER_SIZE as usize] {

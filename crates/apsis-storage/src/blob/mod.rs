@@ -66,9 +66,12 @@ pub struct BlobConfig {
     pub tombstone_ttl_secs: u64,
     /// The backend refuses writes (ENOSPC) beyond this many bytes on disk; 0 = the disk's size.
     pub size_limit_bytes: u64,
-    /// Rewrite a record in place when the new data fits its reservation (eblob's behaviour).
-    /// In-place rewrites are not atomic under power loss: a torn one reads as corrupt
-    /// (-EILSEQ), never as wrong data. Turn off to always append.
+    /// Rewrite a record in place when the new data fits its reservation (eblob's behaviour;
+    /// off by default). In-place rewrites are not atomic under power loss: a crash in the
+    /// middle of one destroys the version before it too (it then reads as -EILSEQ, never as
+    /// wrong data), so with this on, `sync = 0` no longer guarantees that an acknowledged
+    /// version survives an unacknowledged rewrite. Off, every change appends a new version
+    /// and the old one stays intact until the new one is complete.
     pub overwrite_in_place: bool,
     /// log2 of the checksum chunk size (default 16 = 64 KiB).
     pub chunk_log2: u8,
@@ -89,7 +92,7 @@ impl Default for BlobConfig {
             defrag_rate_bytes: 128 << 20,
             tombstone_ttl_secs: 3 * 24 * 3600,
             size_limit_bytes: 0,
-            overwrite_in_place: true,
+            overwrite_in_place: false,
             chunk_log2: DEFAULT_CHUNK_LOG2,
             background: true,
         }
@@ -408,7 +411,7 @@ pub fn decode_index_file(b: &[u8]) -> std::result::Result<(IndexHeader, usize), 
     let mut prev: Option<Key> = None;
     for c in body.chunks_exact(INDEX_ENTRY_SIZE as usize) {
         let e = decode_full_entry(c).ok_or("bad index entry")?;
-        if prev.is_some_and(|p| p >= e.key) {
+        if prev.is_some_and(|p| p > e.key) {
             return Err("index entries are not sorted".into());
         }
         prev = Some(e.key);
@@ -526,9 +529,9 @@ impl Inner {
             open.flushed.store(valid_end, Ordering::Release);
             open.open.store(true, Ordering::Release);
             report.open_base_records = open_entries.len() as u64;
-            // Stable sort by key keeps offset order; the last entry per key wins.
+            // Stable sort by key keeps offset order; the newest entries per key win.
             open_entries.sort_by_key(|e| e.key);
-            dedup_keep_last(&mut open_entries);
+            newest_per_key(&mut open_entries);
         }
 
         let mut inner = Inner {
@@ -720,7 +723,12 @@ impl Inner {
                 let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
                 base.dev.read_at(&mut hb, e.offset)?;
                 if let Some(h) = RecordHeader::decode(&hb).filter(|h| h.key == e.key) {
-                    flags = h.flags;
+                    // The commit may have been torn (its data never reached the disk):
+                    // only a verified record counts as committed.
+                    let mut sc = scan::Scanner::new(&*base.dev, e.offset, e.offset + h.disk_size());
+                    if h.is_uncommitted() || sc.verify(e.offset, &h)?.is_ok() {
+                        flags = h.flags;
+                    }
                 }
             }
             if flags & record_flags::UNCOMMITTED != 0 {
@@ -749,6 +757,16 @@ impl Inner {
         let mut entries = Vec::new();
         let mut sc = scan::Scanner::new(&*b.dev, BASE_HEADER_SIZE, end);
         while let Some((off, h)) = sc.next_record()? {
+            if !h.is_uncommitted() && sc.verify(off, &h)?.is_err() {
+                // Torn by a crash before the base was synced: the key keeps its previous
+                // version.
+                tracing::warn!(
+                    base = b.number,
+                    offset = off,
+                    "blob: skipping a damaged record"
+                );
+                continue;
+            }
             entries.push(IndexEntryFull {
                 key: h.key,
                 offset: off,
@@ -757,7 +775,7 @@ impl Inner {
             });
         }
         entries.sort_by_key(|e| e.key);
-        dedup_keep_last(&mut entries);
+        newest_per_key(&mut entries);
         let hdr = IndexHeader {
             base_number: b.number,
             base_generation: b.generation,
@@ -917,20 +935,30 @@ impl Device for NullDevice {
     }
 }
 
-/// Keeps the last of each run of equal keys (the input is stably sorted by key).
-fn dedup_keep_last(v: &mut Vec<IndexEntryFull>) {
-    if v.is_empty() {
-        return;
-    }
-    let mut out = 0;
-    for i in 0..v.len() {
-        if i + 1 < v.len() && v[i + 1].key == v[i].key {
-            continue;
+/// Per key (the input is stably sorted by key, so offset order holds within a key): keeps the
+/// newest committed record and, when a prepared record is newer than it, that one too, first.
+/// A prepared record older than a committed one was superseded by it (a committed write
+/// discards a key's reservation).
+fn newest_per_key(v: &mut Vec<IndexEntryFull>) {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let j = i + v[i..].iter().take_while(|e| e.key == v[i].key).count();
+        let group = &v[i..j];
+        let uncommitted = |e: &IndexEntryFull| e.flags & record_flags::UNCOMMITTED != 0;
+        let committed = group.iter().rposition(|e| !uncommitted(e));
+        let prepared = group.iter().rposition(uncommitted);
+        if let Some(p) = prepared {
+            if committed.is_none_or(|c| p > c) {
+                out.push(group[p]);
+            }
         }
-        v[out] = v[i];
-        out += 1;
+        if let Some(c) = committed {
+            out.push(group[c]);
+        }
+        i = j;
     }
-    v.truncate(out);
+    *v = out;
 }
 
 impl crate::backend::Backend for BlobBackend {

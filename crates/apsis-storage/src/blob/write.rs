@@ -121,7 +121,18 @@ impl Inner {
         let op = WriteOp::classify(req)?;
         let (info, seq) = {
             let _g = self.key_lock(key).write();
-            self.write_locked(key, req, op)?
+            let done = self.write_locked(key, req, op)?;
+            if matches!(
+                op,
+                WriteOp::Replace | WriteOp::Patch { .. } | WriteOp::Append
+            ) {
+                // A committed write supersedes a prepared reservation of the key.
+                let p = self.pending.lock().remove(key);
+                if let Some(b) = p.and_then(|p| self.base(p.slot()).map(|b| (b, p))) {
+                    self.forget_pending(&b.0, b.1);
+                }
+            }
+            done
         };
         self.after_write(seq)?;
         Ok(info)
@@ -144,11 +155,8 @@ impl Inner {
             Some(c) => self.read_data(c, 0, c.hdr.data_size, true),
             None => Ok(Vec::new()),
         })?;
-        let csum_flag = if req.nocsum {
-            record_flags::NOCSUM
-        } else {
-            record_flags::CHUNKED_CSUM
-        };
+        // Checksums are always stored; NOCSUM is remembered for the client's sake.
+        let csum_flag = record_flags::CHUNKED_CSUM | nocsum_flag(req);
         let new_header = |flags: u64, data_size: u64, capacity: u64| RecordHeader {
             key: *key,
             flags,
@@ -255,11 +263,7 @@ impl Inner {
     ) -> Result<(RecordInfo, u64)> {
         let mut h = p.hdr;
         h.flags &= !(record_flags::UNCOMMITTED | record_flags::NOCSUM | record_flags::CHUNKED_CSUM);
-        h.flags |= if req.nocsum {
-            record_flags::NOCSUM
-        } else {
-            record_flags::CHUNKED_CSUM
-        };
+        h.flags |= record_flags::CHUNKED_CSUM | nocsum_flag(req);
         h.data_size = size;
         h.timestamp = req.timestamp;
         h.user_flags = req.user_flags;
@@ -401,6 +405,15 @@ impl Inner {
             if c.loc != loc {
                 c.base.sub_live(&c.hdr);
             }
+        } else if let Some(b) = damaged.and_then(|d| self.base(d.slot())) {
+            // A record whose header no longer decodes (a torn in-place rewrite, or bit rot)
+            // was counted live when loaded. Its size is unknown now: its bytes stay counted
+            // until defrag rewrites the base.
+            let _ = b
+                .live_records
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(1))
+                });
         }
     }
 
@@ -613,6 +626,14 @@ pub(crate) fn read_region_locked(w: &Writer, base: &Base, off: u64, buf: &mut [u
     })?;
     buf[dev_part..].copy_from_slice(src);
     Ok(())
+}
+
+fn nocsum_flag(req: &WriteRequest<'_>) -> u64 {
+    if req.nocsum {
+        record_flags::NOCSUM
+    } else {
+        0
+    }
 }
 
 fn check_object_size(size: u64) -> Result<()> {
