@@ -147,6 +147,15 @@ struct SimFile {
     durable: Vec<u8>,
     /// Writes since the last sync, in order.
     pending: Vec<PendingOp>,
+    /// Space reserved by `allocate` (like fallocate with KEEP_SIZE).
+    reserved: u64,
+}
+
+impl SimFile {
+    /// Bytes this file takes on the simulated disk.
+    fn footprint(&self) -> u64 {
+        (self.current.len() as u64).max(self.reserved)
+    }
 }
 
 #[derive(Default)]
@@ -285,10 +294,7 @@ impl SimDir {
     }
 
     fn used_bytes(st: &SimState) -> u64 {
-        st.files
-            .values()
-            .map(|f| f.lock().current.len() as u64)
-            .sum()
+        st.files.values().map(|f| f.lock().footprint()).sum()
     }
 
     fn before_write(&self, growth: u64) -> io::Result<()> {
@@ -328,7 +334,7 @@ impl Device for SimDevice {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let growth = {
             let f = self.file.lock();
-            (offset + buf.len() as u64).saturating_sub(f.current.len() as u64)
+            (offset + buf.len() as u64).saturating_sub(f.footprint())
         };
         self.dir.before_write(growth)?;
         let mut f = self.file.lock();
@@ -372,11 +378,13 @@ impl Device for SimDevice {
     fn allocate(&self, len: u64) -> io::Result<()> {
         let st = self.dir.state.lock();
         if let Some(cap) = st.capacity_bytes {
-            let cur = self.file.lock().current.len() as u64;
+            let cur = self.file.lock().footprint();
             if SimDir::used_bytes(&st) + len.saturating_sub(cur) > cap {
                 return Err(io::Error::from_raw_os_error(28));
             }
         }
+        let mut f = self.file.lock();
+        f.reserved = f.reserved.max(len);
         Ok(())
     }
 }
