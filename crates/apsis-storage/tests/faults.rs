@@ -526,7 +526,7 @@ fn decoders_survive_random_and_mutated_input() {
         rng.fill(&mut b);
         let _ = RecordHeader::decode(&b);
         let _ = IndexHeader::decode(&b);
-        let _ = apsis_storage::blob::decode_index_file(&b);
+        let _ = apsis_storage::blob::format::decode_index(&b);
         let mut m = h.to_vec();
         for _ in 0..rng.usize(1..4) {
             let i = rng.usize(0..m.len());

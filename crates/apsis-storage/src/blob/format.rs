@@ -238,19 +238,30 @@ pub fn verify_chunks(
 
 // --- Sorted index file ----------------------------------------------------------------------
 
-/// One entry of a closed base's sorted index: the newest record of `key` in that base.
+/// One entry of a closed base's sorted index: key (64) | offset:48 + flags:16 (u64 LE) |
+/// record disk size (u64 LE). A key appears at most twice in a row: its newest prepared
+/// (uncommitted) record first, when that is newer than its newest committed record or
+/// tombstone, which follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexEntry {
     pub key: Key,
+    /// Byte offset of the record in its base (< 2^48).
     pub offset: u64,
+    /// The record's flags when the index was written ([`record_flags`], stored subset).
     pub flags: u64,
+    /// Bytes the record occupies (header + checksums + data, padded).
+    pub disk_size: u64,
 }
+
+const ENTRY_OFFSET_MASK: u64 = (1 << 48) - 1;
 
 impl IndexEntry {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.key.0);
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(
+            &((self.offset & ENTRY_OFFSET_MASK) | (self.flags << 48)).to_le_bytes(),
+        );
+        out.extend_from_slice(&self.disk_size.to_le_bytes());
     }
     pub fn decode(b: &[u8]) -> Option<IndexEntry> {
         if b.len() < INDEX_ENTRY_SIZE as usize {
@@ -258,14 +269,19 @@ impl IndexEntry {
         }
         let mut key = [0u8; KEY_SIZE];
         key.copy_from_slice(&b[..KEY_SIZE]);
-        let flags = u64_at(b, 72);
-        if flags & !record_flags::STORED_MASK != 0 {
+        let packed = u64_at(b, 64);
+        let flags = packed >> 48;
+        let disk_size = u64_at(b, 72);
+        if flags & !record_flags::STORED_MASK != 0
+            || !(RECORD_HEADER_SIZE..=RECORD_HEADER_SIZE + 2 * CAPACITY_MAX).contains(&disk_size)
+        {
             return None;
         }
         Some(IndexEntry {
             key: Key(key),
-            offset: u64_at(b, 64),
+            offset: packed & ENTRY_OFFSET_MASK,
             flags,
+            disk_size,
         })
     }
 }
@@ -322,26 +338,24 @@ impl IndexHeader {
     }
 }
 
-/// Encodes a whole index file for sorted, deduplicated entries.
-pub fn encode_index(base: &BaseHeader, entries: &[IndexEntry]) -> Vec<u8> {
-    let h = IndexHeader {
-        base_number: base.number,
-        base_generation: base.generation,
-        entries: entries.len() as u64,
-    };
-    let mut out = Vec::with_capacity(h.file_size() as usize);
-    out.extend_from_slice(&h.encode());
+/// Encodes a whole index file for entries sorted by key.
+pub fn encode_index(header: &IndexHeader, entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.file_size() as usize);
+    out.extend_from_slice(&header.encode());
     for e in entries {
         e.encode_into(&mut out);
     }
     let c = crc(&out[INDEX_HEADER_SIZE as usize..]);
     out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(b"IEND");
+    out.extend_from_slice(INDEX_FOOTER_MAGIC);
     out
 }
 
-/// Decodes a whole index file held in memory: header, entries (sorted, unique keys) and the
-/// footer checksum. Used by tests and the fuzzer; the engine streams the same format.
+/// The footer's magic, after the body checksum.
+pub const INDEX_FOOTER_MAGIC: &[u8; 4] = b"IEND";
+
+/// Decodes a whole index file held in memory: header, entries (sorted by key) and the footer
+/// checksum. The engine streams the same format; tests and the fuzzer use this.
 pub fn decode_index(b: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), String> {
     let h = IndexHeader::decode(b)?;
     if b.len() as u64 != h.file_size() {
@@ -349,13 +363,13 @@ pub fn decode_index(b: &[u8]) -> Result<(IndexHeader, Vec<IndexEntry>), String> 
     }
     let body = &b[INDEX_HEADER_SIZE as usize..b.len() - INDEX_FOOTER_SIZE as usize];
     let foot = &b[b.len() - INDEX_FOOTER_SIZE as usize..];
-    if &foot[4..8] != b"IEND" || crc(body) != u32_at(foot, 0) {
+    if &foot[4..8] != INDEX_FOOTER_MAGIC || crc(body) != u32_at(foot, 0) {
         return Err("index body checksum mismatch".into());
     }
-    let mut entries = Vec::with_capacity(h.entries as usize);
+    let mut entries: Vec<IndexEntry> = Vec::with_capacity(h.entries as usize);
     for chunk in body.chunks_exact(INDEX_ENTRY_SIZE as usize) {
         let e = IndexEntry::decode(chunk).ok_or("bad index entry")?;
-        if entries.last().is_some_and(|p: &IndexEntry| p.key >= e.key) {
+        if entries.last().is_some_and(|p| p.key > e.key) {
             return Err("index entries are not sorted".into());
         }
         entries.push(e);
@@ -399,19 +413,21 @@ mod tests {
 
     #[test]
     fn index_file_round_trips_and_detects_damage() {
-        let base = BaseHeader {
-            number: 3,
-            generation: 9,
-        };
         let mut es: Vec<_> = (0..10u8)
             .map(|i| IndexEntry {
                 key: Key::from_name(b"", &[i]),
                 offset: i as u64 * 8,
-                flags: 0,
+                flags: record_flags::CHUNKED_CSUM,
+                disk_size: 136 + i as u64 * 8,
             })
             .collect();
         es.sort();
-        let b = encode_index(&base, &es);
+        let header = IndexHeader {
+            base_number: 3,
+            base_generation: 9,
+            entries: es.len() as u64,
+        };
+        let b = encode_index(&header, &es);
         let (h, back) = decode_index(&b).unwrap();
         assert_eq!((h.base_number, h.base_generation), (3, 9));
         assert_eq!(back, es);

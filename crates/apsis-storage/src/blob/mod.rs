@@ -309,18 +309,9 @@ struct Source {
     /// For closed bases: the index file, streamed.
     reader: Option<std::io::BufReader<DevReader>>,
     /// For the open base: entries from the scan, sorted.
-    entries: std::vec::IntoIter<IndexEntryFull>,
+    entries: std::vec::IntoIter<IndexEntry>,
     remaining: u64,
     crc: u32,
-}
-
-/// An index entry with the record's disk size (the index file stores both).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct IndexEntryFull {
-    pub key: Key,
-    pub offset: u64,
-    pub flags: u64,
-    pub disk_size: u64,
 }
 
 /// `Read` over a device from a starting offset.
@@ -340,7 +331,7 @@ impl Read for DevReader {
 }
 
 impl Source {
-    fn next(&mut self) -> Result<Option<IndexEntryFull>> {
+    fn next(&mut self) -> Result<Option<IndexEntry>> {
         let Some(r) = self.reader.as_mut() else {
             return Ok(self.entries.next());
         };
@@ -348,7 +339,7 @@ impl Source {
             let mut foot = [0u8; INDEX_FOOTER_SIZE as usize];
             r.read_exact(&mut foot)?;
             if u32::from_le_bytes(foot[..4].try_into().expect("4")) != self.crc
-                || &foot[4..] != b"IEND"
+                || &foot[4..] != INDEX_FOOTER_MAGIC
             {
                 return Err(StorageError::Corrupt(format!(
                     "index of base {} fails its checksum",
@@ -362,61 +353,11 @@ impl Source {
         r.read_exact(&mut b)?;
         self.crc = crc32c::crc32c_append(self.crc, &b);
         self.remaining -= 1;
-        let e = decode_full_entry(&b).ok_or_else(|| {
+        let e = IndexEntry::decode(&b).ok_or_else(|| {
             StorageError::Corrupt(format!("bad entry in index of base {}", self.base.number))
         })?;
         Ok(Some(e))
     }
-}
-
-/// Index file entries: key(64) | offset:48 + flags:16 (u64) | disk size (u64).
-pub(crate) fn encode_full_entry(e: &IndexEntryFull, out: &mut Vec<u8>) {
-    IndexEntry {
-        key: e.key,
-        offset: e.offset | (e.flags << 48),
-        flags: e.disk_size,
-    }
-    .encode_into(out)
-}
-
-fn decode_full_entry(b: &[u8]) -> Option<IndexEntryFull> {
-    let key: [u8; KEY_SIZE] = b.get(..KEY_SIZE)?.try_into().ok()?;
-    let packed = u64::from_le_bytes(b.get(64..72)?.try_into().ok()?);
-    let disk_size = u64::from_le_bytes(b.get(72..80)?.try_into().ok()?);
-    let flags = packed >> 48;
-    if flags & !record_flags::STORED_MASK != 0 || disk_size < RECORD_HEADER_SIZE {
-        return None;
-    }
-    Some(IndexEntryFull {
-        key: Key(key),
-        offset: packed & index::OFFSET_MAX,
-        flags,
-        disk_size,
-    })
-}
-
-/// Decodes an index file held in memory (the fuzz target and tests use this).
-pub fn decode_index_file(b: &[u8]) -> std::result::Result<(IndexHeader, usize), String> {
-    let h = IndexHeader::decode(b)?;
-    if b.len() as u64 != h.file_size() {
-        return Err("index file size does not match its entry count".into());
-    }
-    let body = &b[INDEX_HEADER_SIZE as usize..b.len() - INDEX_FOOTER_SIZE as usize];
-    let foot = &b[b.len() - INDEX_FOOTER_SIZE as usize..];
-    if &foot[4..] != b"IEND"
-        || crc32c::crc32c(body) != u32::from_le_bytes(foot[..4].try_into().expect("4"))
-    {
-        return Err("index body checksum mismatch".into());
-    }
-    let mut prev: Option<Key> = None;
-    for c in body.chunks_exact(INDEX_ENTRY_SIZE as usize) {
-        let e = decode_full_entry(c).ok_or("bad index entry")?;
-        if prev.is_some_and(|p| p > e.key) {
-            return Err("index entries are not sorted".into());
-        }
-        prev = Some(e.key);
-    }
-    Ok((h, body.len() / INDEX_ENTRY_SIZE as usize))
 }
 
 fn random_u64() -> u64 {
@@ -512,7 +453,7 @@ impl Inner {
                     report.damaged_records += 1;
                     continue;
                 }
-                open_entries.push(IndexEntryFull {
+                open_entries.push(IndexEntry {
                     key: h.key,
                     offset: off,
                     flags: h.flags,
@@ -695,7 +636,7 @@ impl Inner {
         // Heap of (key, base number) so equal keys come out newest first.
         #[derive(PartialEq, Eq, PartialOrd, Ord)]
         struct Head(std::cmp::Reverse<Key>, u64, usize);
-        let mut heads: Vec<Option<IndexEntryFull>> = Vec::with_capacity(sources.len());
+        let mut heads: Vec<Option<IndexEntry>> = Vec::with_capacity(sources.len());
         let mut heap = BinaryHeap::new();
         for (i, s) in sources.iter_mut().enumerate() {
             let e = s.next()?;
@@ -767,7 +708,7 @@ impl Inner {
                 );
                 continue;
             }
-            entries.push(IndexEntryFull {
+            entries.push(IndexEntry {
                 key: h.key,
                 offset: off,
                 flags: h.flags,
@@ -781,14 +722,7 @@ impl Inner {
             base_generation: b.generation,
             entries: entries.len() as u64,
         };
-        let mut out = Vec::with_capacity(hdr.file_size() as usize);
-        out.extend_from_slice(&hdr.encode());
-        for e in &entries {
-            encode_full_entry(e, &mut out);
-        }
-        let c = crc32c::crc32c(&out[INDEX_HEADER_SIZE as usize..]);
-        out.extend_from_slice(&c.to_le_bytes());
-        out.extend_from_slice(b"IEND");
+        let out = encode_index(&hdr, &entries);
         let tmp = format!("{}.tmp", index_name(b.number));
         let dev = self.dir.open(&tmp, true)?;
         dev.set_len(0)?;
@@ -939,13 +873,13 @@ impl Device for NullDevice {
 /// newest committed record and, when a prepared record is newer than it, that one too, first.
 /// A prepared record older than a committed one was superseded by it (a committed write
 /// discards a key's reservation).
-fn newest_per_key(v: &mut Vec<IndexEntryFull>) {
+fn newest_per_key(v: &mut Vec<IndexEntry>) {
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
     while i < v.len() {
         let j = i + v[i..].iter().take_while(|e| e.key == v[i].key).count();
         let group = &v[i..j];
-        let uncommitted = |e: &IndexEntryFull| e.flags & record_flags::UNCOMMITTED != 0;
+        let uncommitted = |e: &IndexEntry| e.flags & record_flags::UNCOMMITTED != 0;
         let committed = group.iter().rposition(|e| !uncommitted(e));
         let prepared = group.iter().rposition(uncommitted);
         if let Some(p) = prepared {
