@@ -309,7 +309,9 @@ struct Source {
     /// For closed bases: the index file, streamed.
     reader: Option<std::io::BufReader<DevReader>>,
     /// For the open base: entries from the scan, sorted.
-    entries: std::vec::IntoIter<IndexEntry>,
+    entries: Arc<[IndexEntry]>,
+    /// Next position in `entries`.
+    next_entry: usize,
     remaining: u64,
     crc: u32,
 }
@@ -333,7 +335,9 @@ impl Read for DevReader {
 impl Source {
     fn next(&mut self) -> Result<Option<IndexEntry>> {
         let Some(r) = self.reader.as_mut() else {
-            return Ok(self.entries.next());
+            let e = self.entries.get(self.next_entry).copied();
+            self.next_entry += 1;
+            return Ok(e);
         };
         if self.remaining == 0 {
             let mut foot = [0u8; INDEX_FOOTER_SIZE as usize];
@@ -470,10 +474,11 @@ impl Inner {
             open.flushed.store(valid_end, Ordering::Release);
             open.open.store(true, Ordering::Release);
             report.open_base_records = open_entries.len() as u64;
-            // Stable sort by key keeps offset order; the newest entries per key win.
-            open_entries.sort_by_key(|e| e.key);
+            // By key, then offset (write order): the newest entries per key win.
+            open_entries.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
             newest_per_key(&mut open_entries);
         }
+        let open_entries: Arc<[IndexEntry]> = Arc::from(open_entries);
 
         let mut inner = Inner {
             index: Index::default(),
@@ -526,7 +531,8 @@ impl Inner {
                         sources.push(Source {
                             base: b.clone(),
                             reader: Some(reader),
-                            entries: Vec::new().into_iter(),
+                            entries: Arc::from(Vec::new()),
+                            next_entry: 0,
                             remaining: n,
                             crc: 0,
                         });
@@ -541,7 +547,8 @@ impl Inner {
                         sources.push(Source {
                             base: b.clone(),
                             reader: Some(reader),
-                            entries: Vec::new().into_iter(),
+                            entries: Arc::from(Vec::new()),
+                            next_entry: 0,
                             remaining: n,
                             crc: 0,
                         });
@@ -552,13 +559,13 @@ impl Inner {
                 sources.push(Source {
                     base: open.clone(),
                     reader: None,
-                    entries: open_entries.clone().into_iter(),
+                    entries: open_entries.clone(),
+                    next_entry: 0,
                     remaining: 0,
                     crc: 0,
                 });
             }
-            inner.index.reserve(total as usize);
-            match inner.merge(sources) {
+            match inner.merge(sources, total as usize) {
                 Ok(()) => break,
                 Err(StorageError::Corrupt(msg)) => {
                     // A damaged index file: drop it, rebuild from data, and load again.
@@ -632,7 +639,7 @@ impl Inner {
 
     /// Loads the index from sorted sources: for each key the newest committed record or
     /// tombstone goes to the index, and a newer prepared record to the pending map.
-    fn merge(&self, mut sources: Vec<Source>) -> Result<()> {
+    fn merge(&self, mut sources: Vec<Source>, total_hint: usize) -> Result<()> {
         // Heap of (key, base number) so equal keys come out newest first.
         #[derive(PartialEq, Eq, PartialOrd, Ord)]
         struct Head(std::cmp::Reverse<Key>, u64, usize);
@@ -649,6 +656,7 @@ impl Inner {
         let mut have_committed = false;
         let mut have_pending = false;
         let mut pending = self.pending.lock();
+        let mut batches = Index::new_batches(total_hint);
         while let Some(Head(_, _, i)) = heap.pop() {
             let e = heads[i].take().expect("a head for every heap entry");
             let base = sources[i].base.clone();
@@ -680,8 +688,7 @@ impl Inner {
                 }
             } else if !have_committed {
                 have_committed = true;
-                // Keys arrive unique and sorted, so a shared fingerprint is always another key.
-                self.index.insert(&e.key, loc, &mut |_| false);
+                batches[Index::shard_of(&e.key)].push((e.key.fingerprint(), loc));
                 base.count_live(e.disk_size, flags);
             }
             if let Some(n) = sources[i].next()? {
@@ -689,6 +696,9 @@ impl Inner {
                 heads[i] = Some(n);
             }
         }
+        drop(pending);
+        // Keys arrived unique, so a shared fingerprint is always another key.
+        self.index.bulk_load(batches, &|l| self.key_at(l));
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::types::*;
 use std::sync::atomic::Ordering;
 
 /// Bytes read speculatively with the header, so small records cost one read.
-const PREFETCH: u64 = 4096;
+const PREFETCH: u64 = 2048;
 /// Largest single read answer (callers read bigger objects in ranges).
 pub const READ_SIZE_MAX: u64 = 1 << 32;
 

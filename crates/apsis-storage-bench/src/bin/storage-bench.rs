@@ -1,0 +1,286 @@
+//! The storage load tool: side-by-side figures for `docs/benchmarks.md`.
+//!
+//! ```text
+//! storage-bench small   [N]        1 KiB puts then warm gets, N keys (default 200000): apsis, fjall, redb
+//! storage-bench large   [MIB]      1 MiB puts, MIB in all (default 1024): apsis vs a plain sequential write
+//! storage-bench durable [SECS]     durable 1 KiB puts (sync=0): 1 writer vs 16 writers (default 5 s each)
+//! storage-bench index   [KEYS]     index RAM per key and restart time at KEYS keys (default 10000000)
+//! storage-bench all                all of the above with their defaults
+//! ```
+//! Data goes to a temporary directory under `$APSIS_BENCH_DIR` (default: the system temp dir).
+
+use apsis_storage::{Backend, BlobBackend, BlobConfig, Key, ReadRequest, Timestamp, WriteRequest};
+use apsis_storage_bench::*;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn tmp() -> tempfile::TempDir {
+    match std::env::var_os("APSIS_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).expect("bench dir"),
+        None => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn small(n: usize) {
+    println!("## 1 KiB puts (no fsync per put) and warm gets, {n} keys");
+    println!("| engine | puts/s | gets/s |");
+    println!("|---|---:|---:|");
+    let keys = keys(n, 1);
+    let val = value(1024, 2);
+    let mut order: Vec<usize> = (0..n).collect();
+    fastrand::Rng::with_seed(3).shuffle(&mut order);
+    let mut results = Vec::new();
+    let only = std::env::var("APSIS_BENCH_ENGINES").unwrap_or_default();
+    for which in ["apsis", "fjall", "redb"] {
+        if !only.is_empty() && !only.split(',').any(|o| o == which) {
+            continue;
+        }
+        let dir = tmp();
+        let e: Box<dyn Engine> = match which {
+            "apsis" => Box::new(Apsis::open(dir.path(), -1)),
+            "fjall" => Box::new(Fjall::open(dir.path())),
+            _ => Box::new(Redb::open(dir.path())),
+        };
+        let t = Instant::now();
+        for k in &keys {
+            e.put(k, &val);
+        }
+        let puts = rate(n, t.elapsed());
+        // Warm: every value was just written and read back once.
+        let mut total = 0;
+        for &i in &order {
+            total += e.get(&keys[i]);
+        }
+        let t = Instant::now();
+        for &i in &order {
+            total += e.get(&keys[i]);
+        }
+        let gets = rate(n, t.elapsed());
+        assert_eq!(total, 2 * n * 1024);
+        println!("| {} | {:.0} | {:.0} |", e.name(), puts, gets);
+        results.push((e.name(), puts, gets));
+        drop(e);
+    }
+    if results.len() < 3 {
+        return;
+    }
+    let (a, f, r) = (results[0], results[1], results[2]);
+    println!(
+        "\napsis/fjall puts {:.1}x, apsis/redb puts {:.1}x, apsis/redb gets {:.1}x, apsis/fjall gets {:.1}x\n",
+        a.1 / f.1,
+        a.1 / r.1,
+        a.2 / r.2,
+        a.2 / f.2
+    );
+}
+
+fn large(mib: usize) {
+    println!("## 1 MiB puts, {mib} MiB in all, fsync at the end (best of 2 rounds each)");
+    println!("| writer | MiB/s |");
+    println!("|---|---:|");
+    let val = value(1 << 20, 4);
+    let keys = keys(mib, 5);
+    let mut best_plain: f64 = 0.0;
+    let mut best_apsis: f64 = 0.0;
+    for _round in 0..2 {
+        {
+            let dir = tmp();
+            let mut f = std::fs::File::create(dir.path().join("plain")).expect("plain file");
+            let t = Instant::now();
+            for _ in 0..mib {
+                f.write_all(&val).expect("plain write");
+            }
+            f.sync_data().expect("plain sync");
+            best_plain = best_plain.max(rate(mib, t.elapsed()));
+        }
+        {
+            let dir = tmp();
+            let e = Apsis::open(dir.path(), -1);
+            let t = Instant::now();
+            for k in &keys {
+                e.put(k, &val);
+            }
+            e.sync();
+            best_apsis = best_apsis.max(rate(mib, t.elapsed()));
+        }
+    }
+    println!("| plain sequential write | {best_plain:.0} |");
+    println!("| apsis blob | {best_apsis:.0} |");
+    println!("\napsis/plain {:.0}%\n", 100.0 * best_apsis / best_plain);
+}
+
+fn durable_rate(threads: usize, secs: u64) -> f64 {
+    let dir = tmp();
+    let b = Arc::new(
+        BlobBackend::open_path(
+            dir.path(),
+            BlobConfig {
+                sync: 0,
+                ..Default::default()
+            },
+        )
+        .expect("open"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let val = value(1024, 6);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (b, stop, done, val) = (b.clone(), stop.clone(), done.clone(), val.clone());
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t as u64);
+                let mut k = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    rng.fill(&mut k);
+                    b.write(
+                        &Key(k),
+                        &WriteRequest {
+                            data: &val,
+                            timestamp: Timestamp::new(1, 0),
+                            ..Default::default()
+                        },
+                    )
+                    .expect("durable put");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().expect("writer");
+    }
+    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn durable(secs: u64) {
+    println!("## Durable 1 KiB puts (sync = 0: acknowledged after fsync), {secs} s each");
+    println!("| writers | puts/s |");
+    println!("|---:|---:|");
+    let one = durable_rate(1, secs);
+    println!("| 1 | {one:.0} |");
+    let sixteen = durable_rate(16, secs);
+    println!("| 16 | {sixteen:.0} |");
+    println!("\n16 writers / 1 writer: {:.1}x\n", sixteen / one);
+}
+
+/// The index figures come from fresh processes, so the RSS of the restarted one holds only
+/// what the restart loaded.
+fn index(n: usize) {
+    println!("## Index RAM and restart, {n} keys (8-byte values)");
+    let dir = tmp();
+    let exe = std::env::current_exe().expect("own path");
+    let d = dir.path().to_str().expect("utf-8 path");
+    for step in ["index-write", "index-open"] {
+        let ok = std::process::Command::new(&exe)
+            .args([step, d, &n.to_string()])
+            .status()
+            .expect("spawn")
+            .success();
+        assert!(ok, "{step} failed");
+    }
+}
+
+fn index_cfg() -> BlobConfig {
+    BlobConfig {
+        sync: -1,
+        ..Default::default()
+    }
+}
+
+fn index_write(dir: &str, n: usize) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let t = Instant::now();
+    let b = BlobBackend::open_path(dir, index_cfg()).expect("open");
+    let mut k = [0u8; 64];
+    for i in 0..n {
+        rng.fill(&mut k);
+        b.write(
+            &Key(k),
+            &WriteRequest {
+                data: &(i as u64).to_le_bytes(),
+                timestamp: Timestamp::new(1, 0),
+                ..Default::default()
+            },
+        )
+        .expect("put");
+    }
+    let s = b.stats();
+    println!(
+        "wrote {n} keys in {:.1} s ({:.0} puts/s) into {} bases; index RAM while writing: {:.1} B/key (engine's count)",
+        t.elapsed().as_secs_f64(),
+        rate(n, t.elapsed()),
+        s.bases.len(),
+        s.index_memory_bytes as f64 / n as f64
+    );
+    let t = Instant::now();
+    drop(b);
+    println!(
+        "clean shutdown (flush, fsync, index files): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn index_open(dir: &str, n: usize) {
+    let mut first = [0u8; 64];
+    fastrand::Rng::with_seed(7).fill(&mut first);
+    let rss0 = rss_bytes();
+    let t = Instant::now();
+    let b = BlobBackend::open_path(dir, index_cfg()).expect("reopen");
+    let r = b.read(&Key(first), &ReadRequest::default()).expect("read");
+    let restart = t.elapsed();
+    assert_eq!(r.data, 0u64.to_le_bytes());
+    let rss1 = rss_bytes();
+    let s = b.stats();
+    assert_eq!(s.records, n as u64);
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| index RAM (engine's count) | {:.1} B/key |",
+        s.index_memory_bytes as f64 / n as f64
+    );
+    println!(
+        "| process RSS growth from open to first read | {:.1} B/key |",
+        rss1.saturating_sub(rss0) as f64 / n as f64
+    );
+    println!(
+        "| restart to first read served | {:.2} s |",
+        restart.as_secs_f64()
+    );
+    println!();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, d: u64| -> u64 {
+        args.get(i)
+            .map(|s| s.parse().expect("a number"))
+            .unwrap_or(d)
+    };
+    match args.first().map(String::as_str) {
+        Some("small") => small(arg(1, 200_000) as usize),
+        Some("large") => large(arg(1, 1024) as usize),
+        Some("durable") => durable(arg(1, 5)),
+        Some("index") => index(arg(1, 10_000_000) as usize),
+        Some("index-write") => index_write(&args[1], arg(2, 0) as usize),
+        Some("index-open") => index_open(&args[1], arg(2, 0) as usize),
+        Some("all") => {
+            small(200_000);
+            large(1024);
+            durable(5);
+            index(10_000_000);
+        }
+        _ => {
+            eprintln!("usage: storage-bench small [N] | large [MIB] | durable [SECS] | index [KEYS] | all");
+            std::process::exit(2);
+        }
+    }
+}
