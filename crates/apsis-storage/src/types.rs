@@ -300,6 +300,8 @@ pub struct BackendStats {
     pub poisoned: Option<String>,
     pub defrag_running: bool,
     pub defrag_completed: u64,
+    /// Group fsyncs done so far (durable writes per fsync = writes / this under `sync = 0`).
+    pub fsyncs: u64,
 }
 
 /// What a defrag pass did.

@@ -158,7 +158,14 @@ fn durable_rate(threads: usize, secs: u64) -> f64 {
     for h in handles {
         h.join().expect("writer");
     }
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    let n = done.load(Ordering::Relaxed);
+    let fsyncs = b.stats().fsyncs.max(1);
+    eprintln!(
+        "  {threads} writers: {n} durable puts, {fsyncs} fsyncs, {:.1} puts per fsync, {:.0} us per fsync cycle",
+        n as f64 / fsyncs as f64,
+        t.elapsed().as_secs_f64() * 1e6 / fsyncs as f64
+    );
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 fn durable(secs: u64) {
@@ -269,6 +276,13 @@ fn main() {
         Some("small") => small(arg(1, 200_000) as usize),
         Some("large") => large(arg(1, 1024) as usize),
         Some("durable") => durable(arg(1, 5)),
+        Some("durable-threads") => {
+            let threads = arg(1, 16) as usize;
+            println!(
+                "{threads} writers: {:.0} puts/s",
+                durable_rate(threads, arg(2, 5))
+            );
+        }
         Some("index") => index(arg(1, 10_000_000) as usize),
         Some("index-write") => index_write(&args[1], arg(2, 0) as usize),
         Some("index-open") => index_open(&args[1], arg(2, 0) as usize),

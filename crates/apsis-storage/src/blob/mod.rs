@@ -201,8 +201,11 @@ pub(crate) struct Inner {
     /// Slot → base. Defrag installs the rewritten base in a new slot and retires the old one.
     bases: RwLock<Vec<Option<Arc<Base>>>>,
     writer: Mutex<Writer>,
-    sync_state: Mutex<SyncState>,
-    sync_cv: Condvar,
+    /// std's condvar, not parking_lot's: its notify_all wakes every waiter at once, where
+    /// parking_lot hands the mutex from one waiter to the next, one context switch after
+    /// another, and a group of 16 woke too slowly to join the next fsync.
+    sync_state: std::sync::Mutex<SyncState>,
+    sync_cv: std::sync::Condvar,
     /// Per-key locks (striped): writers exclusive, readers shared.
     locks: Box<[RwLock<()>]>,
     poisoned: Mutex<Option<String>>,
@@ -216,6 +219,8 @@ pub(crate) struct Inner {
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
     last_sync: Mutex<std::time::Instant>,
+    /// Group fsyncs done (for stats).
+    fsyncs: AtomicU64,
 }
 
 const LOCK_STRIPES: usize = 4096;
@@ -499,11 +504,11 @@ impl Inner {
                 dirty: Vec::new(),
                 next_number,
             }),
-            sync_state: Mutex::new(SyncState {
+            sync_state: std::sync::Mutex::new(SyncState {
                 durable_seq: 0,
                 leader: false,
             }),
-            sync_cv: Condvar::new(),
+            sync_cv: std::sync::Condvar::new(),
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
@@ -515,6 +520,7 @@ impl Inner {
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             last_sync: Mutex::new(std::time::Instant::now()),
+            fsyncs: AtomicU64::new(0),
             dir: inner_dir,
             cfg,
         };
@@ -941,6 +947,7 @@ impl crate::backend::Backend for BlobBackend {
             poisoned: i.poisoned.lock().clone(),
             defrag_running: i.defrag_running.load(Ordering::Relaxed),
             defrag_completed: i.defrag_completed.load(Ordering::Relaxed),
+            fsyncs: i.fsyncs.load(Ordering::Relaxed),
             ..Default::default()
         };
         for b in &bases {

@@ -4,7 +4,8 @@
 //! Group commit: a writer under `sync = 0` waits until the durable sequence number passes its
 //! own. If no sync is running it becomes the leader: it takes the writer lock just long enough
 //! to flush the buffer and note the sequence number, then fsyncs without any lock while
-//! others keep appending; everyone whose write was covered wakes up together.
+//! others keep appending; everyone whose write was covered wakes up together, and the leader
+//! syncs again at once if more writes arrived meanwhile.
 
 use super::{Inner, Writer};
 use crate::error::{Result, StorageError};
@@ -12,7 +13,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Most fsyncs a leader runs back to back before handing over (bounds its own latency).
+const LEADER_ROUNDS: u32 = 8;
+
 impl Inner {
+    fn sync_state(&self) -> std::sync::MutexGuard<'_, super::SyncState> {
+        // Nothing panics while holding it; a poisoned lock still holds consistent numbers.
+        self.sync_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Refuses all further writes (reads go on): after a failed fsync the kernel may have
     /// dropped dirty pages, so pretending otherwise would acknowledge lost data.
     pub(crate) fn poison(&self, why: &str) {
@@ -51,8 +60,14 @@ impl Inner {
     }
 
     /// Blocks until every mutation up to `seq` is on disk (group commit).
+    ///
+    /// The first waiter with no fsync running becomes the leader. After each fsync it wakes
+    /// everyone covered, and if more writes arrived meanwhile it syncs again at once (up to
+    /// [`LEADER_ROUNDS`] fsyncs, then it hands over), so the disk syncs back to back while the
+    /// writers just woken append their next records: the fsync of one group overlaps the
+    /// wake-up and append of the next.
     pub(crate) fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut st = self.sync_state.lock();
+        let mut st = self.sync_state();
         loop {
             if self.is_poisoned.load(Ordering::Acquire) {
                 return Err(StorageError::Poisoned(
@@ -62,20 +77,39 @@ impl Inner {
             if st.durable_seq >= seq {
                 return Ok(());
             }
-            if !st.leader {
-                st.leader = true;
-                drop(st);
-                let r = self.flush_and_sync();
-                st = self.sync_state.lock();
-                st.leader = false;
-                match r {
-                    Ok(done) => st.durable_seq = st.durable_seq.max(done),
-                    Err(e) => self.poison(&format!("fsync failed: {e}")),
-                }
-                self.sync_cv.notify_all();
+            if st.leader {
+                st = self.sync_cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            self.sync_cv.wait(&mut st);
+            st.leader = true;
+            drop(st);
+            let mut rounds = 0;
+            loop {
+                let r = self.flush_and_sync();
+                rounds += 1;
+                let mut st = self.sync_state();
+                let done = match r {
+                    Ok(done) => done,
+                    Err(e) => {
+                        self.poison(&format!("fsync failed: {e}"));
+                        st.leader = false;
+                        self.sync_cv.notify_all();
+                        break;
+                    }
+                };
+                st.durable_seq = st.durable_seq.max(done);
+                self.sync_cv.notify_all();
+                let more = self.writer.lock().seq > done;
+                if !more || (rounds >= LEADER_ROUNDS && st.durable_seq >= seq) {
+                    st.leader = false;
+                    if more {
+                        // Someone still waits: one of them takes over.
+                        self.sync_cv.notify_all();
+                    }
+                    break;
+                }
+            }
+            st = self.sync_state();
         }
     }
 
@@ -90,6 +124,7 @@ impl Inner {
             (w.seq, bases)
         };
         bases.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         for b in &bases {
             if let Err(e) = b.dev.sync() {
                 // Keep them dirty; the backend is poisoned anyway.
