@@ -30,6 +30,12 @@ pub trait Device: Send + Sync {
     /// Reserves disk space up to `len` bytes without changing the file's length, so a full
     /// disk is found before data is written, not half-way through a record.
     fn allocate(&self, len: u64) -> io::Result<()>;
+    /// Maps the first `len` bytes for reading (they may extend past the current end, for a
+    /// file that will grow). `None` where the device cannot be mapped; readers then use
+    /// [`Device::read_at`].
+    fn map(&self, _len: u64) -> io::Result<Option<memmap2::Mmap>> {
+        Ok(None)
+    }
 }
 
 /// A directory of devices.
@@ -82,6 +88,21 @@ impl Device for FileDevice {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn map(&self, len: u64) -> io::Result<Option<memmap2::Mmap>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the blob engine reads mapped bytes only below a base's `flushed` mark:
+        // bytes it wrote through this file, which it never truncates while the base is in
+        // use. Other processes must not modify a backend's files while it runs (see
+        // docs/durability.md); a disk read error while reading the map is SIGBUS.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map(&self.file)?
+        };
+        Ok(Some(map))
     }
     fn allocate(&self, len: u64) -> io::Result<()> {
         match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len) {

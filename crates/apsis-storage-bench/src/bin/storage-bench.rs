@@ -28,7 +28,7 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 fn small(n: usize) {
-    println!("## 1 KiB puts (no fsync per put) and warm gets, {n} keys");
+    println!("## 1 KiB puts (no fsync per put) and warm gets (best of 3 passes), {n} keys");
     println!("| engine | puts/s | gets/s |");
     println!("|---|---:|---:|");
     let keys = keys(n, 1);
@@ -57,12 +57,16 @@ fn small(n: usize) {
         for &i in &order {
             total += e.get(&keys[i]);
         }
-        let t = Instant::now();
-        for &i in &order {
-            total += e.get(&keys[i]);
+        // Best of three passes: this machine's noise is larger than one pass.
+        let mut gets: f64 = 0.0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for &i in &order {
+                total += e.get(&keys[i]);
+            }
+            gets = gets.max(rate(n, t.elapsed()));
         }
-        let gets = rate(n, t.elapsed());
-        assert_eq!(total, 2 * n * 1024);
+        assert_eq!(total, 4 * n * 1024);
         println!("| {} | {:.0} | {:.0} |", e.name(), puts, gets);
         results.push((e.name(), puts, gets));
         drop(e);

@@ -185,10 +185,12 @@ impl Inner {
                 return Err(e);
             }
         };
+        let map = super::map_base(&self.cfg, &dev, new_end);
         let new_base = self.install_base(|slot| Base {
             number: old.number,
             generation,
             slot,
+            map,
             dev: dev.clone(),
             end: AtomicU64::new(new_end),
             flushed: AtomicU64::new(new_end),

@@ -78,6 +78,11 @@ pub struct BlobConfig {
     /// Run the background thread (flushing, periodic sync, index builds). Tests that want
     /// determinism turn it off and call [`BlobBackend::maintenance`].
     pub background: bool,
+    /// Serve reads from a read-only memory map of each base instead of `pread` (no system
+    /// call per read: warm small reads are several times faster). The cost: a disk error
+    /// while reading through the map kills the process (SIGBUS) instead of failing one read
+    /// with EIO. Devices that cannot be mapped use `pread` regardless.
+    pub mmap_reads: bool,
 }
 
 impl Default for BlobConfig {
@@ -95,6 +100,7 @@ impl Default for BlobConfig {
             overwrite_in_place: false,
             chunk_log2: DEFAULT_CHUNK_LOG2,
             background: true,
+            mmap_reads: true,
         }
     }
 }
@@ -114,6 +120,8 @@ pub(crate) struct Base {
     removed_records: AtomicU64,
     open: AtomicBool,
     defragging: AtomicBool,
+    /// The base mapped for reads (see [`BlobConfig::mmap_reads`]).
+    map: Option<memmap2::Mmap>,
 }
 
 impl Base {
@@ -428,10 +436,17 @@ impl Inner {
                 }
                 Err(e) => return Err(StorageError::Open(format!("{}: {e}", base_name(n)))),
             };
+            // The newest base stays open and grows: map room for it to fill.
+            let map_len = if i + 1 == numbers.len() {
+                len.max(cfg.blob_size)
+            } else {
+                len
+            };
             bases.push(Arc::new(Base {
                 number: n,
                 generation: hdr.generation,
                 slot: bases.len() as u16,
+                map: map_base(&cfg, &dev, map_len),
                 dev,
                 end: AtomicU64::new(len),
                 flushed: AtomicU64::new(len),
@@ -812,10 +827,12 @@ impl Inner {
             let _ = self.dir.remove(&name);
             return Err(StorageError::from_io(e, "creating a base"));
         }
+        let map = map_base(&self.cfg, &dev, self.cfg.blob_size);
         let base = self.install_base(|slot| Base {
             number,
             generation,
             slot,
+            map,
             dev,
             end: AtomicU64::new(BASE_HEADER_SIZE),
             flushed: AtomicU64::new(BASE_HEADER_SIZE),
@@ -846,12 +863,27 @@ impl Inner {
     }
 }
 
+/// Maps a base for reads when the configuration and the device allow it.
+fn map_base(cfg: &BlobConfig, dev: &Arc<dyn Device>, len: u64) -> Option<memmap2::Mmap> {
+    if !cfg.mmap_reads {
+        return None;
+    }
+    match dev.map(len) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "blob: cannot map a base; reading with pread");
+            None
+        }
+    }
+}
+
 /// A placeholder open base for a backend with no bases yet; replaced before `open` returns.
 fn bases_placeholder(_dir: &Arc<dyn Dir>) -> Arc<Base> {
     Arc::new(Base {
         number: 0,
         generation: 0,
         slot: u16::MAX,
+        map: None,
         dev: Arc::new(NullDevice),
         end: AtomicU64::new(BASE_HEADER_SIZE),
         flushed: AtomicU64::new(BASE_HEADER_SIZE),

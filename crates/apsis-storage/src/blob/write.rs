@@ -75,6 +75,12 @@ impl Inner {
                 continue;
             };
             let end = base.end.load(Ordering::Acquire);
+            // From a memory map a second read costs no system call: read just the header.
+            let prefetch = if base.map.is_some() {
+                RECORD_HEADER_SIZE
+            } else {
+                prefetch
+            };
             let len = prefetch
                 .max(RECORD_HEADER_SIZE)
                 .min(end.saturating_sub(loc.offset()));
@@ -109,6 +115,14 @@ impl Inner {
     pub(crate) fn read_region(&self, base: &Base, off: u64, buf: &mut [u8]) -> Result<()> {
         let end = off + buf.len() as u64;
         if !base.open.load(Ordering::Acquire) || end <= base.flushed.load(Ordering::Acquire) {
+            if let Some(src) = base
+                .map
+                .as_ref()
+                .and_then(|m| m.get(off as usize..end as usize))
+            {
+                buf.copy_from_slice(src);
+                return Ok(());
+            }
             return base.dev.read_at(buf, off).map_err(Into::into);
         }
         let w = self.writer.lock();
