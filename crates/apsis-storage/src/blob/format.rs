@@ -292,6 +292,10 @@ pub struct IndexHeader {
     pub base_number: u64,
     pub base_generation: u64,
     pub entries: u64,
+    /// The index describes the base's records below this offset. For a closed base that is
+    /// all of it; an index of the open base (written at a clean shutdown) lets the next start
+    /// scan only what was appended after it.
+    pub covered_end: u64,
 }
 
 /// Largest index the decoder accepts: 2^32 entries (320 GiB of index).
@@ -306,6 +310,7 @@ impl IndexHeader {
         b[16..24].copy_from_slice(&self.base_number.to_le_bytes());
         b[24..32].copy_from_slice(&self.base_generation.to_le_bytes());
         b[32..40].copy_from_slice(&self.entries.to_le_bytes());
+        b[40..48].copy_from_slice(&self.covered_end.to_le_bytes());
         let c = crc(&b[..60]);
         b[60..64].copy_from_slice(&c.to_le_bytes());
         b
@@ -325,6 +330,7 @@ impl IndexHeader {
             base_number: u64_at(b, 16),
             base_generation: u64_at(b, 24),
             entries: u64_at(b, 32),
+            covered_end: u64_at(b, 40),
         };
         if h.entries > INDEX_ENTRIES_MAX {
             return Err("index entry count out of bounds".into());
@@ -426,6 +432,7 @@ mod tests {
             base_number: 3,
             base_generation: 9,
             entries: es.len() as u64,
+            covered_end: 4096,
         };
         let b = encode_index(&header, &es);
         let (h, back) = decode_index(&b).unwrap();
