@@ -897,7 +897,7 @@ impl Inner {
 fn load_checkpoint(dir: &dyn Dir, base: &Base, len: u64) -> Option<(Vec<IndexEntry>, u64)> {
     let dev = dir.open(&index_name(base.number), false).ok()?;
     let size = dev.len().ok()?;
-    if size < INDEX_HEADER_SIZE || size > (INDEX_ENTRIES_MAX + 1) * INDEX_ENTRY_SIZE {
+    if !(INDEX_HEADER_SIZE..=(INDEX_ENTRIES_MAX + 1) * INDEX_ENTRY_SIZE).contains(&size) {
         return None;
     }
     let mut bytes = vec![0u8; size as usize];
