@@ -568,35 +568,25 @@ impl Inner {
             let mut sources = Vec::new();
             let mut total = open_entries.len() as u64;
             for b in &bases[..closed] {
-                match inner.index_reader(b)? {
-                    Some((reader, n)) => {
-                        total += n;
-                        sources.push(Source {
-                            base: b.clone(),
-                            reader: Some(reader),
-                            entries: Arc::from(Vec::new()),
-                            next_entry: 0,
-                            remaining: n,
-                            crc: 0,
-                        });
-                    }
+                let (reader, n) = match inner.index_reader(b)? {
+                    Some(r) => r,
                     None => {
                         inner.write_index(b)?;
                         report.indexes_rebuilt += 1;
-                        let (reader, n) = inner.index_reader(b)?.ok_or_else(|| {
+                        inner.index_reader(b)?.ok_or_else(|| {
                             StorageError::Open("index just written is unreadable".into())
-                        })?;
-                        total += n;
-                        sources.push(Source {
-                            base: b.clone(),
-                            reader: Some(reader),
-                            entries: Arc::from(Vec::new()),
-                            next_entry: 0,
-                            remaining: n,
-                            crc: 0,
-                        });
+                        })?
                     }
-                }
+                };
+                total += n;
+                sources.push(Source {
+                    base: b.clone(),
+                    reader: Some(reader),
+                    entries: Arc::from(Vec::new()),
+                    next_entry: 0,
+                    remaining: n,
+                    crc: 0,
+                });
             }
             if let Some(open) = bases.last() {
                 sources.push(Source {
