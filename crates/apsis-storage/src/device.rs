@@ -36,6 +36,15 @@ pub trait Device: Send + Sync {
     fn map(&self, _len: u64) -> io::Result<Option<memmap2::Mmap>> {
         Ok(None)
     }
+    /// Writes `bufs` back to back from `offset` (one system call where the device can).
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// A directory of devices.
@@ -88,6 +97,24 @@ impl Device for FileDevice {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+        let mut rest: &mut [std::io::IoSlice<'_>] = &mut slices;
+        let mut at = offset;
+        while !rest.is_empty() {
+            match rustix::io::pwritev(&self.file, rest, at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    std::io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
     fn map(&self, len: u64) -> io::Result<Option<memmap2::Mmap>> {
         if len == 0 {

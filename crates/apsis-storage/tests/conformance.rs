@@ -55,3 +55,24 @@ fn blob_backend_with_in_place_overwrite_conforms() {
         Box::new(BlobBackend::open(Arc::new(SimDir::new()), cfg).unwrap().0)
     });
 }
+
+#[test]
+fn blob_backend_on_files_unbuffered_conforms() {
+    // Every record goes to the file in one vectored write, and reads come from the map.
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_all(&|| {
+        let d = tempfile::tempdir().unwrap();
+        let b = BlobBackend::open_path(
+            d.path(),
+            BlobConfig {
+                sync: 0,
+                write_buffer_bytes: 0,
+                blob_size: 256 << 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        dirs.lock().unwrap().push(d);
+        Box::new(b)
+    });
+}

@@ -91,17 +91,33 @@ fn large(mib: usize) {
     let val = value(1 << 20, 4);
     let keys = keys(mib, 5);
     let mut best_plain: f64 = 0.0;
+    let mut best_prealloc: f64 = 0.0;
     let mut best_apsis: f64 = 0.0;
     for _round in 0..2 {
-        {
+        for prealloc in [false, true] {
             let dir = tmp();
             let mut f = std::fs::File::create(dir.path().join("plain")).expect("plain file");
             let t = Instant::now();
+            if prealloc {
+                // Reserve the space first, as the engine does for each base.
+                rustix::fs::fallocate(
+                    &f,
+                    rustix::fs::FallocateFlags::KEEP_SIZE,
+                    0,
+                    (mib as u64) << 20,
+                )
+                .expect("fallocate");
+            }
             for _ in 0..mib {
                 f.write_all(&val).expect("plain write");
             }
             f.sync_data().expect("plain sync");
-            best_plain = best_plain.max(rate(mib, t.elapsed()));
+            let r = rate(mib, t.elapsed());
+            if prealloc {
+                best_prealloc = best_prealloc.max(r);
+            } else {
+                best_plain = best_plain.max(r);
+            }
         }
         {
             let dir = tmp();
@@ -115,8 +131,13 @@ fn large(mib: usize) {
         }
     }
     println!("| plain sequential write | {best_plain:.0} |");
+    println!("| plain sequential write, space reserved first (fallocate) | {best_prealloc:.0} |");
     println!("| apsis blob | {best_apsis:.0} |");
-    println!("\napsis/plain {:.0}%\n", 100.0 * best_apsis / best_plain);
+    println!(
+        "\napsis/plain {:.0}%, apsis/plain with fallocate {:.0}%\n",
+        100.0 * best_apsis / best_plain,
+        100.0 * best_apsis / best_prealloc
+    );
 }
 
 fn durable_rate(threads: usize, secs: u64) -> f64 {

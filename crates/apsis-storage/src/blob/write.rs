@@ -562,15 +562,22 @@ impl Inner {
             head.resize(data_start as usize, 0);
             let dev = w.open.dev.clone();
             let data_end = data_start + data_at + data.len() as u64;
-            let res = (|| {
-                dev.write_at(&head, off)?;
-                dev.write_at(data, off + data_start + data_at)?;
-                if data_end < size {
-                    // Make the file cover the whole reservation, so a scan sees the record.
-                    dev.write_at(&[0u8; 1], off + size - 1)?;
-                }
-                Ok::<(), std::io::Error>(())
-            })();
+            let pad = [0u8; RECORD_ALIGN as usize];
+            let res = if data_at == 0 && size - data_end < RECORD_ALIGN {
+                // The usual case: header, checksums, data and padding in one system call.
+                let tail = &pad[..(size - data_end) as usize];
+                dev.write_all_vectored_at(&[&head, data, tail], off)
+            } else {
+                (|| {
+                    dev.write_at(&head, off)?;
+                    dev.write_at(data, off + data_start + data_at)?;
+                    if data_end < size {
+                        // Make the file cover the whole reservation, so a scan sees the record.
+                        dev.write_at(&[0u8; 1], off + size - 1)?;
+                    }
+                    Ok::<(), std::io::Error>(())
+                })()
+            };
             if let Err(e) = res {
                 let _ = dev.set_len(off);
                 let err = StorageError::from_io(e, "appending a record");
