@@ -297,7 +297,9 @@ impl Run {
                         "t={} prepare key {k}: {} bytes reserve {reserve} commit={commit_now} -> {:?}",
                         self.clock,
                         v.len(),
-                        res.as_ref().map(|i| (i.size, i.offset)).map_err(|e| e.to_string())
+                        res.as_ref()
+                            .map(|i| (i.size, i.offset))
+                            .map_err(|e| e.to_string())
                     );
                 }
                 if commit_now || !ok {

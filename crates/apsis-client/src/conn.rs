@@ -1,0 +1,219 @@
+//! One connection to a node: requests multiplexed by transaction number.
+//!
+//! A reader task routes each reply to the request that owns its `trans`; a request's replies
+//! arrive on a channel and end with the first reply without MORE. The writer is a bounded
+//! queue drained by a task, so many requests share the socket without waiting on each other.
+
+use crate::error::{ClientError, Result};
+use apsis_proto::{check_frame, cmd, Frame, Header, HEADER_SIZE};
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Largest reply payload accepted (a bigger one closes the connection).
+pub const MAX_REPLY_BYTES: u64 = 1 << 30;
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+
+/// A live connection.
+pub struct Conn {
+    pub addr: SocketAddr,
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    /// Messages the server pushed (UPDATE_IDS), for the route table.
+    pub pushed: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
+}
+
+/// Transaction numbers: one counter per process, pre-incremented (the first is 1).
+static TRANS: AtomicU64 = AtomicU64::new(0);
+
+pub fn next_trans() -> u64 {
+    TRANS.fetch_add(1, Relaxed) + 1
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, timeout: std::time::Duration) -> Result<Arc<Conn>> {
+        let err = |m: String| ClientError::Connection {
+            addr: addr.to_string(),
+            msg: m,
+        };
+        let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| err(e.to_string()))?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        // Writer: batch whatever is queued into one write.
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64 << 10);
+            while let Some(m) = rx.recv().await {
+                batch.clear();
+                let mut big = None;
+                if m.len() >= 32 << 10 {
+                    big = Some(m);
+                } else {
+                    batch.extend_from_slice(&m);
+                    while batch.len() < 256 << 10 {
+                        match rx.try_recv() {
+                            Ok(m) if m.len() >= 32 << 10 => {
+                                big = Some(m);
+                                break;
+                            }
+                            Ok(m) => batch.extend_from_slice(&m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+                    return;
+                }
+                if let Some(b) = big {
+                    if wr.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        // Reader: route replies by trans.
+        let (p2, a2) = (pending.clone(), alive.clone());
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            'outer: loop {
+                loop {
+                    match check_frame(&buf, MAX_REPLY_BYTES) {
+                        Ok(Some(n)) => {
+                            let f = buf.split_to(n);
+                            let Ok(frame) = Frame::decode(&f) else {
+                                break 'outer;
+                            };
+                            let h = frame.header;
+                            if !h.is_reply() {
+                                if h.cmd == cmd::UPDATE_IDS {
+                                    let _ = push_tx.send(frame);
+                                }
+                                continue;
+                            }
+                            let last = !h.has_more();
+                            let mut p = p2.lock();
+                            if let Some(s) = p.get(&h.trans) {
+                                let _ = s.send(frame);
+                            }
+                            if last {
+                                p.remove(&h.trans);
+                            }
+                        }
+                        Ok(None) => {
+                            if buf.len() >= HEADER_SIZE {
+                                let size =
+                                    u64::from_le_bytes(buf[112..120].try_into().expect("8 bytes"));
+                                let total = HEADER_SIZE + size as usize;
+                                if buf.capacity() < total {
+                                    buf.reserve(total - buf.len());
+                                }
+                            }
+                            break;
+                        }
+                        Err(_) => break 'outer,
+                    }
+                }
+                if buf.capacity() - buf.len() < 16 << 10 {
+                    buf.reserve(64 << 10);
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            a2.store(false, Relaxed);
+            // Dropping the senders ends every waiting request with a connection error.
+            p2.lock().clear();
+        });
+        Ok(Arc::new(Conn {
+            addr,
+            tx,
+            pending,
+            alive,
+            pushed: Mutex::new(Some(push_rx)),
+        }))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Relaxed)
+    }
+
+    /// Sends a request and returns the channel its replies arrive on. `trans` 0 (handshake)
+    /// is keyed as 0.
+    pub async fn send(
+        &self,
+        mut h: Header,
+        payload: &[u8],
+    ) -> Result<mpsc::UnboundedReceiver<Frame>> {
+        if !self.is_alive() {
+            return Err(self.closed());
+        }
+        let (stx, srx) = mpsc::unbounded_channel();
+        self.pending.lock().insert(h.trans, stx);
+        h.size = payload.len() as u64;
+        let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
+        h.encode_into(&mut buf);
+        buf.extend_from_slice(payload);
+        if self.tx.send(buf).await.is_err() {
+            self.pending.lock().remove(&h.trans);
+            return Err(self.closed());
+        }
+        Ok(srx)
+    }
+
+    /// Forgets a request (after a timeout): late replies are dropped.
+    pub fn forget(&self, trans: u64) {
+        self.pending.lock().remove(&trans);
+    }
+
+    pub fn closed(&self) -> ClientError {
+        ClientError::Connection {
+            addr: self.addr.to_string(),
+            msg: "connection closed".into(),
+        }
+    }
+}
+
+/// Collects a transaction's replies until the final one, within `timeout`.
+pub async fn collect(
+    conn: &Conn,
+    trans: u64,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    timeout: std::time::Duration,
+) -> Result<Vec<Frame>> {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(timeout, async {
+        while let Some(f) = rx.recv().await {
+            let last = !f.header.has_more();
+            out.push(f);
+            if last {
+                return Ok(());
+            }
+        }
+        Err(conn.closed())
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => Ok(out),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            conn.forget(trans);
+            Err(ClientError::Timeout)
+        }
+    }
+}

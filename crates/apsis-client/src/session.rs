@@ -1,0 +1,873 @@
+//! Sessions: request settings plus one function per operation.
+//!
+//! Writes and removes go to every group of the session in parallel and the [`Checker`]
+//! decides success from the per-group results; reads and lookups try the groups in order
+//! and fall back on error.
+
+use crate::conn::{collect, next_trans};
+use crate::error::{ClientError, Result};
+use crate::routes::Route;
+use crate::Client;
+use apsis_proto::{
+    action, backend_command, cflags, cmd, errno, iflags, ioflags, itype, BackendControl,
+    BackendStatus, BackendStatusList, BulkRead, Frame, Header, IdRange, IoAttr, IteratorRequest,
+    IteratorResponse, LookupReply, MonitorStatRequest, NodeStatus, Time,
+};
+use sha2::{Digest, Sha512};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How many per-group successes make a write or remove succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checker {
+    AtLeastOne,
+    Quorum,
+    All,
+}
+
+impl Checker {
+    pub fn passes(self, ok: usize, total: usize) -> bool {
+        match self {
+            Checker::AtLeastOne => ok >= 1,
+            Checker::Quorum => ok > total / 2,
+            Checker::All => ok == total && total > 0,
+        }
+    }
+}
+
+impl std::str::FromStr for Checker {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "at_least_one" | "one" => Ok(Checker::AtLeastOne),
+            "quorum" => Ok(Checker::Quorum),
+            "all" => Ok(Checker::All),
+            _ => Err(format!("checker {s:?}: at_least_one, quorum or all")),
+        }
+    }
+}
+
+/// One group's outcome.
+#[derive(Clone, Debug)]
+pub struct GroupResult<T> {
+    pub group: u32,
+    pub result: Result<T>,
+}
+
+/// A write's outcome in every group (the checker already passed).
+#[derive(Clone, Debug)]
+pub struct WriteResult {
+    pub groups: Vec<GroupResult<Option<LookupReply>>>,
+}
+
+/// A read's answer.
+#[derive(Clone, Debug)]
+pub struct ReadResult {
+    pub group: u32,
+    /// The reply io_attr: size, total_size, timestamp, user_flags, record_flags, checksum in
+    /// `parent` when asked.
+    pub io: IoAttr,
+    pub data: Vec<u8>,
+}
+
+/// One record from an iterator.
+#[derive(Clone, Debug)]
+pub struct IterItem {
+    pub resp: IteratorResponse,
+    pub data: Vec<u8>,
+}
+
+/// What to iterate.
+#[derive(Clone, Debug, Default)]
+pub struct IterOptions {
+    pub ranges: Vec<IdRange>,
+    pub time: Option<(Time, Time)>,
+    pub data: bool,
+}
+
+/// Request settings and the operations.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    pub groups: Vec<u32>,
+    pub cflags: u64,
+    pub ioflags: u32,
+    pub namespace: Vec<u8>,
+    pub user_flags: u64,
+    /// Record timestamp for writes; `None` = now.
+    pub timestamp: Option<Time>,
+    pub timeout: Duration,
+    pub checker: Checker,
+    /// Objects larger than this are written in PREPARE / PLAIN_WRITE / COMMIT chunks.
+    pub chunk_size: usize,
+    pub trace_id: u64,
+}
+
+fn status_err(f: &Frame) -> Result<()> {
+    if f.header.status < 0 {
+        Err(ClientError::Status {
+            status: f.header.status,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl Session {
+    pub fn new(client: Client, groups: Vec<u32>) -> Session {
+        Session {
+            client,
+            groups,
+            cflags: 0,
+            ioflags: 0,
+            namespace: Vec::new(),
+            user_flags: 0,
+            timestamp: None,
+            timeout: Duration::from_secs(5),
+            checker: Checker::AtLeastOne,
+            chunk_size: 8 << 20,
+            trace_id: 0,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The id of a key name: sha512(name), or sha512(namespace ‖ 0 ‖ name).
+    pub fn id(&self, key: &[u8]) -> [u8; 64] {
+        let mut h = Sha512::new();
+        if !self.namespace.is_empty() {
+            h.update(&self.namespace);
+            h.update([0u8]);
+        }
+        h.update(key);
+        h.finalize().into()
+    }
+
+    fn route(&self, group: u32, id: &[u8; 64]) -> Result<Route> {
+        self.client
+            .inner
+            .routes
+            .read()
+            .owner(group, id)
+            .ok_or(ClientError::NoRoute { group })
+    }
+
+    /// Sends one request and collects its replies; a negative final status is an error.
+    pub async fn transact(
+        &self,
+        addr: SocketAddr,
+        mut h: Header,
+        payload: &[u8],
+    ) -> Result<Vec<Frame>> {
+        let conn = self.client.conn(addr).await?;
+        h.trans = next_trans();
+        h.trace_id = self.trace_id;
+        let rx = conn.send(h, payload).await?;
+        let frames = collect(&conn, h.trans, rx, self.timeout).await?;
+        if let Some(last) = frames.last() {
+            status_err(last)?;
+        }
+        Ok(frames)
+    }
+
+    fn header(&self, c: i32, group: u32, id: [u8; 64], backend: i32) -> Header {
+        let mut h = Header::new(c, cflags::NEED_ACK | self.cflags);
+        h.group = group;
+        h.id = id;
+        h.backend_id = backend;
+        h
+    }
+
+    fn now(&self) -> Time {
+        self.timestamp.unwrap_or_else(Time::now)
+    }
+
+    /// Writes one io_attr + data to one group; the reply's file info when there is one.
+    async fn write_group(
+        &self,
+        group: u32,
+        io: IoAttr,
+        data: &[u8],
+    ) -> Result<Option<LookupReply>> {
+        let r = self.route(group, &io.id)?;
+        let h = self.header(cmd::WRITE, group, io.id, r.backend_id);
+        let mut p = Vec::with_capacity(IoAttr::SIZE + data.len());
+        io.encode_into(&mut p);
+        p.extend_from_slice(data);
+        let frames = self.transact(r.addr, h, &p).await?;
+        match frames.iter().find(|f| !f.payload.is_empty()) {
+            Some(f) => Ok(Some(
+                LookupReply::decode(&f.payload)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends the same write to every group in parallel and applies the checker.
+    async fn write_all_groups(&self, io: IoAttr, data: &[u8]) -> Result<WriteResult> {
+        if self.groups.is_empty() {
+            return Err(ClientError::NoRoute { group: 0 });
+        }
+        let futs = self.groups.iter().map(|&g| async move {
+            GroupResult {
+                group: g,
+                result: self.write_group(g, io, data).await,
+            }
+        });
+        let groups = join_all(futs).await;
+        self.check(groups).map(|groups| WriteResult { groups })
+    }
+
+    fn check<T>(&self, groups: Vec<GroupResult<T>>) -> Result<Vec<GroupResult<T>>> {
+        let ok = groups.iter().filter(|g| g.result.is_ok()).count();
+        if self.checker.passes(ok, groups.len()) {
+            Ok(groups)
+        } else {
+            // Report the first error (Elliptics reports the failing status).
+            let e =
+                groups
+                    .into_iter()
+                    .find_map(|g| g.result.err())
+                    .unwrap_or(ClientError::Status {
+                        status: -errno::EIO,
+                    });
+            Err(e)
+        }
+    }
+
+    fn io(&self, id: [u8; 64], flags: u32, offset: u64, size: u64) -> IoAttr {
+        IoAttr {
+            id,
+            timestamp: self.now(),
+            user_flags: self.user_flags,
+            flags: flags | self.ioflags,
+            offset,
+            size,
+            ..IoAttr::default()
+        }
+    }
+
+    /// Writes (replaces) an object; larger than `chunk_size` goes in PREPARE/PLAIN/COMMIT chunks.
+    pub async fn write(&self, key: &[u8], data: &[u8]) -> Result<WriteResult> {
+        self.write_id(self.id(key), data).await
+    }
+
+    pub async fn write_id(&self, id: [u8; 64], data: &[u8]) -> Result<WriteResult> {
+        if data.len() <= self.chunk_size {
+            return self
+                .write_all_groups(self.io(id, 0, 0, data.len() as u64), data)
+                .await;
+        }
+        self.write_chunked(id, data, |_| {}).await
+    }
+
+    /// A chunked write, calling `progress(bytes_done)` after each chunk.
+    pub async fn write_chunked(
+        &self,
+        id: [u8; 64],
+        data: &[u8],
+        mut progress: impl FnMut(u64),
+    ) -> Result<WriteResult> {
+        let total = data.len() as u64;
+        let ts = self.now();
+        let chunks: Vec<&[u8]> = data.chunks(self.chunk_size.max(1)).collect();
+        let n = chunks.len();
+        let mut result = None;
+        let mut off = 0u64;
+        for (i, c) in chunks.into_iter().enumerate() {
+            let mut io = self.io(id, 0, off, c.len() as u64);
+            io.timestamp = ts;
+            if i == 0 {
+                io.flags |= ioflags::PREPARE | ioflags::PLAIN_WRITE;
+                io.num = total;
+            } else if i + 1 == n {
+                io.flags |= ioflags::COMMIT | ioflags::PLAIN_WRITE;
+                io.num = total;
+            } else {
+                io.flags |= ioflags::PLAIN_WRITE;
+                io.num = off + c.len() as u64;
+            }
+            if n == 1 {
+                io.flags = (io.flags & !ioflags::PLAIN_WRITE) | ioflags::PREPARE | ioflags::COMMIT;
+            }
+            result = Some(self.write_all_groups(io, c).await?);
+            off += c.len() as u64;
+            progress(off);
+        }
+        result.ok_or_else(|| ClientError::Invalid("empty chunked write".into()))
+    }
+
+    /// PREPARE: reserve `psize` bytes and write `data` at `remote_offset`; invisible until commit.
+    pub async fn write_prepare(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        remote_offset: u64,
+        psize: u64,
+    ) -> Result<WriteResult> {
+        let mut io = self.io(
+            self.id(key),
+            ioflags::PREPARE | ioflags::PLAIN_WRITE,
+            remote_offset,
+            data.len() as u64,
+        );
+        io.num = psize;
+        self.write_all_groups(io, data).await
+    }
+
+    /// PLAIN_WRITE: fill the reservation at `remote_offset`.
+    pub async fn write_plain(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        remote_offset: u64,
+    ) -> Result<WriteResult> {
+        let mut io = self.io(
+            self.id(key),
+            ioflags::PLAIN_WRITE,
+            remote_offset,
+            data.len() as u64,
+        );
+        io.num = remote_offset + data.len() as u64;
+        self.write_all_groups(io, data).await
+    }
+
+    /// COMMIT: write `data` at `remote_offset` and publish the object with `csize` bytes.
+    pub async fn write_commit(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        remote_offset: u64,
+        csize: u64,
+    ) -> Result<WriteResult> {
+        let mut io = self.io(
+            self.id(key),
+            ioflags::COMMIT | ioflags::PLAIN_WRITE,
+            remote_offset,
+            data.len() as u64,
+        );
+        io.num = csize;
+        self.write_all_groups(io, data).await
+    }
+
+    /// Compare-and-swap: replace only if sha512 of the stored data is `old_checksum` (a missing
+    /// key always passes); a mismatch is −EBADFD.
+    pub async fn write_cas(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        old_checksum: [u8; 64],
+    ) -> Result<WriteResult> {
+        let mut io = self.io(
+            self.id(key),
+            ioflags::COMPARE_AND_SWAP,
+            0,
+            data.len() as u64,
+        );
+        io.parent = old_checksum;
+        io.num = data.len() as u64;
+        self.write_all_groups(io, data).await
+    }
+
+    /// A write with explicit ioflags and offset (APPEND, offset writes, NOCSUM, CAS_TIMESTAMP…).
+    pub async fn write_with(
+        &self,
+        key: &[u8],
+        data: &[u8],
+        flags: u32,
+        offset: u64,
+    ) -> Result<WriteResult> {
+        let io = self.io(self.id(key), flags, offset, data.len() as u64);
+        self.write_all_groups(io, data).await
+    }
+
+    /// Writes many objects concurrently; one result per item, in order.
+    pub async fn bulk_write(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<WriteResult>> {
+        join_all(items.iter().map(|(k, v)| self.write(k, v))).await
+    }
+
+    async fn read_group(
+        &self,
+        group: u32,
+        id: [u8; 64],
+        offset: u64,
+        size: u64,
+    ) -> Result<ReadResult> {
+        let r = self.route(group, &id)?;
+        let h = self.header(cmd::READ, group, id, r.backend_id);
+        let mut io = IoAttr {
+            parent: id,
+            id,
+            flags: self.ioflags,
+            offset,
+            size,
+            ..IoAttr::default()
+        };
+        io.timestamp = Time::default();
+        let mut p = Vec::with_capacity(IoAttr::SIZE);
+        io.encode_into(&mut p);
+        let frames = self.transact(r.addr, h, &p).await?;
+        let f = frames
+            .iter()
+            .find(|f| f.payload.len() >= IoAttr::SIZE)
+            .ok_or_else(|| ClientError::Protocol("read reply without io_attr".into()))?;
+        let (io, data) =
+            IoAttr::split(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if io.size != data.len() as u64 {
+            return Err(ClientError::Protocol(format!(
+                "read reply: size {} with {} bytes",
+                io.size,
+                data.len()
+            )));
+        }
+        Ok(ReadResult {
+            group,
+            io,
+            data: data.to_vec(),
+        })
+    }
+
+    /// Reads `size` bytes (0 = to the end) from `offset`, trying the groups in order.
+    pub async fn read(&self, key: &[u8], offset: u64, size: u64) -> Result<ReadResult> {
+        self.read_id(self.id(key), offset, size).await
+    }
+
+    pub async fn read_id(&self, id: [u8; 64], offset: u64, size: u64) -> Result<ReadResult> {
+        let mut last = ClientError::NoRoute { group: 0 };
+        for &g in &self.groups {
+            match self.read_group(g, id, offset, size).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Reads the newest copy: looks the key up in every group and reads from the one with the
+    /// latest timestamp (then the largest size).
+    pub async fn read_latest(&self, key: &[u8]) -> Result<ReadResult> {
+        let id = self.id(key);
+        let looks = join_all(
+            self.groups
+                .iter()
+                .map(|&g| async move { (g, self.lookup_group(g, id).await) }),
+        )
+        .await;
+        let mut best: Option<(u32, LookupReply)> = None;
+        let mut last = ClientError::NoRoute { group: 0 };
+        for (g, r) in looks {
+            match r {
+                Ok(l) => {
+                    let better = best.as_ref().is_none_or(|(_, b)| {
+                        (l.info.mtime, l.info.size) > (b.info.mtime, b.info.size)
+                    });
+                    if better {
+                        best = Some((g, l));
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        match best {
+            Some((g, _)) => self.read_group(g, id, 0, 0).await,
+            None => Err(last),
+        }
+    }
+
+    async fn lookup_group(&self, group: u32, id: [u8; 64]) -> Result<LookupReply> {
+        let r = self.route(group, &id)?;
+        let h = self.header(cmd::LOOKUP, group, id, 0);
+        let frames = self.transact(r.addr, h, &[]).await?;
+        let f = frames
+            .iter()
+            .find(|f| !f.payload.is_empty())
+            .ok_or_else(|| ClientError::Protocol("empty lookup reply".into()))?;
+        LookupReply::decode(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// File info of a key from the first group that has it.
+    pub async fn lookup(&self, key: &[u8]) -> Result<(u32, LookupReply)> {
+        let id = self.id(key);
+        let mut last = ClientError::NoRoute { group: 0 };
+        for &g in &self.groups {
+            match self.lookup_group(g, id).await {
+                Ok(l) => return Ok((g, l)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Removes a key from every group; the checker decides success.
+    pub async fn remove(&self, key: &[u8]) -> Result<Vec<GroupResult<()>>> {
+        let id = self.id(key);
+        if self.groups.is_empty() {
+            return Err(ClientError::NoRoute { group: 0 });
+        }
+        let groups = join_all(self.groups.iter().map(|&g| async move {
+            let result = async {
+                let r = self.route(g, &id)?;
+                let h = self.header(cmd::DEL, g, id, r.backend_id);
+                let io = IoAttr {
+                    parent: id,
+                    id,
+                    flags: self.ioflags,
+                    timestamp: self.now(),
+                    ..IoAttr::default()
+                };
+                let mut p = Vec::with_capacity(IoAttr::SIZE);
+                io.encode_into(&mut p);
+                self.transact(r.addr, h, &p).await.map(|_| ())
+            }
+            .await;
+            GroupResult { group: g, result }
+        }))
+        .await;
+        self.check(groups)
+    }
+
+    /// Reads many keys: per group, one BULK_READ per owning backend; keys missing in a group
+    /// are retried in the next. Results are in the order of `keys`.
+    pub async fn bulk_read(&self, keys: &[Vec<u8>]) -> Vec<Result<ReadResult>> {
+        let ids: Vec<[u8; 64]> = keys.iter().map(|k| self.id(k)).collect();
+        let mut out: Vec<Result<ReadResult>> = ids
+            .iter()
+            .map(|_| Err(ClientError::NoRoute { group: 0 }))
+            .collect();
+        for &g in &self.groups {
+            let todo: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_err()).collect();
+            if todo.is_empty() {
+                break;
+            }
+            // Group the keys by owner, sorted by id as Elliptics does.
+            let mut by_owner: std::collections::BTreeMap<(SocketAddr, i32), Vec<usize>> =
+                Default::default();
+            for i in todo {
+                match self.route(g, &ids[i]) {
+                    Ok(r) => by_owner.entry((r.addr, r.backend_id)).or_default().push(i),
+                    Err(e) => out[i] = Err(e),
+                }
+            }
+            for ((addr, backend), mut idx) in by_owner {
+                idx.sort_by(|a, b| ids[*a].cmp(&ids[*b]));
+                let req = BulkRead {
+                    keys: idx
+                        .iter()
+                        .map(|&i| IoAttr {
+                            id: ids[i],
+                            flags: self.ioflags,
+                            timestamp: Time::EMPTY,
+                            ..IoAttr::default()
+                        })
+                        .collect(),
+                };
+                let h = self.header(cmd::BULK_READ, g, ids[idx[0]], backend);
+                match self.transact(addr, h, &req.encode()).await {
+                    Ok(frames) => {
+                        let per_key = frames.iter().filter(|f| f.header.cmd == cmd::READ);
+                        for (&i, f) in idx.iter().zip(per_key) {
+                            out[i] = if f.header.status < 0 {
+                                Err(ClientError::Status {
+                                    status: f.header.status,
+                                })
+                            } else {
+                                match IoAttr::split(&f.payload) {
+                                    Ok((io, data)) => Ok(ReadResult {
+                                        group: g,
+                                        io,
+                                        data: data.to_vec(),
+                                    }),
+                                    Err(e) => Err(ClientError::Protocol(e.to_string())),
+                                }
+                            };
+                        }
+                    }
+                    Err(e) => {
+                        for &i in &idx {
+                            out[i] = Err(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts an iterator on the backend that owns `route_id` in `group`; records arrive on
+    /// the returned stream (ended by `None`; an error ends it early).
+    pub async fn iterator(
+        &self,
+        group: u32,
+        route_id: [u8; 64],
+        opts: IterOptions,
+    ) -> Result<IterStream> {
+        let r = self.route(group, &route_id)?;
+        let mut flags = 0;
+        if opts.data {
+            flags |= iflags::DATA;
+        }
+        if !opts.ranges.is_empty() {
+            flags |= iflags::KEY_RANGE;
+        }
+        let (tb, te) = match opts.time {
+            Some((a, b)) => {
+                flags |= iflags::TS_RANGE;
+                (a, b)
+            }
+            None => (Time::default(), Time::default()),
+        };
+        let req = IteratorRequest {
+            id: 0,
+            action: action::START,
+            time_begin: tb,
+            time_end: te,
+            itype: itype::NETWORK,
+            flags,
+            timeout_secs: self.timeout.as_secs() as u32,
+            ranges: opts.ranges,
+            groups: vec![],
+        };
+        let conn = self.client.conn(r.addr).await?;
+        let mut h = Header::new(cmd::ITERATOR, cflags::NEED_ACK | cflags::NOLOCK);
+        h.group = group;
+        h.id = route_id;
+        h.trans = next_trans();
+        let rx = conn.send(h, &req.encode()).await?;
+        Ok(IterStream {
+            rx,
+            timeout: self.timeout,
+            done: false,
+            addr: r.addr,
+        })
+    }
+
+    /// PAUSE / CONTINUE / CANCEL a running iterator on `addr`.
+    pub async fn iterator_control(
+        &self,
+        addr: SocketAddr,
+        group: u32,
+        route_id: [u8; 64],
+        id: u64,
+        act: u32,
+    ) -> Result<i32> {
+        let req = IteratorRequest {
+            id,
+            action: act,
+            time_begin: Time::default(),
+            time_end: Time::default(),
+            itype: itype::NETWORK,
+            flags: 0,
+            timeout_secs: 0,
+            ranges: vec![],
+            groups: vec![],
+        };
+        let mut h = Header::new(cmd::ITERATOR, cflags::NEED_ACK | cflags::NOLOCK);
+        h.group = group;
+        h.id = route_id;
+        let frames = self.transact(addr, h, &req.encode()).await?;
+        Ok(frames.last().map(|f| f.header.status).unwrap_or(0))
+    }
+
+    async fn system(
+        &self,
+        addr: SocketAddr,
+        c: i32,
+        flags: u64,
+        payload: &[u8],
+    ) -> Result<Vec<Frame>> {
+        let h = Header::new(c, flags);
+        self.transact(addr, h, payload).await
+    }
+
+    /// MONITOR_STAT: the node's statistics JSON for `categories`.
+    pub async fn monitor_stat(
+        &self,
+        addr: SocketAddr,
+        categories: u64,
+    ) -> Result<serde_json::Value> {
+        let p = MonitorStatRequest { categories }.encode();
+        let frames = self
+            .system(
+                addr,
+                cmd::MONITOR_STAT,
+                cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
+                &p,
+            )
+            .await?;
+        let f = frames
+            .iter()
+            .find(|f| !f.payload.is_empty())
+            .ok_or_else(|| ClientError::Protocol("empty monitor reply".into()))?;
+        let mut s = String::new();
+        flate2::read::ZlibDecoder::new(&f.payload[..])
+            .take(256 << 20)
+            .read_to_string(&mut s)
+            .map_err(|e| ClientError::Protocol(format!("monitor reply: {e}")))?;
+        serde_json::from_str(&s).map_err(|e| ClientError::Protocol(format!("monitor json: {e}")))
+    }
+
+    /// BACKEND_STATUS of one node.
+    pub async fn backend_status(&self, addr: SocketAddr) -> Result<Vec<BackendStatus>> {
+        let frames = self
+            .system(
+                addr,
+                cmd::BACKEND_STATUS,
+                cflags::NEED_ACK | cflags::DIRECT,
+                &[],
+            )
+            .await?;
+        let f = frames
+            .iter()
+            .find(|f| !f.payload.is_empty())
+            .ok_or_else(|| ClientError::Protocol("empty backend status".into()))?;
+        Ok(BackendStatusList::decode(&f.payload)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .backends)
+    }
+
+    /// BACKEND_CONTROL: enable, disable, defrag, read-only, writeable, set ids.
+    pub async fn backend_control(
+        &self,
+        addr: SocketAddr,
+        backend_id: u32,
+        command: u32,
+        ids: Vec<[u8; 64]>,
+    ) -> Result<BackendStatus> {
+        let p = BackendControl {
+            backend_id,
+            command,
+            defrag_level: 0,
+            delay_ms: 0,
+            ids,
+        }
+        .encode();
+        let mut h = Header::new(cmd::BACKEND_CONTROL, cflags::NEED_ACK | cflags::DIRECT);
+        h.id[..4].copy_from_slice(&backend_id.to_le_bytes());
+        let frames = self.transact(addr, h, &p).await?;
+        let f = frames
+            .iter()
+            .find(|f| !f.payload.is_empty())
+            .ok_or_else(|| ClientError::Protocol("empty backend control reply".into()))?;
+        BackendStatusList::decode(&f.payload)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .backends
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("backend control reply without status".into()))
+    }
+
+    /// STATUS: set (and read back) node flags, the read-only switch and the log level.
+    pub async fn node_status(&self, addr: SocketAddr, set: NodeStatus) -> Result<NodeStatus> {
+        let frames = self
+            .system(
+                addr,
+                cmd::STATUS,
+                cflags::NEED_ACK | cflags::DIRECT,
+                &set.encode(),
+            )
+            .await?;
+        let f = frames
+            .iter()
+            .find(|f| !f.payload.is_empty())
+            .ok_or_else(|| ClientError::Protocol("empty status reply".into()))?;
+        NodeStatus::decode(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Names of BACKEND_CONTROL commands for the CLI.
+    pub fn backend_command(name: &str) -> Option<u32> {
+        Some(match name {
+            "enable" => backend_command::ENABLE,
+            "disable" => backend_command::DISABLE,
+            "defrag" => backend_command::START_DEFRAG,
+            "read-only" | "ro" => backend_command::READ_ONLY,
+            "writable" | "writeable" | "rw" => backend_command::WRITEABLE,
+            "set-ids" => backend_command::SET_IDS,
+            _ => return None,
+        })
+    }
+}
+
+/// The records of a running iterator.
+pub struct IterStream {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    timeout: Duration,
+    done: bool,
+    pub addr: SocketAddr,
+}
+
+impl IterStream {
+    /// The next record; `None` at the end. Each record must arrive within the timeout.
+    pub async fn next(&mut self) -> Option<Result<IterItem>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let f = match tokio::time::timeout(self.timeout, self.rx.recv()).await {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Connection {
+                        addr: self.addr.to_string(),
+                        msg: "closed during iteration".into(),
+                    }));
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Timeout));
+                }
+            };
+            if !f.header.has_more() {
+                self.done = true;
+                return match status_err(&f) {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(e)),
+                };
+            }
+            if f.payload.len() < IteratorResponse::SIZE {
+                continue;
+            }
+            let mut r = apsis_proto::wire::Reader::new(&f.payload, "iterator response");
+            return Some(match IteratorResponse::decode(&mut r) {
+                Ok(resp) if resp.status == 1 => continue,
+                Ok(resp) => Ok(IterItem {
+                    resp,
+                    data: r.rest().to_vec(),
+                }),
+                Err(e) => Err(ClientError::Protocol(e.to_string())),
+            });
+        }
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<F> = futs.into_iter().collect();
+    let n = futs.len();
+    let mut outs: Vec<Option<F::Output>> = (0..n).map(|_| None).collect();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! Connection and node commands: REVERSE_LOOKUP (handshake), JOIN, UPDATE_IDS, ROUTE_LIST,
+//! AUTH, STATUS.
+
+use super::HResult;
+use crate::conn::Inline;
+use crate::reply::{Out, Tx};
+use crate::Ctx;
+use apsis_proto::{cflags, cmd, errno, Auth, Header, NodeInfo, NodeStatus, RouteList, VERSION};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// This node's description: its addresses and enabled backends with their ring ids.
+pub fn node_info(ctx: &Ctx) -> NodeInfo {
+    NodeInfo {
+        addrs: ctx.addrs.clone(),
+        backends: ctx.backends.backend_ids(),
+    }
+}
+
+/// Commands handled on the reader itself, because they decide whether the connection lives.
+pub async fn inline(
+    ctx: &Arc<Ctx>,
+    hdr: Header,
+    payload: &[u8],
+    tx: &Tx,
+    conn_id: u64,
+    local: Option<SocketAddr>,
+) -> Inline {
+    match hdr.cmd {
+        cmd::REVERSE_LOOKUP => {
+            let v = hdr.version();
+            if !Header::version_compatible(v) {
+                tracing::warn!(version = ?v, "VERSION MISMATCH: closing connection");
+                return Inline::Close;
+            }
+            let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::NOLOCK | cflags::REPLY);
+            h.set_version(VERSION);
+            h.group = ctx.backends.get(0).map(|s| s.cfg.group).unwrap_or(0);
+            let p = node_info(ctx).encode();
+            let out = Out::new(tx.clone(), hdr);
+            if !out.send(h, &[&p]).await {
+                return Inline::Close;
+            }
+            ctx.peers.lock().insert(conn_id, tx.clone());
+            Inline::Continue
+        }
+        cmd::JOIN => match NodeInfo::decode(payload) {
+            Ok(info) if info.addrs.len() == ctx.addrs.len() => {
+                let arrived = local
+                    .map(|l| ctx.addrs.iter().any(|a| a.0.port() == l.port()))
+                    .unwrap_or(true);
+                if !arrived {
+                    tracing::warn!("JOIN on an address that is not ours: closing");
+                    return Inline::Close;
+                }
+                let mut joined = ctx.joined.lock();
+                if !joined.iter().any(|j| j == &info.addrs) {
+                    joined.push(info.addrs.clone());
+                }
+                ctx.peers.lock().insert(conn_id, tx.clone());
+                tracing::info!(peer = ?info.addrs, backends = info.backends.len(), "node joined");
+                Inline::Continue
+            }
+            _ => {
+                tracing::warn!("bad JOIN: closing connection");
+                Inline::Close
+            }
+        },
+        // UPDATE_IDS from peers matter to the cluster layer; a lone node has no routes to update.
+        _ => Inline::Continue,
+    }
+}
+
+pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
+    out.no_ack();
+    let mut addrs = ctx.addrs.clone();
+    for j in ctx.joined.lock().iter() {
+        addrs.extend_from_slice(j);
+    }
+    let p = RouteList {
+        node_addr_num: ctx.addrs.len() as i32,
+        addrs,
+    }
+    .encode();
+    out.data(&[&p], false).await;
+    Ok(())
+}
+
+pub async fn auth(ctx: &Arc<Ctx>, _out: &mut Out, payload: &[u8]) -> HResult {
+    let a = Auth::decode(payload).map_err(|_| -errno::EINVAL)?;
+    let want = ctx.cfg.auth_cookie.as_bytes();
+    if a.cookie.as_slice() != &want[..want.len().min(31)] {
+        return Err(-errno::EPERM);
+    }
+    Ok(())
+}
+
+pub async fn status(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+    let s = NodeStatus::decode(payload).map_err(|_| -errno::EINVAL)?;
+    if s.status_flags != -1 {
+        ctx.read_only
+            .store(s.status_flags & NodeStatus::RO != 0, Relaxed);
+        if s.status_flags & NodeStatus::EXIT != 0 {
+            tracing::warn!("STATUS EXIT: shutting down");
+            ctx.request_shutdown();
+        }
+    }
+    if s.log_level != u32::MAX {
+        if s.log_level > 4 {
+            return Err(-errno::EINVAL);
+        }
+        let name = crate::log_level_name(s.log_level);
+        let ok = ctx.log_setter.as_ref().map(|f| f(name)).unwrap_or(true);
+        if !ok {
+            return Err(-errno::EINVAL);
+        }
+        ctx.log_level.store(s.log_level, Relaxed);
+        tracing::info!(level = name, "log level changed");
+    }
+    let cur = NodeStatus {
+        nflags: ctx.cfg.flags as i32 | if ctx.cfg.join { 1 } else { 0 },
+        status_flags: if ctx.read_only.load(Relaxed) {
+            NodeStatus::RO
+        } else {
+            0
+        },
+        log_level: ctx.log_level.load(Relaxed),
+    };
+    out.data(&[&cur.encode()], false).await;
+    Ok(())
+}
+
+/// Pushes UPDATE_IDS for one backend to every connection that did a handshake with us.
+pub async fn push_update_ids(ctx: &Ctx, backend: apsis_proto::BackendIds) {
+    let mut p = Vec::new();
+    apsis_proto::encode_backends(&[backend], &mut p);
+    let mut h = Header::new(cmd::UPDATE_IDS, cflags::DIRECT | cflags::NOLOCK);
+    h.size = p.len() as u64;
+    let mut buf = Vec::new();
+    h.encode_into(&mut buf);
+    buf.extend_from_slice(&p);
+    let peers: Vec<Tx> = ctx.peers.lock().values().cloned().collect();
+    for tx in peers {
+        let _ = tx.try_send(buf.clone());
+    }
+}

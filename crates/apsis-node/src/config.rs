@@ -1,0 +1,383 @@
+//! Node configuration: Apsis' own TOML file, and the Elliptics `dnet_ioserv` JSON config
+//! ([`dnet`]), both turned into one [`NodeConfig`].
+//!
+//! TOML (all keys optional except what a backend needs):
+//! ```toml
+//! [node]
+//! addresses = ["127.0.0.1:1025"]   # listen and advertise; "host:port[:family]"
+//! remotes = []                      # peers to connect to at start
+//! join = false
+//! auth_cookie = ""
+//! wait_timeout_secs = 5
+//! check_timeout_secs = 60
+//! stall_count = 3
+//! max_frame_bytes = 268435456
+//! max_connections = 4096
+//! max_inflight_per_connection = 1024
+//! monitor_port = 0                  # 0 = off; HTTP JSON + Prometheus on this port
+//! log_level = "info"
+//! worker_threads = 0                # 0 = one per core
+//!
+//! [[backend]]
+//! id = 1
+//! group = 1
+//! dir = "/var/lib/apsis/1"          # data and the `ids` file
+//! sync = -1                         # 0 durable per write (group commit), N seconds, -1 never
+//! blob_size = "1G"
+//! records_in_blob = 50000000
+//! read_only = false
+//! enable = true
+//! ```
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub mod dnet;
+
+/// The default listening port, Elliptics' own.
+pub const DEFAULT_PORT: u16 = 1025;
+
+/// What a node runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// Addresses to listen on (and, unless `advertise` is set, to advertise).
+    pub listen: Vec<SocketAddr>,
+    /// Addresses to advertise in REVERSE_LOOKUP / ROUTE_LIST (same length as `listen`).
+    pub advertise: Vec<SocketAddr>,
+    pub remotes: Vec<String>,
+    pub join: bool,
+    /// Elliptics node flags (`options.flags`).
+    pub flags: u64,
+    pub auth_cookie: String,
+    pub wait_timeout_secs: u64,
+    pub check_timeout_secs: u64,
+    pub stall_count: u32,
+    /// Largest accepted frame payload; a larger one closes the connection.
+    pub max_frame_bytes: u64,
+    pub max_connections: usize,
+    pub max_inflight_per_connection: usize,
+    /// HTTP monitor port on the first listen address's host; 0 = off.
+    pub monitor_port: u16,
+    pub log_level: String,
+    /// Runtime worker threads; 0 = one per core.
+    pub worker_threads: usize,
+    pub backends: Vec<BackendConfig>,
+    /// Keys found in the file that Apsis does not know or does not act on, for the operator.
+    pub ignored_keys: Vec<String>,
+}
+
+/// One backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConfig {
+    pub id: u32,
+    pub group: u32,
+    /// Directory of the engine's files.
+    pub dir: PathBuf,
+    /// Where the `ids` file lives (Elliptics `history`); defaults to `dir`.
+    pub history: PathBuf,
+    /// Path prefix reported in lookup replies (`<prefix>-0.<base>`, as eblob names files).
+    pub data_prefix: PathBuf,
+    pub sync: i64,
+    pub blob_size: u64,
+    pub records_in_blob: u64,
+    pub size_limit_bytes: u64,
+    pub defrag_percentage: u32,
+    pub read_only: bool,
+    pub enable: bool,
+}
+
+impl BackendConfig {
+    /// A backend with defaults in `dir`.
+    pub fn new(id: u32, group: u32, dir: impl Into<PathBuf>) -> BackendConfig {
+        let dir = dir.into();
+        BackendConfig {
+            id,
+            group,
+            history: dir.clone(),
+            data_prefix: dir.join("data"),
+            dir,
+            sync: -1,
+            blob_size: 1 << 30,
+            records_in_blob: 50_000_000,
+            size_limit_bytes: 0,
+            defrag_percentage: 25,
+            read_only: false,
+            enable: true,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A single node on `listen` with one blob backend in group 1 under `data_dir`:
+    /// what `apsis server` runs with no arguments.
+    pub fn single(listen: SocketAddr, data_dir: &Path) -> NodeConfig {
+        NodeConfig {
+            listen: vec![listen],
+            advertise: vec![listen],
+            remotes: Vec::new(),
+            join: false,
+            flags: 0,
+            auth_cookie: String::new(),
+            wait_timeout_secs: 5,
+            check_timeout_secs: 60,
+            stall_count: 3,
+            max_frame_bytes: 256 << 20,
+            max_connections: 4096,
+            max_inflight_per_connection: 1024,
+            monitor_port: 0,
+            log_level: "info".into(),
+            worker_threads: 0,
+            backends: vec![BackendConfig::new(1, 1, data_dir.join("backend-1"))],
+            ignored_keys: Vec::new(),
+        }
+    }
+
+    /// Reads a config file: `.json` is the Elliptics `dnet_ioserv` format, anything else TOML.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let is_json =
+            path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+        let cfg = if is_json {
+            dnet::from_json(&text)?
+        } else {
+            NodeConfig::from_toml(&text)?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let file: TomlFile =
+            toml::from_str(text).map_err(|e| ConfigError(format!("config: {e}")))?;
+        let n = file.node.unwrap_or_default();
+        let mut listen = Vec::new();
+        for a in n
+            .addresses
+            .unwrap_or_else(|| vec![format!("127.0.0.1:{DEFAULT_PORT}")])
+        {
+            let (sa, _) =
+                apsis_proto::Addr::parse_dnet(&a).map_err(|e| ConfigError(e.to_string()))?;
+            listen.push(sa);
+        }
+        let mut cfg = NodeConfig::single(listen[0], Path::new("."));
+        cfg.advertise = listen.clone();
+        cfg.listen = listen;
+        cfg.backends.clear();
+        if let Some(v) = n.remotes {
+            cfg.remotes = v;
+        }
+        if let Some(v) = n.join {
+            cfg.join = v;
+        }
+        if let Some(v) = n.auth_cookie {
+            cfg.auth_cookie = v;
+        }
+        if let Some(v) = n.wait_timeout_secs {
+            cfg.wait_timeout_secs = v;
+        }
+        if let Some(v) = n.check_timeout_secs {
+            cfg.check_timeout_secs = v;
+        }
+        if let Some(v) = n.stall_count {
+            cfg.stall_count = v;
+        }
+        if let Some(v) = n.max_frame_bytes {
+            cfg.max_frame_bytes = v;
+        }
+        if let Some(v) = n.max_connections {
+            cfg.max_connections = v;
+        }
+        if let Some(v) = n.max_inflight_per_connection {
+            cfg.max_inflight_per_connection = v;
+        }
+        if let Some(v) = n.monitor_port {
+            cfg.monitor_port = v;
+        }
+        if let Some(v) = n.log_level {
+            cfg.log_level = v;
+        }
+        if let Some(v) = n.worker_threads {
+            cfg.worker_threads = v;
+        }
+        for b in file.backend.unwrap_or_default() {
+            let mut bc = BackendConfig::new(b.id, b.group, &b.dir);
+            if let Some(h) = b.history {
+                bc.history = h;
+            }
+            if let Some(v) = b.sync {
+                bc.sync = v;
+            }
+            if let Some(v) = b.blob_size {
+                bc.blob_size = parse_size(&v)?;
+            }
+            if let Some(v) = b.records_in_blob {
+                bc.records_in_blob = v;
+            }
+            if let Some(v) = b.size_limit {
+                bc.size_limit_bytes = parse_size(&v)?;
+            }
+            if let Some(v) = b.defrag_percentage {
+                bc.defrag_percentage = v;
+            }
+            if let Some(v) = b.read_only {
+                bc.read_only = v;
+            }
+            if let Some(v) = b.enable {
+                bc.enable = v;
+            }
+            cfg.backends.push(bc);
+        }
+        Ok(cfg)
+    }
+
+    /// Checks what a node cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError("no listen address".into()));
+        }
+        if self.advertise.len() != self.listen.len() {
+            return Err(ConfigError("advertise and listen differ in length".into()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut dirs = std::collections::HashSet::new();
+        for b in &self.backends {
+            if !ids.insert(b.id) {
+                return Err(ConfigError(format!("backend id {} appears twice", b.id)));
+            }
+            if b.id > 4095 {
+                return Err(ConfigError(format!("backend id {} above 4095", b.id)));
+            }
+            if !dirs.insert(b.dir.clone()) {
+                return Err(ConfigError(format!(
+                    "backend {}: directory {} is used by another backend",
+                    b.id,
+                    b.dir.display()
+                )));
+            }
+            if b.group == 0 {
+                return Err(ConfigError(format!(
+                    "backend {}: group 0 is not a group",
+                    b.id
+                )));
+            }
+        }
+        if self.max_frame_bytes < 4096 {
+            return Err(ConfigError("max_frame_bytes below 4096".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Parses a size with an optional K/M/G/T suffix (powers of 1024), as eblob does.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let bad = || {
+        ConfigError(format!(
+            "size {s:?}: want a number with an optional K, M, G or T"
+        ))
+    };
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(bad()),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(mul)
+        .ok_or_else(bad)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlFile {
+    node: Option<TomlNode>,
+    backend: Option<Vec<TomlBackend>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlNode {
+    addresses: Option<Vec<String>>,
+    remotes: Option<Vec<String>>,
+    join: Option<bool>,
+    auth_cookie: Option<String>,
+    wait_timeout_secs: Option<u64>,
+    check_timeout_secs: Option<u64>,
+    stall_count: Option<u32>,
+    max_frame_bytes: Option<u64>,
+    max_connections: Option<usize>,
+    max_inflight_per_connection: Option<usize>,
+    monitor_port: Option<u16>,
+    log_level: Option<String>,
+    worker_threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlBackend {
+    id: u32,
+    group: u32,
+    dir: PathBuf,
+    history: Option<PathBuf>,
+    sync: Option<i64>,
+    blob_size: Option<String>,
+    records_in_blob: Option<u64>,
+    size_limit: Option<String>,
+    defrag_percentage: Option<u32>,
+    read_only: Option<bool>,
+    enable: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn toml_roundtrip_and_unknown_keys() {
+        let cfg = NodeConfig::from_toml(
+            r#"
+            [node]
+            addresses = ["127.0.0.1:2025"]
+            monitor_port = 2026
+            [[backend]]
+            id = 3
+            group = 2
+            dir = "/tmp/x"
+            sync = 0
+            blob_size = "64M"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.listen[0].port(), 2025);
+        assert_eq!(cfg.backends[0].blob_size, 64 << 20);
+        assert_eq!(cfg.backends[0].sync, 0);
+        cfg.validate().unwrap();
+        let err = NodeConfig::from_toml("[node]\nadress = []\n").unwrap_err();
+        assert!(err.0.contains("adress"), "{err}");
+    }
+}

@@ -1,0 +1,156 @@
+//! One client or peer connection: a reader that checks and splits frames, a task per request,
+//! and a writer that batches replies.
+//!
+//! A frame larger than `max_frame_bytes` (or a REVERSE_LOOKUP from an incompatible version, or
+//! a bad JOIN) closes this connection only. Requests in flight per connection are bounded by
+//! `max_inflight_per_connection`; when the bound is hit the reader stops reading (back-pressure)
+//! rather than queueing without limit.
+
+use crate::Ctx;
+use apsis_proto::{check_frame, cmd, Header, HEADER_SIZE};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+/// What the reader does after an inline command.
+pub enum Inline {
+    Continue,
+    Close,
+}
+
+pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u64) {
+    let _ = sock.set_nodelay(true);
+    let local = sock.local_addr().ok();
+    let (mut rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(write_loop(wr, rx, ctx.clone()));
+    let inflight = Arc::new(Semaphore::new(ctx.cfg.max_inflight_per_connection.max(1)));
+    let mut shutdown = ctx.shutdown_rx();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let max = ctx.cfg.max_frame_bytes;
+    'conn: loop {
+        loop {
+            match check_frame(&buf, max) {
+                Ok(Some(n)) => {
+                    let frame = buf.split_to(n).freeze();
+                    ctx.stats.bytes_in.fetch_add(n as u64, Relaxed);
+                    let hdr = match Header::decode(&frame) {
+                        Ok(h) => h,
+                        Err(_) => break 'conn,
+                    };
+                    let payload = frame.slice(HEADER_SIZE..);
+                    if hdr.is_reply() {
+                        // Replies to requests this node never sent (it sends none yet): drop.
+                        continue;
+                    }
+                    match hdr.cmd {
+                        cmd::REVERSE_LOOKUP | cmd::JOIN | cmd::UPDATE_IDS => {
+                            match crate::cmd::system::inline(
+                                &ctx, hdr, &payload, &tx, conn_id, local,
+                            )
+                            .await
+                            {
+                                Inline::Continue => continue,
+                                Inline::Close => break 'conn,
+                            }
+                        }
+                        _ => {}
+                    }
+                    let permit = match inflight.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break 'conn,
+                    };
+                    let ctx2 = ctx.clone();
+                    let tx2 = tx.clone();
+                    tokio::spawn(async move {
+                        crate::cmd::dispatch(&ctx2, hdr, payload, tx2).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    if buf.len() >= HEADER_SIZE {
+                        let size = u64::from_le_bytes(buf[112..120].try_into().expect("8 bytes"));
+                        let total = HEADER_SIZE + size as usize;
+                        if buf.capacity() < total {
+                            buf.reserve(total - buf.len());
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    ctx.stats.frames_rejected.fetch_add(1, Relaxed);
+                    tracing::warn!(%peer, error = %e, "closing connection: bad frame");
+                    break 'conn;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(_) => {}
+            },
+            _ = shutdown.changed() => break 'conn,
+        }
+    }
+    ctx.peers.lock().remove(&conn_id);
+    drop(tx);
+    // Let the requests in flight finish and their replies drain before closing.
+    let _ = inflight
+        .acquire_many(ctx.cfg.max_inflight_per_connection.max(1) as u32)
+        .await;
+    let _ = writer.await;
+    ctx.stats.connections_open.fetch_sub(1, Relaxed);
+    tracing::debug!(%peer, "connection closed");
+}
+
+async fn write_loop(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    ctx: Arc<Ctx>,
+) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+    while let Some(first) = rx.recv().await {
+        let mut pending = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            pending.push(m);
+            if pending.len() >= 256 {
+                break;
+            }
+        }
+        let mut n = 0u64;
+        for m in pending {
+            n += m.len() as u64;
+            if m.len() >= 32 << 10 {
+                if !batch.is_empty() {
+                    if wr.write_all(&batch).await.is_err() {
+                        return;
+                    }
+                    batch.clear();
+                }
+                if wr.write_all(&m).await.is_err() {
+                    return;
+                }
+            } else {
+                batch.extend_from_slice(&m);
+            }
+        }
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+            if batch.capacity() > 1 << 20 {
+                batch = Vec::with_capacity(64 << 10);
+            }
+        }
+        ctx.stats.bytes_out.fetch_add(n, Relaxed);
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,103 @@
+//! The Apsis storage node: an Elliptics 3.0-compatible server over the blob engine.
+//!
+//! A node listens on TCP, serves one or more backends (each a blob engine in one group with
+//! its ring ids), and answers the Elliptics commands: the handshake and route list, LOOKUP,
+//! READ, WRITE (every ioflag of the data semantics), DEL, BULK_READ, ITERATOR, STATUS,
+//! BACKEND_CONTROL, BACKEND_STATUS and MONITOR_STAT. It also serves monitoring over HTTP (the
+//! Elliptics JSON categories and Prometheus metrics).
+//!
+//! It does not forward requests or join a cluster yet (the cluster issue), and has no cache:
+//! cache ioflags are served from disk.
+//!
+//! # Layout
+//! - [`config`]: [`NodeConfig`] from Apsis TOML or the Elliptics `dnet_ioserv` JSON.
+//! - [`backends`]: backend slots, engines, ring ids (`ids` files), the local route table.
+//! - `server` ([`Node`]): listeners, accept loop, graceful shutdown.
+//! - `conn`: one connection: frame checking, a task per request, the batching writer.
+//! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack).
+//! - `cmd`: dispatch (one `match` on the command) and one module per command family:
+//!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::iterator`, `cmd::system`
+//!   (REVERSE_LOOKUP, JOIN, ROUTE_LIST, AUTH, STATUS), `cmd::backend` (BACKEND_CONTROL,
+//!   BACKEND_STATUS), `cmd::monitor` (MONITOR_STAT).
+//! - [`monitor`]: the statistics JSON and Prometheus text, and the HTTP monitor server.
+//! - `locks`: per-key serialisation; `stats`: counters.
+
+pub mod backends;
+mod cmd;
+pub mod config;
+mod conn;
+mod locks;
+pub mod monitor;
+mod reply;
+mod server;
+mod stats;
+
+pub use config::{BackendConfig, NodeConfig};
+pub use server::{LogLevelSetter, Node};
+
+use apsis_proto::Addr;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Everything a request handler needs, shared by every connection.
+pub struct Ctx {
+    pub cfg: NodeConfig,
+    pub backends: backends::Backends,
+    /// Advertised addresses (REVERSE_LOOKUP, ROUTE_LIST, lookup replies).
+    pub addrs: Vec<Addr>,
+    /// STATUS RO: writes and deletes get −EROFS.
+    pub read_only: AtomicBool,
+    pub stats: stats::Stats,
+    pub locks: locks::KeyLocks,
+    pub iterators: cmd::iterator::Registry,
+    /// Connections that completed a handshake, for UPDATE_IDS pushes.
+    pub peers: Mutex<HashMap<u64, reply::Tx>>,
+    /// Addresses of nodes that joined us (ROUTE_LIST includes them).
+    pub joined: Mutex<Vec<Vec<Addr>>>,
+    /// Current log level as Elliptics numbers it (0 debug .. 4 error).
+    pub log_level: AtomicU32,
+    pub log_setter: Option<LogLevelSetter>,
+    shutdown: watch::Sender<bool>,
+    pub started: std::time::Instant,
+}
+
+impl Ctx {
+    pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+    /// Asks the node to stop (STATUS EXIT, SIGTERM).
+    pub fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+    pub fn first_addr(&self) -> Addr {
+        self.addrs[0]
+    }
+}
+
+/// Elliptics log level number for a level name.
+pub fn log_level_number(name: &str) -> u32 {
+    match name.to_ascii_lowercase().as_str() {
+        "trace" | "debug" => 0,
+        "notice" => 1,
+        "info" => 2,
+        "warn" | "warning" => 3,
+        "error" => 4,
+        _ => 2,
+    }
+}
+
+/// The `tracing` level name for an Elliptics log level number.
+pub fn log_level_name(n: u32) -> &'static str {
+    match n {
+        0 => "debug",
+        1 | 2 => "info",
+        3 => "warn",
+        _ => "error",
+    }
+}
+
+/// Type alias for the shared context.
+pub type SharedCtx = Arc<Ctx>;

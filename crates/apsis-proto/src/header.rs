@@ -1,0 +1,225 @@
+//! The 120-byte `dnet_cmd` header and frame checking.
+//!
+//! Decoding is check-then-parse: [`check_frame`] looks at a buffer and says whether a whole
+//! frame is there (and refuses a declared size over the limit before any payload is buffered);
+//! only then does the caller split off `HEADER_SIZE + size` bytes and parse them.
+
+use crate::consts::{cflags, VERSION};
+use crate::wire::{Put, Reader};
+use crate::ProtoError;
+
+/// Size of `dnet_cmd` on the wire.
+pub const HEADER_SIZE: usize = 120;
+/// Size of an id.
+pub const ID_SIZE: usize = 64;
+
+/// `dnet_cmd`: the header in front of every message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Key id (the version in REVERSE_LOOKUP).
+    pub id: [u8; ID_SIZE],
+    pub group: u32,
+    /// Not interpreted; echoed in replies.
+    pub reserved: u64,
+    /// 0 or −errno (replies).
+    pub status: i32,
+    pub cmd: i32,
+    pub backend_id: i32,
+    pub trace_id: u64,
+    /// cflags, see [`crate::cflags`].
+    pub flags: u64,
+    pub trans: u64,
+    /// Payload length.
+    pub size: u64,
+}
+
+impl Default for Header {
+    fn default() -> Self {
+        Header {
+            id: [0; ID_SIZE],
+            group: 0,
+            reserved: 0,
+            status: 0,
+            cmd: 0,
+            backend_id: 0,
+            trace_id: 0,
+            flags: 0,
+            trans: 0,
+            size: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Header {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}({}) status={} flags={:#x} trans={} size={} backend={} group={} id={}",
+            crate::cmd::name(self.cmd),
+            self.cmd,
+            self.status,
+            self.flags,
+            self.trans,
+            self.size,
+            self.backend_id,
+            self.group,
+            crate::hex_prefix(&self.id)
+        )
+    }
+}
+
+impl Header {
+    pub fn new(cmd: i32, flags: u64) -> Header {
+        Header {
+            cmd,
+            flags,
+            ..Header::default()
+        }
+    }
+
+    /// Parses the first 120 bytes of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<Header, ProtoError> {
+        let mut r = Reader::new(buf, "dnet_cmd");
+        Ok(Header {
+            id: r.array()?,
+            group: r.u32()?,
+            reserved: r.u64()?,
+            status: r.i32()?,
+            cmd: r.i32()?,
+            backend_id: r.i32()?,
+            trace_id: r.u64()?,
+            flags: r.u64()?,
+            trans: r.u64()?,
+            size: r.u64()?,
+        })
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put(&self.id);
+        out.put_u32(self.group);
+        out.put_u64(self.reserved);
+        out.put_i32(self.status);
+        out.put_i32(self.cmd);
+        out.put_i32(self.backend_id);
+        out.put_u64(self.trace_id);
+        out.put_u64(self.flags);
+        out.put_u64(self.trans);
+        out.put_u64(self.size);
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut v = Vec::with_capacity(HEADER_SIZE);
+        self.encode_into(&mut v);
+        let mut a = [0u8; HEADER_SIZE];
+        a.copy_from_slice(&v);
+        a
+    }
+
+    pub fn is_reply(&self) -> bool {
+        self.flags & cflags::REPLY != 0
+    }
+    pub fn has_more(&self) -> bool {
+        self.flags & cflags::MORE != 0
+    }
+
+    /// A reply header as Elliptics builds it: the request's header with REPLY set, NEED_ACK
+    /// cleared, the given status and size, MORE when `more`.
+    pub fn reply(&self, status: i32, size: u64, more: bool) -> Header {
+        let mut h = *self;
+        h.flags &= !(cflags::NEED_ACK | cflags::MORE);
+        h.flags |= cflags::REPLY;
+        if more {
+            h.flags |= cflags::MORE;
+        }
+        h.status = status;
+        h.size = size;
+        h
+    }
+
+    /// The version an REVERSE_LOOKUP header carries in its id.
+    pub fn version(&self) -> [i32; 4] {
+        let mut v = [0i32; 4];
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = i32::from_le_bytes(self.id[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        }
+        v
+    }
+
+    /// Puts a version into the id (REVERSE_LOOKUP).
+    pub fn set_version(&mut self, v: [i32; 4]) {
+        self.id = [0; ID_SIZE];
+        for (i, x) in v.iter().enumerate() {
+            self.id[i * 4..i * 4 + 4].copy_from_slice(&x.to_le_bytes());
+        }
+    }
+
+    /// Whether a peer's version can talk to us: equal major and minor, as Elliptics requires.
+    pub fn version_compatible(v: [i32; 4]) -> bool {
+        v[0] == VERSION[0] && v[1] == VERSION[1]
+    }
+}
+
+/// Checks whether `buf` starts with a whole frame.
+///
+/// Returns `Ok(None)` when more bytes are needed, `Ok(Some(len))` with the frame's total length
+/// when it is complete, and an error when the declared payload is larger than `max_payload` —
+/// the caller must then close the connection without buffering the payload.
+pub fn check_frame(buf: &[u8], max_payload: u64) -> Result<Option<usize>, ProtoError> {
+    if buf.len() < HEADER_SIZE {
+        return Ok(None);
+    }
+    let size = u64::from_le_bytes(buf[112..120].try_into().expect("8 bytes"));
+    if size > max_payload {
+        return Err(ProtoError::TooLarge {
+            size,
+            max: max_payload,
+        });
+    }
+    // In u64: with a huge limit, `HEADER_SIZE + size` must neither overflow nor wrap.
+    let total = HEADER_SIZE as u64 + size.min(u64::MAX - HEADER_SIZE as u64);
+    if (buf.len() as u64) < total {
+        return Ok(None);
+    }
+    Ok(Some(total as usize))
+}
+
+/// A whole message: header and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// Builds a frame, setting `header.size` from the payload.
+    pub fn new(mut header: Header, payload: Vec<u8>) -> Frame {
+        header.size = payload.len() as u64;
+        Frame { header, payload }
+    }
+
+    /// Parses a frame that [`check_frame`] reported whole.
+    pub fn decode(buf: &[u8]) -> Result<Frame, ProtoError> {
+        let header = Header::decode(buf)?;
+        let total = (HEADER_SIZE as u64).saturating_add(header.size);
+        if buf.len() as u64 != total {
+            return Err(ProtoError::Short {
+                what: "frame",
+                need: total.min(usize::MAX as u64) as usize,
+                have: buf.len(),
+            });
+        }
+        Ok(Frame {
+            header,
+            payload: buf[HEADER_SIZE..].to_vec(),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_SIZE + self.payload.len());
+        let mut h = self.header;
+        h.size = self.payload.len() as u64;
+        h.encode_into(&mut out);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}

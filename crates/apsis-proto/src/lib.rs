@@ -1,0 +1,76 @@
+//! The Elliptics 3.0 wire protocol, byte for byte.
+//!
+//! Pure encoding and decoding: no I/O, no async runtime. Every structure has `decode` (from a
+//! byte slice, bounds-checked, never panics; counts are bounded before anything is allocated)
+//! and `encode`. Framing is check-then-parse: [`check_frame`] says whether a buffer holds a whole
+//! frame and refuses an oversized one before its payload is read; [`Frame::decode`] then parses
+//! it. See `docs/protocol.md` for what Apsis implements and its limits.
+//!
+//! # Layout
+//! - [`consts`]: command numbers ([`cmd`]), cflags, ioflags, record flags, errno values, version.
+//! - [`header`]: the 120-byte [`Header`] (`dnet_cmd`), [`Frame`], [`check_frame`].
+//! - [`io`]: [`Time`], [`IoAttr`] (208 bytes), [`Addr`] (32), [`FileInfo`] (112), [`LookupReply`].
+//! - [`control`]: [`NodeInfo`] (REVERSE_LOOKUP / JOIN), [`RouteList`], [`Auth`], [`NodeStatus`],
+//!   [`MonitorStatRequest`], [`BackendControl`], [`BackendStatus`], [`BackendStatusList`].
+//! - [`iterator`]: [`IteratorRequest`], [`IteratorResponse`], [`BulkRead`].
+//! - [`wire`]: the little-endian [`wire::Reader`] and [`wire::Put`] every decoder uses.
+//!
+//! It is not a client or a server: `apsis-client` and `apsis-node` drive it.
+
+pub mod consts;
+pub mod control;
+pub mod header;
+pub mod io;
+pub mod iterator;
+pub mod wire;
+
+pub use consts::{cflags, cmd, errno, ioflags, record_flags, VERSION};
+pub use control::{
+    backend_command, backend_state, decode_backends, encode_backends, Auth, BackendControl,
+    BackendIds, BackendStatus, BackendStatusList, MonitorStatRequest, NodeInfo, NodeStatus,
+    RouteList,
+};
+pub use header::{check_frame, Frame, Header, HEADER_SIZE, ID_SIZE};
+pub use io::{Addr, FileInfo, IoAttr, LookupReply, Time};
+pub use iterator::{action, iflags, itype, BulkRead, IdRange, IteratorRequest, IteratorResponse};
+
+/// Decoding failures. Any of them means the peer sent something this side will not act on;
+/// a framing error ([`ProtoError::TooLarge`]) means the connection must be closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("{what}: need {need} bytes, have {have}")]
+    Short {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
+    #[error("{what}: {extra} unexpected trailing bytes")]
+    Trailing { what: &'static str, extra: usize },
+    #[error("{what}: size {got}, expected {want}")]
+    Size {
+        what: &'static str,
+        want: usize,
+        got: usize,
+    },
+    #[error("frame payload of {size} bytes exceeds the limit of {max}")]
+    TooLarge { size: u64, max: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ProtoError {
+    /// The status a server answers a request with when its payload fails to decode.
+    pub fn errno(&self) -> i32 {
+        -errno::EINVAL
+    }
+}
+
+/// The first 8 bytes of an id in hex, for logs.
+pub fn hex_prefix(id: &[u8]) -> String {
+    id.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Full hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,330 @@
+//! `apsis bench`: a load generator for an Apsis node, or a Redis server with the same load.
+//!
+//! Each connection is its own TCP connection (for Apsis, its own client); each keeps
+//! `inflight` requests outstanding (Apsis: concurrent requests multiplexed on the connection;
+//! Redis: pipelined batches). Keys are drawn uniformly from `bench-0 .. bench-{keys-1}`; an
+//! operation is a write with probability `write_ratio`, else a read. Reads need the keys to
+//! exist, so they are written first (untimed) unless `--no-prefill`.
+
+use crate::ClientOpts;
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to load: apsis or redis.
+    #[arg(long, default_value = "apsis")]
+    target: String,
+    /// Redis address (with --target redis).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    redis: String,
+    /// TCP connections.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
+    /// Value size (K/M suffixes).
+    #[arg(long, default_value = "1K")]
+    value_size: String,
+    /// Fraction of operations that are writes (0 = only reads, 1 = only writes).
+    #[arg(long, default_value_t = 0.0)]
+    write_ratio: f64,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10000)]
+    keys: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Do not write the keys before a run with reads.
+    #[arg(long)]
+    no_prefill: bool,
+    #[command(flatten)]
+    c: ClientOpts,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<usize> {
+    let t = s.trim();
+    let (n, m) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    Ok(n.parse::<usize>()? * m)
+}
+
+struct Shared {
+    stop: AtomicBool,
+    ops: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let value: Arc<Vec<u8>> = Arc::new(
+        (0..parse_size(&a.value_size)?)
+            .map(|i| (i * 31 + 7) as u8)
+            .collect(),
+    );
+    let keys = a.keys.max(1);
+    let redis = match a.target.as_str() {
+        "apsis" => false,
+        "redis" => true,
+        t => anyhow::bail!("target {t:?}: apsis or redis"),
+    };
+    // Connections first (not timed).
+    let mut sessions = Vec::new();
+    let mut redis_conns = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        if redis {
+            let s = TcpStream::connect(&a.redis)
+                .await
+                .map_err(|e| anyhow::anyhow!("redis {}: {e}", a.redis))?;
+            s.set_nodelay(true)?;
+            redis_conns.push(BufReader::with_capacity(256 << 10, s));
+        } else {
+            sessions.push(a.c.session().await?);
+        }
+    }
+    if a.write_ratio < 1.0 && !a.no_prefill {
+        let t = Instant::now();
+        prefill(&sessions, &mut redis_conns, keys, &value).await?;
+        eprintln!(
+            "prefilled {keys} keys in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        ops: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    if redis {
+        for (i, conn) in redis_conns.into_iter().enumerate() {
+            let (sh, v) = (shared.clone(), value.clone());
+            let (inflight, ratio) = (a.inflight.max(1), a.write_ratio);
+            tasks.push(tokio::spawn(async move {
+                redis_worker(conn, i as u64, sh, v, keys, inflight, ratio).await
+            }));
+        }
+    } else {
+        for (i, s) in sessions.into_iter().enumerate() {
+            for j in 0..a.inflight.max(1) {
+                let (sh, v, s) = (shared.clone(), value.clone(), s.clone());
+                let ratio = a.write_ratio;
+                let seed = (i * 1000 + j) as u64;
+                tasks.push(tokio::spawn(async move {
+                    apsis_worker(s, seed, sh, v, keys, ratio).await
+                }));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
+    shared.stop.store(true, Relaxed);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        if let Ok(h) = t.await {
+            hist.add(h)?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ops = shared.ops.load(Relaxed);
+    let errors = shared.errors.load(Relaxed);
+    let mb = shared.bytes.load(Relaxed) as f64 / (1 << 20) as f64 / secs;
+    let r = json!({
+        "target": a.target, "connections": a.connections, "inflight": a.inflight,
+        "value_size": value.len(), "write_ratio": a.write_ratio, "keys": keys,
+        "seconds": secs, "ops": ops, "errors": errors, "ops_per_sec": ops as f64 / secs, "mib_per_sec": mb,
+        "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
+                       "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
+    });
+    if a.c.json {
+        println!("{r}");
+    } else {
+        println!(
+            "{} {} conns x {} inflight, {} B values, {:.0}% writes: {:.0} ops/s, {:.1} MiB/s, {} errors; latency us p50 {} p90 {} p99 {} p999 {} max {}",
+            a.target,
+            a.connections,
+            a.inflight,
+            value.len(),
+            a.write_ratio * 100.0,
+            ops as f64 / secs,
+            mb,
+            errors,
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.9),
+            hist.value_at_quantile(0.99),
+            hist.value_at_quantile(0.999),
+            hist.max()
+        );
+    }
+    if errors > 0 && ops == 0 {
+        anyhow::bail!("every request failed");
+    }
+    Ok(())
+}
+
+async fn prefill(
+    sessions: &[apsis_client::Session],
+    redis: &mut [BufReader<TcpStream>],
+    keys: u64,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    if let Some(conn) = redis.first_mut() {
+        let mut k = 0;
+        while k < keys {
+            let n = (keys - k).min(64);
+            let mut buf = Vec::new();
+            for i in k..k + n {
+                resp_set(&mut buf, &format!("bench-{i}"), value);
+            }
+            conn.get_mut().write_all(&buf).await?;
+            for _ in 0..n {
+                read_reply(conn).await?;
+            }
+            k += n;
+        }
+        return Ok(());
+    }
+    let per = sessions.len() as u64;
+    let mut tasks = Vec::new();
+    for (w, s) in sessions.iter().enumerate() {
+        let s = s.clone();
+        let v = value.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w as u64;
+            while i < keys {
+                s.write(format!("bench-{i}").as_bytes(), &v).await?;
+                i += per;
+            }
+            Ok::<_, apsis_client::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn apsis_worker(
+    s: apsis_client::Session,
+    seed: u64,
+    sh: Arc<Shared>,
+    v: Arc<Vec<u8>>,
+    keys: u64,
+    ratio: f64,
+) -> Histogram<u64> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    while !sh.stop.load(Relaxed) {
+        let key = format!("bench-{}", rng.u64(..keys));
+        let t = Instant::now();
+        let r = if rng.f64() < ratio {
+            s.write(key.as_bytes(), &v).await.map(|_| v.len())
+        } else {
+            s.read(key.as_bytes(), 0, 0).await.map(|r| r.data.len())
+        };
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        match r {
+            Ok(n) => {
+                sh.ops.fetch_add(1, Relaxed);
+                sh.bytes.fetch_add(n as u64, Relaxed);
+            }
+            Err(_) => {
+                sh.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    h
+}
+
+fn resp_set(buf: &mut Vec<u8>, key: &str, v: &[u8]) {
+    buf.extend_from_slice(
+        format!(
+            "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+            key.len(),
+            v.len()
+        )
+        .as_bytes(),
+    );
+    buf.extend_from_slice(v);
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn resp_get(buf: &mut Vec<u8>, key: &str) {
+    buf.extend_from_slice(format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len()).as_bytes());
+}
+
+/// Reads one RESP reply; returns the payload size of a bulk string. Errors and nil are errors.
+async fn read_reply(conn: &mut BufReader<TcpStream>) -> anyhow::Result<usize> {
+    let mut line = String::new();
+    conn.read_line(&mut line).await?;
+    match line.as_bytes().first() {
+        Some(b'+') | Some(b':') => Ok(0),
+        Some(b'$') => {
+            let n: i64 = line[1..].trim().parse()?;
+            if n < 0 {
+                anyhow::bail!("nil");
+            }
+            let mut v = vec![0u8; n as usize + 2];
+            conn.read_exact(&mut v).await?;
+            Ok(n as usize)
+        }
+        Some(b'-') => anyhow::bail!("redis: {}", line.trim()),
+        _ => anyhow::bail!("redis: unexpected reply {line:?}"),
+    }
+}
+
+async fn redis_worker(
+    mut conn: BufReader<TcpStream>,
+    seed: u64,
+    sh: Arc<Shared>,
+    v: Arc<Vec<u8>>,
+    keys: u64,
+    inflight: usize,
+    ratio: f64,
+) -> Histogram<u64> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut buf = Vec::new();
+    while !sh.stop.load(Relaxed) {
+        buf.clear();
+        for _ in 0..inflight {
+            let key = format!("bench-{}", rng.u64(..keys));
+            if rng.f64() < ratio {
+                resp_set(&mut buf, &key, &v);
+            } else {
+                resp_get(&mut buf, &key);
+            }
+        }
+        let t = Instant::now();
+        if conn.get_mut().write_all(&buf).await.is_err() {
+            sh.errors.fetch_add(inflight as u64, Relaxed);
+            break;
+        }
+        for _ in 0..inflight {
+            match read_reply(&mut conn).await {
+                Ok(n) => {
+                    sh.ops.fetch_add(1, Relaxed);
+                    sh.bytes
+                        .fetch_add(if n == 0 { v.len() } else { n } as u64, Relaxed);
+                }
+                Err(_) => {
+                    sh.errors.fetch_add(1, Relaxed);
+                }
+            }
+            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        }
+    }
+    h
+}
