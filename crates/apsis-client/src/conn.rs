@@ -24,7 +24,9 @@ type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
 /// A live connection.
 pub struct Conn {
     pub addr: SocketAddr,
-    tx: mpsc::Sender<Vec<u8>>,
+    /// Requests are written by the task that makes them, under this lock: no hand-off to a
+    /// writer task, so a request costs one wake-up (its reply) instead of two.
+    wr: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
     pending: Pending,
     alive: Arc<AtomicBool>,
     /// Messages the server pushed (UPDATE_IDS), for the route table.
@@ -49,43 +51,10 @@ impl Conn {
             .map_err(|_| ClientError::Timeout)?
             .map_err(|e| err(e.to_string()))?;
         let _ = sock.set_nodelay(true);
-        let (mut rd, mut wr) = sock.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let (mut rd, wr) = sock.into_split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        // Writer: batch whatever is queued into one write.
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(64 << 10);
-            while let Some(m) = rx.recv().await {
-                batch.clear();
-                let mut big = None;
-                if m.len() >= 32 << 10 {
-                    big = Some(m);
-                } else {
-                    batch.extend_from_slice(&m);
-                    while batch.len() < 256 << 10 {
-                        match rx.try_recv() {
-                            Ok(m) if m.len() >= 32 << 10 => {
-                                big = Some(m);
-                                break;
-                            }
-                            Ok(m) => batch.extend_from_slice(&m),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
-                    return;
-                }
-                if let Some(b) = big {
-                    if wr.write_all(&b).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = wr.shutdown().await;
-        });
         // Reader: route replies by trans.
         let (p2, a2) = (pending.clone(), alive.clone());
         tokio::spawn(async move {
@@ -142,7 +111,7 @@ impl Conn {
         });
         Ok(Arc::new(Conn {
             addr,
-            tx,
+            wr: tokio::sync::Mutex::new(wr),
             pending,
             alive,
             pushed: Mutex::new(Some(push_rx)),
@@ -166,11 +135,19 @@ impl Conn {
         let (stx, srx) = mpsc::unbounded_channel();
         self.pending.lock().insert(h.trans, stx);
         h.size = payload.len() as u64;
-        let mut buf = Vec::with_capacity(HEADER_SIZE + payload.len());
-        h.encode_into(&mut buf);
-        buf.extend_from_slice(payload);
-        if self.tx.send(buf).await.is_err() {
+        let mut head = Vec::with_capacity(HEADER_SIZE + payload.len().min(64 << 10));
+        h.encode_into(&mut head);
+        let small = payload.len() < 64 << 10;
+        if small {
+            head.extend_from_slice(payload);
+        }
+        let ok = {
+            let mut w = self.wr.lock().await;
+            w.write_all(&head).await.is_ok() && (small || w.write_all(payload).await.is_ok())
+        };
+        if !ok {
             self.pending.lock().remove(&h.trans);
+            self.alive.store(false, Relaxed);
             return Err(self.closed());
         }
         Ok(srx)

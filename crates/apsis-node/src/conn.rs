@@ -6,13 +6,14 @@
 //! `max_inflight_per_connection`; when the bound is hit the reader stops reading (back-pressure)
 //! rather than queueing without limit.
 
+use crate::reply::{ConnWriter, Sink};
 use crate::Ctx;
 use apsis_proto::{check_frame, cmd, Header, HEADER_SIZE};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -26,8 +27,12 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let _ = sock.set_nodelay(true);
     let local = sock.local_addr().ok();
     let (mut rd, wr) = sock.into_split();
+    let cw = Arc::new(ConnWriter::new(wr, ctx.clone()));
     let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
-    let writer = tokio::spawn(write_loop(wr, rx, ctx.clone()));
+    let writer = tokio::spawn(write_loop(cw.clone(), rx));
+    // Requests that never wait on fsync are answered inline by this task: no task spawn and
+    // no hand-off to the writer, the way a single-threaded server answers.
+    let inline_writes = !ctx.backends.slots().iter().any(|s| s.cfg.sync == 0);
     let inflight = Arc::new(Semaphore::new(ctx.cfg.max_inflight_per_connection.max(1)));
     let mut shutdown = ctx.shutdown_rx();
     let mut buf = BytesMut::with_capacity(64 << 10);
@@ -60,6 +65,11 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                         }
                         _ => {}
                     }
+                    if inline_ok(hdr.cmd, inline_writes) {
+                        let sink = Sink::Direct(cw.clone());
+                        crate::cmd::dispatch(&ctx, hdr, payload, sink).await;
+                        continue;
+                    }
                     let permit = match inflight.clone().acquire_owned().await {
                         Ok(p) => p,
                         Err(_) => break 'conn,
@@ -67,7 +77,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     let ctx2 = ctx.clone();
                     let tx2 = tx.clone();
                     tokio::spawn(async move {
-                        crate::cmd::dispatch(&ctx2, hdr, payload, tx2).await;
+                        crate::cmd::dispatch(&ctx2, hdr, payload, Sink::Chan(tx2)).await;
                         drop(permit);
                     });
                 }
@@ -87,6 +97,9 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     break 'conn;
                 }
             }
+        }
+        if !cw.flush().await {
+            break 'conn;
         }
         if buf.capacity() - buf.len() < 16 << 10 {
             buf.reserve(64 << 10);
@@ -110,11 +123,17 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     tracing::debug!(%peer, "connection closed");
 }
 
-async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    ctx: Arc<Ctx>,
-) {
+/// Whether a command is answered inline by the reader: quick commands that never wait for
+/// an fsync, a defrag or a long stream.
+fn inline_ok(c: i32, inline_writes: bool) -> bool {
+    match c {
+        cmd::READ | cmd::LOOKUP | cmd::ROUTE_LIST | cmd::BACKEND_STATUS | cmd::AUTH => true,
+        cmd::WRITE | cmd::DEL => inline_writes,
+        _ => false,
+    }
+}
+
+async fn write_loop(cw: Arc<ConnWriter>, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     while let Some(first) = rx.recv().await {
         let mut pending = vec![first];
@@ -124,17 +143,15 @@ async fn write_loop(
                 break;
             }
         }
-        let mut n = 0u64;
         for m in pending {
-            n += m.len() as u64;
             if m.len() >= 32 << 10 {
                 if !batch.is_empty() {
-                    if wr.write_all(&batch).await.is_err() {
+                    if !cw.write_parts(&[&batch]).await {
                         return;
                     }
                     batch.clear();
                 }
-                if wr.write_all(&m).await.is_err() {
+                if !cw.write_parts(&[&m]).await {
                     return;
                 }
             } else {
@@ -142,7 +159,7 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            if wr.write_all(&batch).await.is_err() {
+            if !cw.write_parts(&[&batch]).await {
                 return;
             }
             batch.clear();
@@ -150,7 +167,6 @@ async fn write_loop(
                 batch = Vec::with_capacity(64 << 10);
             }
         }
-        ctx.stats.bytes_out.fetch_add(n, Relaxed);
     }
-    let _ = wr.shutdown().await;
+    cw.shutdown().await;
 }

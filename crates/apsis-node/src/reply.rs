@@ -7,22 +7,105 @@
 //! it goes out if NEED_ACK is still set, and always on error.
 
 use apsis_proto::{cflags, Header, HEADER_SIZE};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
-/// Encoded frames waiting for the connection's writer.
+/// Encoded frames waiting for the connection's writer task.
 pub type Tx = mpsc::Sender<Vec<u8>>;
+
+/// Replies smaller than this are gathered in the connection's pending buffer; larger ones
+/// are written straight from their parts (no copy into one buffer).
+const GATHER_MAX: usize = 64 << 10;
+/// The pending buffer is written out once it holds this much.
+const PENDING_FLUSH: usize = 256 << 10;
+
+/// A connection's socket writer, shared by the reader (requests answered inline, gathered in
+/// `pending` and written once per batch of frames read) and the writer task (requests answered
+/// from their own tasks).
+pub struct ConnWriter {
+    pending: parking_lot::Mutex<Vec<u8>>,
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    ctx: Arc<crate::Ctx>,
+}
+
+impl ConnWriter {
+    pub fn new(wr: OwnedWriteHalf, ctx: Arc<crate::Ctx>) -> ConnWriter {
+        ConnWriter {
+            pending: parking_lot::Mutex::new(Vec::with_capacity(64 << 10)),
+            wr: tokio::sync::Mutex::new(wr),
+            ctx,
+        }
+    }
+
+    fn count(&self, n: usize) {
+        self.ctx
+            .stats
+            .bytes_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes what is pending; false when the socket failed.
+    pub async fn flush(&self) -> bool {
+        let buf = {
+            let mut p = self.pending.lock();
+            if p.is_empty() {
+                return true;
+            }
+            std::mem::replace(&mut *p, Vec::with_capacity(64 << 10))
+        };
+        self.count(buf.len());
+        self.wr.lock().await.write_all(&buf).await.is_ok()
+    }
+
+    /// Writes whole buffers (the writer task's batches, large replies).
+    pub async fn write_parts(&self, parts: &[&[u8]]) -> bool {
+        if !self.flush().await {
+            return false;
+        }
+        let mut w = self.wr.lock().await;
+        for p in parts {
+            if w.write_all(p).await.is_err() {
+                return false;
+            }
+            self.count(p.len());
+        }
+        true
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.flush().await;
+        let _ = self.wr.lock().await.shutdown().await;
+    }
+}
+
+/// Where a request's replies go.
+#[derive(Clone)]
+pub enum Sink {
+    /// Through the writer task (requests running in their own task).
+    Chan(Tx),
+    /// Straight into the connection's writer (requests answered inline by the reader).
+    Direct(Arc<ConnWriter>),
+}
+
+impl From<Tx> for Sink {
+    fn from(tx: Tx) -> Sink {
+        Sink::Chan(tx)
+    }
+}
 
 /// The reply side of one request.
 pub struct Out {
-    pub tx: Tx,
+    pub tx: Sink,
     pub req: Header,
     need_ack: bool,
 }
 
 impl Out {
-    pub fn new(tx: Tx, req: Header) -> Out {
+    pub fn new(tx: impl Into<Sink>, req: Header) -> Out {
         Out {
-            tx,
+            tx: tx.into(),
             need_ack: req.flags & cflags::NEED_ACK != 0,
             req,
         }
@@ -37,12 +120,35 @@ impl Out {
     pub async fn send(&self, mut h: Header, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
-        let mut buf = Vec::with_capacity(HEADER_SIZE + len);
-        h.encode_into(&mut buf);
-        for p in parts {
-            buf.extend_from_slice(p);
+        match &self.tx {
+            Sink::Chan(tx) => {
+                let mut buf = Vec::with_capacity(HEADER_SIZE + len);
+                h.encode_into(&mut buf);
+                for p in parts {
+                    buf.extend_from_slice(p);
+                }
+                tx.send(buf).await.is_ok()
+            }
+            Sink::Direct(w) if len < GATHER_MAX => {
+                let full = {
+                    let mut p = w.pending.lock();
+                    h.encode_into(&mut p);
+                    for part in parts {
+                        p.extend_from_slice(part);
+                    }
+                    p.len() >= PENDING_FLUSH
+                };
+                !full || w.flush().await
+            }
+            Sink::Direct(w) => {
+                let mut head = Vec::with_capacity(HEADER_SIZE);
+                h.encode_into(&mut head);
+                let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+                all.push(&head);
+                all.extend_from_slice(parts);
+                w.write_parts(&all).await
+            }
         }
-        self.tx.send(buf).await.is_ok()
     }
 
     /// A data reply; `items_follow` when more data replies come after it.

@@ -10,7 +10,7 @@ pub mod iterator;
 pub mod monitor;
 pub mod system;
 
-use crate::reply::{Out, Tx};
+use crate::reply::{Out, Sink};
 use crate::Ctx;
 use apsis_proto::{cmd, errno, Header};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub type HResult = Result<(), i32>;
 
-pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Tx) {
+pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
     let size = payload.len() as u64;

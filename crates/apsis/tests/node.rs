@@ -1,0 +1,781 @@
+//! The node through the client: every data-semantics rule, the iterator, admin commands,
+//! restart and crash durability, and garbage on the socket. Each test runs its own real
+//! `apsis server` process on an ephemeral port.
+
+mod common;
+
+use apsis_proto::{action, cflags, cmd, errno, ioflags, IdRange, NodeStatus, Time};
+use common::{session, Server};
+use sha2::{Digest, Sha512};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn sha(b: &[u8]) -> [u8; 64] {
+    Sha512::digest(b).into()
+}
+
+fn status(e: apsis_client::ClientError) -> i32 {
+    e.errno()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_semantics() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let s = session(&srv, vec![1]).await;
+
+    // Whole write and read; the reply is the file info.
+    let w = s.write(b"k1", b"hello world").await.unwrap();
+    let l = w.groups[0].result.as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(l.info.size, 11);
+    assert_eq!(l.info.record_flags, 0x140);
+    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello world");
+
+    // Write at an offset overlays and grows.
+    s.write_with(b"k1", b"HELLO", 0, 6).await.unwrap();
+    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello HELLO");
+    s.write_with(b"k1", b"!!", 0, 11).await.unwrap();
+    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello HELLO!!");
+
+    // Partial reads: clipping past the end, E2BIG at or after the end.
+    let r = s.read(b"k1", 6, 100).await.unwrap();
+    assert_eq!(r.data, b"HELLO!!");
+    assert_eq!(r.io.total_size, 13);
+    assert_eq!(r.io.offset, 6);
+    assert_eq!(
+        status(s.read(b"k1", 13, 0).await.unwrap_err()),
+        -errno::E2BIG
+    );
+    assert_eq!(
+        status(s.read(b"k1", 100, 1).await.unwrap_err()),
+        -errno::E2BIG
+    );
+
+    // APPEND creates, then appends; the reply size is the appended chunk.
+    let w = s
+        .write_with(b"k6", b"abc", ioflags::APPEND, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.groups[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .info
+            .size,
+        3
+    );
+    let w = s
+        .write_with(b"k6", b"def", ioflags::APPEND, 0)
+        .await
+        .unwrap();
+    let l = w.groups[0].result.as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(l.info.size, 3);
+    assert_eq!(l.info.record_flags & 0x10, 0x10, "APPEND flag");
+    assert_eq!(s.read(b"k6", 0, 0).await.unwrap().data, b"abcdef");
+
+    // PREPARE / PLAIN_WRITE / COMMIT: invisible until commit.
+    let w = s.write_prepare(b"k8", b"aaaa", 0, 12).await.unwrap();
+    let l = w.groups[0].result.as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(l.info.record_flags, 0x1c0);
+    assert_eq!(l.info.size, 0);
+    assert_eq!(
+        status(s.read(b"k8", 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+    assert_eq!(status(s.lookup(b"k8").await.unwrap_err()), -errno::ENOENT);
+    s.write_plain(b"k8", b"bbbb", 4).await.unwrap();
+    assert_eq!(
+        status(s.read(b"k8", 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+    let w = s.write_commit(b"k8", b"cccc", 8, 12).await.unwrap();
+    assert_eq!(
+        w.groups[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .info
+            .record_flags,
+        0x140
+    );
+    assert_eq!(s.read(b"k8", 0, 0).await.unwrap().data, b"aaaabbbbcccc");
+
+    // Compare-and-swap on the data checksum: a mismatch is EBADFD and changes nothing.
+    s.write(b"k9", b"original").await.unwrap();
+    let e = s
+        .write_cas(b"k9", b"replacement", [1; 64])
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), -errno::EBADFD);
+    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, b"original");
+    s.write_cas(b"k9", b"replacement", sha(b"original"))
+        .await
+        .unwrap();
+    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, b"replacement");
+    s.write_cas(b"k9-missing", b"new", [7; 64])
+        .await
+        .expect("a missing key always passes");
+
+    // CAS_TIMESTAMP: an older write than the stored record is refused.
+    let mut s2 = s.clone();
+    s2.timestamp = Some(Time {
+        sec: 2_000_000_000,
+        nsec: 0,
+    });
+    s2.write(b"kt", b"new").await.unwrap();
+    s2.timestamp = Some(Time {
+        sec: 1_000_000_000,
+        nsec: 0,
+    });
+    let e = s2
+        .write_with(b"kt", b"old", ioflags::CAS_TIMESTAMP, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), -errno::EBADFD);
+    assert_eq!(s.read(b"kt", 0, 0).await.unwrap().data, b"new");
+
+    // user_flags and timestamps travel with the record.
+    let mut s3 = s.clone();
+    s3.user_flags = 0x1122334455667788;
+    s3.timestamp = Some(Time {
+        sec: 1_500_000_000,
+        nsec: 123_456_789,
+    });
+    s3.write(b"meta", b"m").await.unwrap();
+    let r = s.read(b"meta", 0, 0).await.unwrap();
+    assert_eq!(r.io.user_flags, 0x1122334455667788);
+    assert_eq!(
+        r.io.timestamp,
+        Time {
+            sec: 1_500_000_000,
+            nsec: 123_456_789
+        }
+    );
+
+    // Checksums: READ with CHECKSUM returns sha512 in parent; LOOKUP with CHECKSUM fills it.
+    s.write(b"ck", b"checksum me").await.unwrap();
+    let mut sc = s.clone();
+    sc.ioflags = ioflags::CHECKSUM;
+    assert_eq!(
+        sc.read(b"ck", 0, 0).await.unwrap().io.parent,
+        sha(b"checksum me")
+    );
+    let mut sl = s.clone();
+    sl.cflags = cflags::CHECKSUM;
+    assert_eq!(
+        sl.lookup(b"ck").await.unwrap().1.info.checksum,
+        sha(b"checksum me")
+    );
+
+    // WRITE_NO_FILE_INFO: an empty reply.
+    let mut sn = s.clone();
+    sn.ioflags = ioflags::WRITE_NO_FILE_INFO;
+    let w = sn.write(b"nf", b"x").await.unwrap();
+    assert!(w.groups[0].result.as_ref().unwrap().is_none());
+
+    // Remove: a tombstone; reads then say ENOENT, and removing again too.
+    s.remove(b"k1").await.unwrap();
+    assert_eq!(
+        status(s.read(b"k1", 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+    assert_eq!(status(s.remove(b"k1").await.unwrap_err()), -errno::ENOENT);
+
+    // Bulk read: found keys in order, a missing one reported in its position.
+    let keys = vec![b"k6".to_vec(), b"missing".to_vec(), b"k9".to_vec()];
+    let r = s.bulk_read(&keys).await;
+    assert_eq!(r[0].as_ref().unwrap().data, b"abcdef");
+    assert_eq!(status(r[1].clone().unwrap_err()), -errno::ENOENT);
+    assert_eq!(r[2].as_ref().unwrap().data, b"replacement");
+
+    // A group this node does not serve: no route on the client (ENXIO), nothing sent.
+    let s9 = s.client().session(vec![9]);
+    assert_eq!(
+        status(s9.read(b"k6", 0, 0).await.unwrap_err()),
+        -errno::ENXIO
+    );
+
+    // A large object goes in PREPARE/PLAIN/COMMIT chunks and reads back whole.
+    let mut sb = s.clone();
+    sb.chunk_size = 64 << 10;
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    sb.write(b"big", &big).await.unwrap();
+    assert_eq!(s.read(b"big", 0, 0).await.unwrap().data, big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iterator_ranges_and_control() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let mut s = session(&srv, vec![1]).await;
+    let n = 300;
+    for i in 0..n {
+        s.timestamp = Some(Time {
+            sec: 1000 + i as u64,
+            nsec: 0,
+        });
+        s.write(format!("it-{i}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let route = s.client().routes().entries()[0].1;
+    let all = IdRange {
+        begin: [0; 64],
+        end: [0xff; 64],
+    };
+    let collect = |opts: apsis_client::IterOptions| {
+        let s = s.clone();
+        async move {
+            let mut it = s.iterator(1, route, opts).await.unwrap();
+            let mut v = Vec::new();
+            while let Some(x) = it.next().await {
+                v.push(x.unwrap());
+            }
+            v
+        }
+    };
+    let items = collect(apsis_client::IterOptions {
+        ranges: vec![all],
+        time: None,
+        data: true,
+    })
+    .await;
+    assert_eq!(items.len(), n);
+    assert!(items
+        .iter()
+        .all(|x| x.data == format!("v{}", x.resp.timestamp.sec - 1000).into_bytes()));
+    // A time range: 1100..=1149 → 50 records, no data.
+    let t = (Time { sec: 1100, nsec: 0 }, Time { sec: 1149, nsec: 0 });
+    let items = collect(apsis_client::IterOptions {
+        ranges: vec![],
+        time: Some(t),
+        data: false,
+    })
+    .await;
+    assert_eq!(items.len(), 50);
+    assert!(items.iter().all(|x| x.data.is_empty() && x.resp.size > 0));
+    // A key range: only keys inside it.
+    let mut mid = [0u8; 64];
+    mid[0] = 0x80;
+    let items = collect(apsis_client::IterOptions {
+        ranges: vec![IdRange {
+            begin: [0; 64],
+            end: mid,
+        }],
+        time: None,
+        data: false,
+    })
+    .await;
+    assert!(!items.is_empty() && items.len() < n);
+    assert!(items.iter().all(|x| x.resp.key <= mid));
+
+    // Pause, continue and cancel by iterator id, on a second connection. The records carry
+    // enough data (12 MiB) that the iterator cannot finish into socket buffers before the
+    // client reads: it is still running when the controls arrive.
+    let big = vec![7u8; 4096];
+    let puts: Vec<_> = (0..3000)
+        .map(|i| {
+            let s = s.clone();
+            let big = big.clone();
+            async move { s.write(format!("big-{i}").as_bytes(), &big).await.unwrap() }
+        })
+        .collect();
+    apsis_client::session::join_all(puts).await;
+    let total = n + 3000;
+    let opts = apsis_client::IterOptions {
+        ranges: vec![],
+        time: None,
+        data: true,
+    };
+    let mut it = s.iterator(1, route, opts).await.unwrap();
+    let first = it.next().await.unwrap().unwrap();
+    let id = first.resp.id;
+    let ctl = session(&srv, vec![1]).await;
+    assert_eq!(
+        ctl.iterator_control(srv.addr, 1, route, id, action::PAUSE)
+            .await
+            .unwrap(),
+        0
+    );
+    // Pausing twice is an invalid transition: status +1.
+    assert_eq!(
+        ctl.iterator_control(srv.addr, 1, route, id, action::PAUSE)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ctl.iterator_control(srv.addr, 1, route, id, action::CONTINUE)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        ctl.iterator_control(srv.addr, 1, route, id, action::PAUSE)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        ctl.iterator_control(srv.addr, 1, route, id, action::CANCEL)
+            .await
+            .unwrap(),
+        0
+    );
+    let mut got = 1;
+    let end = loop {
+        match it.next().await {
+            Some(Ok(_)) => got += 1,
+            Some(Err(e)) => break e.errno(),
+            None => break 0,
+        }
+    };
+    // Cancelled before the end: the records already queued arrive, then ENOEXEC.
+    assert_eq!(end, -errno::ENOEXEC, "after {got} of {total}");
+    assert!(got < total);
+    let e = ctl
+        .iterator_control(srv.addr, 1, route, 999, action::PAUSE)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno(), -errno::ENOENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_switches_and_backend_control() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let s = session(&srv, vec![1]).await;
+    s.write(b"a", b"1").await.unwrap();
+    let ro = apsis_client::Session::backend_command("read-only").unwrap();
+    let rw = apsis_client::Session::backend_command("writable").unwrap();
+    let st = s.backend_control(srv.addr, 1, ro, vec![]).await.unwrap();
+    assert!(st.read_only);
+    assert_eq!(
+        s.backend_control(srv.addr, 1, ro, vec![])
+            .await
+            .unwrap_err()
+            .errno(),
+        -errno::EALREADY
+    );
+    assert_eq!(
+        s.write(b"a", b"2").await.unwrap_err().errno(),
+        -errno::EROFS
+    );
+    assert_eq!(s.remove(b"a").await.unwrap_err().errno(), -errno::EROFS);
+    assert_eq!(
+        s.read(b"a", 0, 0).await.unwrap().data,
+        b"1",
+        "reads still work"
+    );
+    s.backend_control(srv.addr, 1, rw, vec![]).await.unwrap();
+    s.write(b"a", b"2").await.unwrap();
+
+    // Node-wide read-only through STATUS.
+    let st = s
+        .node_status(
+            srv.addr,
+            NodeStatus {
+                nflags: -1,
+                status_flags: NodeStatus::RO,
+                log_level: u32::MAX,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.status_flags & NodeStatus::RO, NodeStatus::RO);
+    assert_eq!(
+        s.write(b"a", b"3").await.unwrap_err().errno(),
+        -errno::EROFS
+    );
+    s.node_status(
+        srv.addr,
+        NodeStatus {
+            nflags: -1,
+            status_flags: 0,
+            log_level: 0,
+        },
+    )
+    .await
+    .unwrap();
+    s.write(b"a", b"3").await.unwrap();
+
+    // Disable: the backend leaves the routes (UPDATE_IDS) and requests get ENOTSUP/ENXIO.
+    let dis = apsis_client::Session::backend_command("disable").unwrap();
+    let en = apsis_client::Session::backend_command("enable").unwrap();
+    let st = s.backend_control(srv.addr, 1, dis, vec![]).await.unwrap();
+    assert_eq!(st.state, 0);
+    assert_eq!(
+        s.backend_control(srv.addr, 1, dis, vec![])
+            .await
+            .unwrap_err()
+            .errno(),
+        -errno::EALREADY
+    );
+    let st = s.backend_control(srv.addr, 1, en, vec![]).await.unwrap();
+    assert_eq!(st.state, 1);
+    // Data survives disable/enable; routes come back with UPDATE_IDS.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.read(b"a", 0, 0).await.unwrap().data, b"3");
+    let list = s.backend_status(srv.addr).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].backend_id, 1);
+    // Unknown backend: EINVAL.
+    assert_eq!(
+        s.backend_control(srv.addr, 7, ro, vec![])
+            .await
+            .unwrap_err()
+            .errno(),
+        -errno::EINVAL
+    );
+    // Defrag runs in the background.
+    let df = apsis_client::Session::backend_command("defrag").unwrap();
+    s.backend_control(srv.addr, 1, df, vec![]).await.unwrap();
+
+    // Monitor stats over the protocol.
+    let v = s.monitor_stat(srv.addr, 0xf7).await.unwrap();
+    assert_eq!(v["backends"]["1"]["backend"]["config"]["group"], 1);
+    assert!(
+        v["commands"]["WRITE"]["disk"]["outside"]["successes"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
+    let d = tempfile::tempdir().unwrap();
+    // Graceful restart with sync = -1: SIGTERM flushes.
+    let mut srv = Server::start(d.path(), &["--sync", "-1"]);
+    {
+        let s = session(&srv, vec![1]).await;
+        for i in 0..200 {
+            s.write(format!("r{i}").as_bytes(), format!("value {i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        s.remove(b"r7").await.unwrap();
+    }
+    assert!(srv.stop().success());
+    srv.restart();
+    let s = session(&srv, vec![1]).await;
+    for i in 0..200 {
+        let r = s.read(format!("r{i}").as_bytes(), 0, 0).await;
+        if i == 7 {
+            assert_eq!(
+                r.unwrap_err().errno(),
+                -errno::ENOENT,
+                "the delete survives restart"
+            );
+        } else {
+            assert_eq!(r.unwrap().data, format!("value {i}").into_bytes());
+        }
+    }
+    drop(s);
+    srv.kill9();
+
+    // sync = 0: every acknowledged write survives kill -9.
+    let d2 = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(d2.path(), &["--sync", "0"]);
+    let s = session(&srv, vec![1]).await;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..50 {
+                    let k = format!("d{w}-{i}");
+                    if s.write(k.as_bytes(), k.as_bytes()).await.is_ok() {
+                        acked.push(k);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert_eq!(acked.len(), 400);
+    srv.kill9();
+    srv.restart();
+    let s = session(&srv, vec![1]).await;
+    for k in acked {
+        assert_eq!(
+            s.read(k.as_bytes(), 0, 0).await.unwrap().data,
+            k.into_bytes()
+        );
+    }
+}
+
+fn raw_request(c: i32, flags: u64, payload: &[u8]) -> Vec<u8> {
+    let mut h = apsis_proto::Header::new(c, flags);
+    h.trans = 77;
+    h.group = 1;
+    h.size = payload.len() as u64;
+    let mut v = Vec::new();
+    h.encode_into(&mut v);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn read_frame(sock: &mut std::net::TcpStream) -> std::io::Result<apsis_proto::Frame> {
+    let mut h = [0u8; apsis_proto::HEADER_SIZE];
+    sock.read_exact(&mut h)?;
+    let hdr = apsis_proto::Header::decode(&h).unwrap();
+    let mut p = vec![0u8; hdr.size as usize];
+    sock.read_exact(&mut p)?;
+    Ok(apsis_proto::Frame {
+        header: hdr,
+        payload: p,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_that_connection() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let s = session(&srv, vec![1]).await;
+    s.write(b"safe", b"data").await.unwrap();
+    let timeout = Some(Duration::from_secs(5));
+
+    // Random bytes whose "size" field is huge: closed without buffering.
+    let mut g = std::net::TcpStream::connect(srv.addr).unwrap();
+    g.set_read_timeout(timeout).unwrap();
+    let mut junk = vec![0xa5u8; 120];
+    junk[112..120].copy_from_slice(&u64::MAX.to_le_bytes());
+    g.write_all(&junk).unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(g.read(&mut b).unwrap_or(0), 0, "closed");
+
+    // A version mismatch on REVERSE_LOOKUP: closed with no reply.
+    let mut v = std::net::TcpStream::connect(srv.addr).unwrap();
+    v.set_read_timeout(timeout).unwrap();
+    let mut h = apsis_proto::Header::new(cmd::REVERSE_LOOKUP, cflags::DIRECT | cflags::NOLOCK);
+    h.set_version([2, 26, 11, 1]);
+    v.write_all(&h.encode()).unwrap();
+    assert_eq!(v.read(&mut b).unwrap_or(0), 0, "closed without a reply");
+
+    // Bad sizes and unknown commands get an error ack and the connection stays usable.
+    let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+    c.set_read_timeout(timeout).unwrap();
+    c.write_all(&raw_request(cmd::READ, cflags::NEED_ACK, &[0u8; 100]))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().header.status, -errno::EINVAL);
+    c.write_all(&raw_request(99, cflags::NEED_ACK, &[]))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().header.status, -errno::ENOTSUP);
+    c.write_all(&raw_request(
+        cmd::MONITOR_STAT,
+        cflags::NEED_ACK,
+        &[0u8; 43],
+    ))
+    .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().header.status, -errno::EINVAL);
+    c.write_all(&raw_request(cmd::ITERATOR, cflags::NEED_ACK, &[1u8; 50]))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().header.status, -errno::EINVAL);
+    // A WRITE whose io_attr claims more data than the frame carries.
+    let mut io = apsis_proto::IoAttr {
+        size: 1000,
+        ..Default::default()
+    };
+    io.id = [3; 64];
+    let mut p = Vec::new();
+    io.encode_into(&mut p);
+    p.extend_from_slice(b"short");
+    c.write_all(&raw_request(cmd::WRITE, cflags::NEED_ACK, &p))
+        .unwrap();
+    assert_eq!(read_frame(&mut c).unwrap().header.status, -errno::EINVAL);
+    // Random frames with valid sizes never crash the node.
+    let mut rng = 0x1234_5678_u64;
+    for _ in 0..300 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let len = (rng % 600) as usize;
+        let payload: Vec<u8> = (0..len).map(|i| (rng >> (i % 56)) as u8).collect();
+        let c_num = (rng % 30) as i32;
+        if c_num == cmd::REVERSE_LOOKUP
+            || c_num == cmd::JOIN
+            || c_num == cmd::STATUS
+            || c_num == cmd::BACKEND_CONTROL
+        {
+            continue;
+        }
+        c.write_all(&raw_request(c_num, rng & 0x1f & !cflags::MORE, &payload))
+            .unwrap();
+    }
+    // The node still serves everyone, this connection included.
+    assert_eq!(s.read(b"safe", 0, 0).await.unwrap().data, b"data");
+    let s2 = session(&srv, vec![1]).await;
+    assert_eq!(s2.read(b"safe", 0, 0).await.unwrap().data, b"data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_http_and_dnet_json_config() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("ioserv.json");
+    // Port 0 in an Elliptics address: bind an ephemeral port (advertised as bound).
+    let json = serde_json::json!({
+        "logger": {"level": "info", "root": [{"type": "blocking", "formatter": {"type": "string", "pattern": "{message}"}, "sinks": [{"type": "null"}]}]},
+        "options": {
+            "address": ["127.0.0.1:0:2-0"], "remote": [], "join": true, "flags": 4, "auth_cookie": "secret",
+            "io_thread_num": 4, "nonblocking_io_thread_num": 4, "net_thread_num": 2,
+            "wait_timeout": 60, "check_timeout": 60, "monitor": {"port": 0}, "mystery": 1
+        },
+        "backends": [{"backend_id": 1, "type": "blob", "group": 3, "history": d.path().join("history"),
+                      "data": d.path().join("data/data"), "sync": "30", "blob_size": "10G", "records_in_blob": "1000000",
+                      "periodic_timeout": 15}]
+    });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let srv = Server::spawn(
+        d.path(),
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let s = session(&srv, vec![3]).await;
+    s.write(b"cfg", b"ok").await.unwrap();
+    let (_, l) = s.lookup(b"cfg").await.unwrap();
+    let path = String::from_utf8_lossy(&l.path).to_string();
+    assert!(
+        path.ends_with("data/data-0.1") || path.contains("data/data-0."),
+        "{path}"
+    );
+    assert!(d.path().join("history/ids").exists());
+
+    // HTTP monitor on an Apsis TOML config.
+    let d2 = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let srv2 = Server::start(d2.path(), &["--monitor-port", &port.to_string()]);
+    let s2 = session(&srv2, vec![1]).await;
+    s2.write(b"m", b"1").await.unwrap();
+    let m = srv2.monitor.unwrap();
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(m).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("apsis_commands_total{cmd=\"WRITE\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apsis_backend_records{backend=\"1\",group=\"1\"} 1"),
+        "{metrics}"
+    );
+    let j = get("/?categories=16");
+    let body = j.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        v["backends"]["1"]["backend"]["summary_stats"]["records_total"],
+        1
+    );
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn cli_object_and_admin_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let r = srv.remote();
+    let run = |args: &[&str], input: Option<&[u8]>| {
+        let mut c = common::apsis();
+        c.args(args).args(["-r", &r]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(i) = input {
+            child.stdin.take().unwrap().write_all(i).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().unwrap()
+    };
+    let f = d.path().join("in.bin");
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    std::fs::write(&f, &data).unwrap();
+    let o = run(&["write", "obj", f.to_str().unwrap(), "--json"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["bytes"], 100_000);
+    let o = run(&["read", "obj"], None);
+    assert_eq!(o.stdout, data);
+    let o = run(&["write", "piped", "-"], Some(b"from stdin"));
+    assert!(o.status.success());
+    let o = run(&["read", "piped", "--offset", "5"], None);
+    assert_eq!(o.stdout, b"stdin");
+    let o = run(&["lookup", "obj", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["size"], 100_000);
+    let o = run(&["ls", "--json"], None);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let o = run(&["remove", "obj"], None);
+    assert!(o.status.success());
+    let o = run(&["read", "obj"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ENOENT"));
+    let o = run(&["backend", "status", "--json"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"state\":\"enabled\""));
+    let o = run(&["routes"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&r));
+    let o = run(&["stat", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["commands"]["WRITE"].is_object());
+    let o = run(&["status", "--ro"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("read-only"));
+    let o = run(&["write", "x", "-"], Some(b"1"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("EROFS"));
+    let o = run(
+        &[
+            "bench",
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+            "--keys",
+            "20",
+            "--write-ratio",
+            "0",
+            "--json",
+        ],
+        None,
+    );
+    assert!(
+        !o.status.success(),
+        "bench writes fail on a read-only node, reads then find nothing"
+    );
+    run(&["status", "--rw"], None);
+    let o = run(
+        &[
+            "bench",
+            "--connections",
+            "2",
+            "--duration",
+            "0.5",
+            "--keys",
+            "20",
+            "--write-ratio",
+            "0.5",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["ops"].as_u64().unwrap() > 0);
+    assert_eq!(v["errors"], 0);
+}

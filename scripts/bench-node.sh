@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Side-by-side load: `apsis bench` against an Apsis node and against redis-server (Debian),
+# same tool, same load. Figures go to docs/benchmarks.md.
+#
+#   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
+#
+# Needs redis-server (installed here with apt-get when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+if ! command -v redis-server >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
+cargo build --release -p apsis >/dev/null
+APSIS=./target/release/apsis
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+start_apsis() { # $1 = sync
+    rm -rf "$WORK/apsis"
+    APSIS_LOG=warn $APSIS server --listen 127.0.0.1:0 --data "$WORK/apsis" --sync "$1" >"$WORK/apsis.out" 2>"$WORK/apsis.err" &
+    PIDS+=($!)
+    APSIS_PID=$!
+    for _ in $(seq 100); do grep -q listening "$WORK/apsis.out" && break; sleep 0.05; done
+    APSIS_ADDR=$(awk '/listening/ {print $2; exit}' "$WORK/apsis.out")
+}
+stop_apsis() { kill "$APSIS_PID"; wait "$APSIS_PID" 2>/dev/null || true; }
+start_redis() { # $1 = appendfsync policy or "off"
+    rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
+    local port=$((20000 + RANDOM % 20000))
+    if [ "$1" = off ]; then
+        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
+    else
+        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
+    fi
+    REDIS_PID=$!
+    PIDS+=($REDIS_PID)
+    REDIS_ADDR=127.0.0.1:$port
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
+run() { echo "\$ apsis bench $*"; $APSIS bench "$@"; }
+
+echo "## 50 connections, 1 KiB values, sync=-1 vs Redis without persistence"
+start_apsis -1; start_redis off
+run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
+run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
+run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+stop_apsis; stop_redis
+
+echo "## 50 connections, 1 KiB SET, durable: sync=0 vs Redis appendfsync always"
+start_apsis 0; start_redis always
+run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+stop_apsis; stop_redis
+
+echo "## 1 MiB values over loopback"
+start_apsis -1
+run --target apsis -r "$APSIS_ADDR" --connections 8 --value-size 1M --keys 256 --write-ratio 0 --duration "$SECS"
+run --target apsis -r "$APSIS_ADDR" --connections 8 --value-size 1M --keys 256 --write-ratio 1 --duration "$SECS"
+stop_apsis
