@@ -29,6 +29,53 @@ pub struct SlotState {
     pub last_start_err: i32,
     pub delay_ms: u32,
     pub defrag_running: bool,
+    /// For `sync = 0`: the group-commit syncer writes wait on before they are acknowledged.
+    pub syncer: Option<Arc<Syncer>>,
+}
+
+/// Group commit driven by the node for `sync = 0` backends.
+///
+/// The engine runs without a per-write fsync; every acknowledged write or delete waits on
+/// this syncer, whose thread takes every waiter that has queued, calls the engine's `sync()`
+/// (which makes everything written before it durable), and answers them all. Waiters are
+/// async tasks, so hundreds of concurrent writers cost no thread each and share one fsync.
+pub struct Syncer {
+    tx: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), i32>>>,
+}
+
+impl Syncer {
+    fn start(engine: &Arc<BlobBackend>, backend: u32) -> Arc<Syncer> {
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), i32>>>();
+        let weak = Arc::downgrade(engine);
+        let spawned = std::thread::Builder::new()
+            .name(format!("apsis-sync-{backend}"))
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(w) = rx.try_recv() {
+                        batch.push(w);
+                    }
+                    let r = match weak.upgrade() {
+                        Some(e) => e.sync().map_err(|e| e.errno()),
+                        None => Err(-apsis_proto::errno::EIO),
+                    };
+                    for w in batch {
+                        let _ = w.send(r);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(backend, %e, "cannot start the syncer thread; writes will fail");
+        }
+        Arc::new(Syncer { tx })
+    }
+
+    /// Waits until everything written before this call is durable.
+    pub async fn wait(&self) -> Result<(), i32> {
+        let (t, r) = tokio::sync::oneshot::channel();
+        self.tx.send(t).map_err(|_| -apsis_proto::errno::EIO)?;
+        r.await.unwrap_or(Err(-apsis_proto::errno::EIO))
+    }
 }
 
 /// One configured backend.
@@ -100,6 +147,7 @@ impl Backends {
                     last_start_err: 0,
                     delay_ms: 0,
                     defrag_running: false,
+                    syncer: None,
                 }),
             }));
         }
@@ -146,7 +194,9 @@ impl Backends {
         match opened {
             Ok((engine, ids)) => {
                 engine.set_read_only(s.read_only);
-                s.engine = Some(Arc::new(engine));
+                let engine = Arc::new(engine);
+                s.syncer = (slot.cfg.sync == 0).then(|| Syncer::start(&engine, id));
+                s.engine = Some(engine);
                 s.ids = ids;
                 s.state = backend_state::ENABLED;
                 s.last_start_err = 0;
@@ -173,6 +223,7 @@ impl Backends {
                 return Err(-apsis_proto::errno::EALREADY);
             }
             s.state = backend_state::DEACTIVATING;
+            s.syncer = None;
             s.engine.take()
         };
         self.rebuild_routes();
@@ -264,6 +315,7 @@ impl Backends {
             let e = {
                 let mut s = slot.state.lock();
                 s.state = backend_state::DISABLED;
+                s.syncer = None;
                 s.engine.take()
             };
             drop(e);
@@ -276,7 +328,9 @@ fn engine_config(cfg: &BackendConfig) -> BlobConfig {
     BlobConfig {
         blob_size: cfg.blob_size.max(1 << 20),
         records_in_blob: cfg.records_in_blob,
-        sync: cfg.sync,
+        // sync = 0 is group commit driven by the node's syncer (see [`Syncer`]): the engine
+        // itself does not fsync per write.
+        sync: if cfg.sync == 0 { -1 } else { cfg.sync },
         defrag_threshold: (cfg.defrag_percentage.clamp(1, 100) as f64) / 100.0,
         size_limit_bytes: cfg.size_limit_bytes,
         ..BlobConfig::default()

@@ -503,6 +503,15 @@ async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
         acked.extend(w.await.unwrap());
     }
     assert_eq!(acked.len(), 400);
+    // Every acknowledged write waited for an fsync, and concurrent writers shared them.
+    let v = s.monitor_stat(srv.addr, 0x10).await.unwrap();
+    let fsyncs = v["backends"]["1"]["backend"]["global_stats"]["fsyncs"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1..400).contains(&fsyncs),
+        "fsyncs {fsyncs} for 400 concurrent durable writes"
+    );
     srv.kill9();
     srv.restart();
     let s = session(&srv, vec![1]).await;

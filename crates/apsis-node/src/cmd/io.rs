@@ -1,8 +1,8 @@
 //! The data commands: LOOKUP, READ, WRITE, DEL, BULK_READ.
 //!
 //! READ, WRITE and BULK_READ key off `io_attr.id`; LOOKUP and DEL off `cmd.id`, as Elliptics
-//! does. Writes to a backend with `sync = 0` wait for their fsync on the blocking pool so the
-//! async workers keep serving while group commit gathers writers.
+//! does. Writes and deletes on a `sync = 0` backend are acknowledged only after the backend's
+//! group-commit syncer has made them durable (see `backends::Syncer`).
 
 use super::HResult;
 use crate::backends::{RouteError, Slot};
@@ -88,19 +88,18 @@ fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
     Ok(())
 }
 
-/// Runs a blocking engine call inline, or on the blocking pool when it may wait for fsync.
+/// Runs an engine mutation, then, on a `sync = 0` backend, waits for the group commit that
+/// makes it durable before it is acknowledged.
 async fn run<T: Send + 'static>(
     slot: &Slot,
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, i32> {
-    if slot.cfg.sync == 0 {
-        match tokio::task::spawn_blocking(f).await {
-            Ok(r) => r.map_err(storage_errno),
-            Err(_) => Err(-errno::EIO),
-        }
-    } else {
-        f().map_err(storage_errno)
+    let r = f().map_err(storage_errno)?;
+    let syncer = slot.state.lock().syncer.clone();
+    if let Some(s) = syncer {
+        s.wait().await?;
     }
+    Ok(r)
 }
 
 pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {

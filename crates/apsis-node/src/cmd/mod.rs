@@ -10,9 +10,10 @@ pub mod iterator;
 pub mod monitor;
 pub mod system;
 
+use crate::backends::Slot;
 use crate::reply::{Out, Sink};
 use crate::Ctx;
-use apsis_proto::{cmd, errno, Header};
+use apsis_proto::{cflags, cmd, errno, Header};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -21,6 +22,15 @@ pub type HResult = Result<(), i32>;
 pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
+    let (backend_id, slot) = serving_backend(ctx, &hdr);
+    out.req.backend_id = backend_id;
+    if let Some(slot) = slot {
+        // BACKEND_CONTROL CTL's delay: every command the backend serves waits first.
+        let ms = slot.state.lock().delay_ms;
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+        }
+    }
     let size = payload.len() as u64;
     let r = match hdr.cmd {
         cmd::LOOKUP => io::lookup(ctx, &mut out).await,
@@ -51,4 +61,27 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
         started.elapsed().as_micros() as u64,
         size,
     );
+}
+
+/// The backend that serves a request, and the `backend_id` its replies carry, as Elliptics
+/// fills it in: the local backend owning `cmd.id` in `cmd.group` (`cmd.backend_id` itself with
+/// DIRECT_BACKEND), −1 for the system commands and for keys this node does not serve, and 0
+/// for ROUTE_LIST, whose reply is built from scratch (vectors 04, 11, 12, 15, 24).
+fn serving_backend(ctx: &Ctx, hdr: &Header) -> (i32, Option<Arc<Slot>>) {
+    match hdr.cmd {
+        cmd::ROUTE_LIST => (0, None),
+        cmd::AUTH
+        | cmd::STATUS
+        | cmd::MONITOR_STAT
+        | cmd::BACKEND_CONTROL
+        | cmd::BACKEND_STATUS => (-1, None),
+        _ if hdr.flags & cflags::DIRECT_BACKEND != 0 => (
+            hdr.backend_id,
+            ctx.backends.get(hdr.backend_id as u32).cloned(),
+        ),
+        _ => match ctx.backends.route(hdr.group, &hdr.id) {
+            Ok(s) => (s.cfg.id as i32, Some(s)),
+            Err(_) => (-1, None),
+        },
+    }
 }

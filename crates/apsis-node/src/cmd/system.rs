@@ -83,7 +83,11 @@ pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
         addrs,
     }
     .encode();
-    out.data(&[&p], false).await;
+    // Built from scratch in Elliptics: NOLOCK|REPLY whatever the request's flags (0x19 gets
+    // 0x210, not 0x218) [seen 01, 14].
+    let mut h = out.req.reply(0, 0, false);
+    h.flags = cflags::NOLOCK | cflags::REPLY;
+    out.send(h, &[&p]).await;
     Ok(())
 }
 
