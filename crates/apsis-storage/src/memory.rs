@@ -122,6 +122,7 @@ impl Backend for MemoryBackend {
             }
             WriteOp::Patch { .. } | WriteOp::Append => {
                 st.pending.remove(key);
+                let existed = cur.is_some();
                 let mut data = cur.map(|r| r.data).unwrap_or_default();
                 let at = match op {
                     WriteOp::Patch { offset } => offset as usize,
@@ -132,7 +133,7 @@ impl Backend for MemoryBackend {
                     data.resize(end, 0);
                 }
                 data[at..end].copy_from_slice(req.data);
-                let append = if op == WriteOp::Append {
+                let append = if op == WriteOp::Append && existed {
                     record_flags::APPEND
                 } else {
                     0
@@ -170,6 +171,9 @@ impl Backend for MemoryBackend {
                 check_reservation(rec.capacity, offset, req.data.len() as u64, commit)?;
                 rec.data[offset as usize..offset as usize + req.data.len()]
                     .copy_from_slice(req.data);
+                if commit.is_none() {
+                    rec.timestamp = req.timestamp;
+                }
                 publish(&mut st, rec, commit)
             }
         };

@@ -818,14 +818,10 @@ fn replay_05_remove_then_read() {
     replay("05", &[captured("02", 4)], &[]);
 }
 
-/// KNOWN MISMATCH (reported, not fixed here: storage engine semantics, asserted by
-/// apsis-storage's conformance suite): an APPEND that creates the key is a plain record in
-/// Elliptics (record_flags 0x140, the APPEND bit only from the second append on); Apsis' engine
-/// sets APPEND (0x150) already on the creating write. Everything else matches, including the
-/// second append (0x150) and the read back.
+/// An APPEND that creates the key is a plain record (0x140); the second append is 0x150.
 #[test]
 fn replay_06_append() {
-    replay("06", &[], &[(5, "record_flags", "0x140", "0x150")]);
+    replay("06", &[], &[]);
 }
 
 #[test]
@@ -833,22 +829,10 @@ fn replay_07_write_at_offset() {
     replay("07", &[], &[]);
 }
 
-/// KNOWN MISMATCH (reported, not fixed here: storage engine semantics): Elliptics stamps the
-/// record with each PLAIN_WRITE's io timestamp (the reply's mtime is the plain write's own,
-/// .902582); Apsis' engine keeps the PREPARE's timestamp (.901629) until COMMIT, whose
-/// timestamp both then report.
+/// Each PLAIN_WRITE reply carries that write's own timestamp, as Elliptics does.
 #[test]
 fn replay_08_prepare_plain_commit() {
-    replay(
-        "08",
-        &[],
-        &[(
-            7,
-            "mtime",
-            "Time { sec: 1795334832, nsec: 902582000 }",
-            "Time { sec: 1795334832, nsec: 901629000 }",
-        )],
-    );
+    replay("08", &[], &[]);
 }
 
 #[test]

@@ -194,7 +194,16 @@ impl Inner {
                 let old_size = live.map_or(0, |c| c.hdr.data_size);
                 let (at, extra) = match op {
                     WriteOp::Patch { offset } => (offset, 0),
-                    _ => (old_size, record_flags::APPEND),
+                    // As eblob: an APPEND that creates the object is a plain record; only
+                    // appending to an existing one marks it APPEND.
+                    _ => (
+                        old_size,
+                        if live.is_some() {
+                            record_flags::APPEND
+                        } else {
+                            0
+                        },
+                    ),
                 };
                 let new_size = old_size.max(at + len);
                 if let Some(c) = live.filter(|c| self.can_rewrite(c, new_size)) {
@@ -248,7 +257,13 @@ impl Inner {
                 };
                 match commit {
                     Some(size) => self.commit_locked(key, &p, cur.as_ref(), damaged, req, size),
-                    None => Ok((record_info(&p.hdr, &p.base, p.loc), seq)),
+                    // The reply carries this write's timestamp, as eblob stamps each plain
+                    // write; the record itself is stamped at commit.
+                    None => {
+                        let mut info = record_info(&p.hdr, &p.base, p.loc);
+                        info.timestamp = req.timestamp;
+                        Ok((info, seq))
+                    }
                 }
             }
         }
