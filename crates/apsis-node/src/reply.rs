@@ -99,6 +99,9 @@ impl From<Tx> for Sink {
 pub struct Out {
     pub tx: Sink,
     pub req: Header,
+    /// The local backend serving this request, resolved once by dispatch (as Elliptics picks
+    /// it from `cmd.id` and `cmd.group`, or `backend_id` with DIRECT_BACKEND).
+    pub slot: Option<Arc<crate::backends::Slot>>,
     need_ack: bool,
 }
 
@@ -106,6 +109,7 @@ impl Out {
     pub fn new(tx: impl Into<Sink>, req: Header) -> Out {
         Out {
             tx: tx.into(),
+            slot: None,
             need_ack: req.flags & cflags::NEED_ACK != 0,
             req,
         }

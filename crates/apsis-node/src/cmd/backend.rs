@@ -32,14 +32,7 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 .await
                 .unwrap_or(Err(-errno::EIO));
             if r.is_ok() {
-                if let Some(b) = ctx
-                    .backends
-                    .backend_ids()
-                    .into_iter()
-                    .find(|b| b.backend_id == id as i32)
-                {
-                    super::system::push_update_ids(ctx, b).await;
-                }
+                announce_ids(ctx, id).await;
             }
             r
         }
@@ -84,14 +77,7 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         bc::SET_IDS => {
             let r = ctx.backends.set_ids(id, req.ids.clone());
             if r.is_ok() {
-                if let Some(b) = ctx
-                    .backends
-                    .backend_ids()
-                    .into_iter()
-                    .find(|b| b.backend_id == id as i32)
-                {
-                    super::system::push_update_ids(ctx, b).await;
-                }
+                announce_ids(ctx, id).await;
             }
             r
         }
@@ -128,5 +114,17 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
             out.data(&[&p], true).await;
             Err(e)
         }
+    }
+}
+
+/// Pushes a backend's current ids (UPDATE_IDS) after it was enabled or got new ids.
+async fn announce_ids(ctx: &Ctx, id: u32) {
+    let ids = ctx
+        .backends
+        .backend_ids()
+        .into_iter()
+        .find(|b| b.backend_id == id as i32);
+    if let Some(b) = ids {
+        super::system::push_update_ids(ctx, b).await;
     }
 }

@@ -5,7 +5,7 @@
 //! group-commit syncer has made them durable (see `backends::Syncer`).
 
 use super::HResult;
-use crate::backends::{RouteError, Slot};
+use crate::backends::Slot;
 use crate::reply::Out;
 use crate::Ctx;
 use apsis_proto::{
@@ -18,25 +18,10 @@ use apsis_storage::{
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-/// The backend that serves a request: `backend_id` with DIRECT_BACKEND, else the owner of the
-/// id in the request's group. None here is −ENOTSUP (Elliptics' answer for a group or backend
-/// this node does not serve).
-pub fn backend_for(
-    ctx: &Ctx,
-    hdr: &Header,
-    key: &[u8; 64],
-) -> Result<(Arc<Slot>, Arc<BlobBackend>), i32> {
-    let slot = if hdr.flags & cflags::DIRECT_BACKEND != 0 {
-        ctx.backends
-            .get(hdr.backend_id as u32)
-            .cloned()
-            .ok_or(-errno::ENOTSUP)?
-    } else {
-        match ctx.backends.route(hdr.group, key) {
-            Ok(s) => s,
-            Err(RouteError::NotServed) => return Err(-errno::ENOTSUP),
-        }
-    };
+/// The backend dispatch resolved for this request, with its open engine. None is −ENOTSUP
+/// (Elliptics' answer for a group or backend this node does not serve).
+pub fn backend_for(out: &Out) -> Result<(Arc<Slot>, Arc<BlobBackend>), i32> {
+    let slot = out.slot.clone().ok_or(-errno::ENOTSUP)?;
     let engine = slot.engine().ok_or(-errno::ENOTSUP)?;
     Ok((slot, engine))
 }
@@ -90,10 +75,7 @@ fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
 
 /// Runs an engine mutation, then, on a `sync = 0` backend, waits for the group commit that
 /// makes it durable before it is acknowledged.
-async fn run<T: Send + 'static>(
-    slot: &Slot,
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, i32> {
+async fn run<T>(slot: &Slot, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, i32> {
     let r = f().map_err(storage_errno)?;
     let syncer = slot.state.lock().syncer.clone();
     if let Some(s) = syncer {
@@ -105,7 +87,7 @@ async fn run<T: Send + 'static>(
 pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     out.no_ack();
     let hdr = out.req;
-    let (slot, engine) = backend_for(ctx, &hdr, &hdr.id)?;
+    let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
     let checksum = hdr.flags & cflags::CHECKSUM != 0;
@@ -164,7 +146,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     out.no_ack();
     let (io, _) = io_attr(payload)?;
     let hdr = out.req;
-    let (_slot, engine) = backend_for(ctx, &hdr, &io.id)?;
+    let (_slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &io.id).await;
     let (rio, data) = read_one(&engine, &io)?;
     let mut head = Vec::with_capacity(IoAttr::SIZE);
@@ -180,21 +162,20 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         return Err(-errno::EINVAL);
     }
     let hdr = out.req;
-    let (slot, engine) = backend_for(ctx, &hdr, &io.id)?;
+    let (slot, engine) = backend_for(out)?;
     node_writable(ctx, &slot)?;
-    let data = rest[..io.size as usize].to_vec();
+    let data = &rest[..io.size as usize];
     let f = io.flags;
     let prepare = f & ioflags::PREPARE != 0;
-    let commit = f & ioflags::COMMIT != 0;
-    let plain = f & ioflags::PLAIN_WRITE != 0;
     let append = f & ioflags::APPEND != 0;
     let data_len = data.len() as u64;
-    let req_parts = WriteParts {
+    let req = WriteRequest {
+        data,
         offset: io.offset,
         append,
         prepare: prepare.then_some(io.num.max(io.offset.saturating_add(data_len))),
-        plain,
-        commit: commit.then_some(if prepare {
+        plain: f & ioflags::PLAIN_WRITE != 0,
+        commit: (f & ioflags::COMMIT != 0).then_some(if prepare {
             io.offset.saturating_add(data_len)
         } else {
             io.num
@@ -207,8 +188,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     };
     let key = apsis_storage::Key(io.id);
     let _g = lock(ctx, &hdr, &io.id).await;
-    let e2 = engine.clone();
-    let info = run(&slot, move || e2.write(&key, &req_parts.request(&data))).await?;
+    let info = run(&slot, || engine.write(&key, &req)).await?;
     if f & ioflags::WRITE_NO_FILE_INFO != 0 {
         out.data(&[], false).await;
         return Ok(());
@@ -219,42 +199,10 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-/// The owned parts of a [`WriteRequest`], so it can cross into the blocking pool.
-struct WriteParts {
-    offset: u64,
-    append: bool,
-    prepare: Option<u64>,
-    plain: bool,
-    commit: Option<u64>,
-    timestamp: Timestamp,
-    user_flags: u64,
-    cas_checksum: Option<[u8; 64]>,
-    cas_timestamp: bool,
-    nocsum: bool,
-}
-
-impl WriteParts {
-    fn request<'a>(&self, data: &'a [u8]) -> WriteRequest<'a> {
-        WriteRequest {
-            data,
-            offset: self.offset,
-            append: self.append,
-            prepare: self.prepare,
-            plain: self.plain,
-            commit: self.commit,
-            timestamp: self.timestamp,
-            user_flags: self.user_flags,
-            cas_checksum: self.cas_checksum,
-            cas_timestamp: self.cas_timestamp,
-            nocsum: self.nocsum,
-        }
-    }
-}
-
 pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let (io, _) = io_attr(payload)?;
     let hdr = out.req;
-    let (slot, engine) = backend_for(ctx, &hdr, &hdr.id)?;
+    let (slot, engine) = backend_for(out)?;
     node_writable(ctx, &slot)?;
     let _g = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
@@ -271,13 +219,15 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
     let hdr = out.req;
     let mut first_err = 0;
     let mut any_ok = false;
+    // Every key goes to the request's backend: the client groups keys by owner.
+    let backend = backend_for(out);
     for k in &req.keys {
-        let r = match backend_for(ctx, &hdr, &k.id) {
+        let r = match &backend {
             Ok((_slot, engine)) => {
                 let _g = lock(ctx, &hdr, &k.id).await;
-                read_one(&engine, k)
+                read_one(engine, k)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(*e),
         };
         let mut h = hdr;
         h.cmd = apsis_proto::cmd::READ;

@@ -113,8 +113,7 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     } else {
         None
     };
-    let hdr = out.req;
-    let (_slot, engine) = super::io::backend_for(ctx, &hdr, &hdr.id)?;
+    let (_slot, engine) = super::io::backend_for(out)?;
     let with_data = req.flags & iflags::DATA != 0;
     let ireq = IterRequest {
         key_ranges,

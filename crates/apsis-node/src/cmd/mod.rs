@@ -24,13 +24,14 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
     let mut out = Out::new(tx, hdr);
     let (backend_id, slot) = serving_backend(ctx, &hdr);
     out.req.backend_id = backend_id;
-    if let Some(slot) = slot {
+    if let Some(slot) = &slot {
         // BACKEND_CONTROL CTL's delay: every command the backend serves waits first.
         let ms = slot.state.lock().delay_ms;
         if ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
         }
     }
+    out.slot = slot;
     let size = payload.len() as u64;
     let r = match hdr.cmd {
         cmd::LOOKUP => io::lookup(ctx, &mut out).await,
