@@ -12,103 +12,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 /// One dnet message of a vector file.
-#[derive(Debug)]
-struct Msg {
-    /// Index in its file (`[msg N]`).
-    n: usize,
-    /// `client->server`, `server->client` or `node->node`.
-    dir: String,
-    /// The `kind:` annotation (request / reply, MORE follows / final ...).
-    kind: String,
-    /// The `HDR:` annotation as `key=value` pairs.
-    hdr: HashMap<String, String>,
-    bytes: Vec<u8>,
+#[path = "common/vector_file.rs"]
+mod vector_file;
+use vector_file::{Msg, Vector};
+
+trait VectorExt {
+    fn msg(&self, n: usize) -> (&Msg, Frame);
 }
 
-struct Vector {
-    name: String,
-    text: String,
-    msgs: Vec<Msg>,
-}
-
-impl Vector {
+impl VectorExt for Vector {
     fn msg(&self, n: usize) -> (&Msg, Frame) {
         let m = &self.msgs[n];
         assert_eq!(m.n, n, "{}: message numbering", self.name);
-        (m, Frame::decode(&m.bytes).unwrap())
-    }
-}
-
-/// Parses an annotated dump: `[msg N] dir ... len=L`, then `HDR:` / `kind:` lines and hexdump
-/// lines `  OOOOOO  xx xx ...  |ascii|`.
-fn parse(name: &str, text: &str) -> Vector {
-    let mut msgs: Vec<Msg> = Vec::new();
-    let mut lens = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("[msg ") {
-            let (n, rest) = rest.split_once(']').expect("[msg N]");
-            let dir = rest
-                .split_whitespace()
-                .next()
-                .expect("direction")
-                .to_string();
-            let len = rest
-                .split_whitespace()
-                .find_map(|t| t.strip_prefix("len="))
-                .expect("len=")
-                .parse::<usize>()
-                .unwrap();
-            msgs.push(Msg {
-                n: n.parse().unwrap(),
-                dir,
-                kind: String::new(),
-                hdr: HashMap::new(),
-                bytes: Vec::new(),
-            });
-            lens.push(len);
-            continue;
-        }
-        let Some(m) = msgs.last_mut() else { continue };
-        if let Some(h) = line.strip_prefix("HDR: ") {
-            for t in h.split_whitespace() {
-                if let Some((k, v)) = t.split_once('=') {
-                    m.hdr.insert(k.to_string(), v.to_string());
-                }
-            }
-        } else if let Some(k) = line.strip_prefix("kind: ") {
-            m.kind = k.to_string();
-        } else if line.starts_with("  ")
-            && line.len() > 8
-            && line[2..8].bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            let off = usize::from_str_radix(&line[2..8], 16).unwrap();
-            assert_eq!(off, m.bytes.len(), "{name} msg {}: hexdump offset", m.n);
-            let before = m.bytes.len();
-            for t in line[8..].split_whitespace().take(16) {
-                if t.len() != 2 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    break;
-                }
-                m.bytes.push(u8::from_str_radix(t, 16).unwrap());
-            }
-            assert!(
-                m.bytes.len() > before,
-                "{name} msg {}: empty hexdump line",
-                m.n
-            );
-        }
-    }
-    for (m, len) in msgs.iter().zip(&lens) {
-        assert_eq!(
-            m.bytes.len(),
-            *len,
-            "{name} msg {}: hexdump length vs len=",
-            m.n
-        );
-    }
-    Vector {
-        name: name.to_string(),
-        text: text.to_string(),
-        msgs,
+        (m, m.frame.clone())
     }
 }
 
@@ -116,31 +32,14 @@ fn parse(name: &str, text: &str) -> Vector {
 fn vectors() -> &'static [Vector] {
     static V: OnceLock<Vec<Vector>> = OnceLock::new();
     V.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".txt") && n != "README.txt")
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|n| {
-                parse(
-                    n.trim_end_matches(".txt"),
-                    &std::fs::read_to_string(dir.join(n)).unwrap(),
-                )
-            })
-            .collect()
+        vector_file::load_all(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors"),
+        )
     })
 }
 
 fn vector(prefix: &str) -> &'static Vector {
-    let p = format!("{prefix}-");
-    vectors()
-        .iter()
-        .find(|v| v.name.starts_with(&p))
-        .unwrap_or_else(|| panic!("no vector {prefix}"))
+    vector_file::find(vectors(), prefix)
 }
 
 #[test]

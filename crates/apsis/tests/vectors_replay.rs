@@ -35,131 +35,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-// ------------------------------------------------------------------------------------------
-// The vectors (parser adapted from crates/apsis-proto/tests/vectors.rs)
-// ------------------------------------------------------------------------------------------
-
-/// One dnet message of a vector file.
-struct Msg {
-    /// Index in its file (`[msg N]`).
-    n: usize,
-    /// `client->server`, `server->client` or `node->node`.
-    dir: String,
-    /// For `node->node`: `n1->n2` or `n2->n1`.
-    route: String,
-    /// The capture's connection number.
-    conn: usize,
-    bytes: Vec<u8>,
-    frame: Frame,
-}
-
-impl Msg {
-    /// Sent to the server under test: by a client, or by n1 to n2 (vector 14, where our server
-    /// plays n2).
-    fn to_server(&self) -> bool {
-        self.dir == "client->server" || self.route == "n1->n2"
-    }
-}
-
-struct Vector {
-    name: String,
-    msgs: Vec<Msg>,
-}
-
-/// Parses an annotated dump: `[msg N] dir ... conn C ... len=L`, then hexdump lines
-/// `  OOOOOO  xx xx ...  |ascii|`.
-fn parse(name: &str, text: &str) -> Vector {
-    let mut raw: Vec<(usize, String, String, usize, usize, Vec<u8>)> = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("[msg ") {
-            let (n, rest) = rest.split_once(']').expect("[msg N]");
-            let toks: Vec<&str> = rest.split_whitespace().collect();
-            let dir = toks[0].to_string();
-            let route = if dir == "node->node" {
-                toks[1].to_string()
-            } else {
-                String::new()
-            };
-            let conn = toks
-                .iter()
-                .position(|t| *t == "conn")
-                .map(|i| toks[i + 1].parse().expect("conn number"))
-                .expect("conn");
-            let len = toks
-                .iter()
-                .find_map(|t| t.strip_prefix("len="))
-                .expect("len=")
-                .parse()
-                .unwrap();
-            raw.push((n.parse().unwrap(), dir, route, conn, len, Vec::new()));
-            continue;
-        }
-        let Some(m) = raw.last_mut() else { continue };
-        if line.starts_with("  ")
-            && line.len() > 8
-            && line[2..8].bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            let off = usize::from_str_radix(&line[2..8], 16).unwrap();
-            assert_eq!(off, m.5.len(), "{name} msg {}: hexdump offset", m.0);
-            for t in line[8..].split_whitespace().take(16) {
-                if t.len() != 2 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    break;
-                }
-                m.5.push(u8::from_str_radix(t, 16).unwrap());
-            }
-        }
-    }
-    let msgs = raw
-        .into_iter()
-        .enumerate()
-        .map(|(i, (n, dir, route, conn, len, bytes))| {
-            assert_eq!((i, bytes.len()), (n, len), "{name} msg {n}");
-            let frame = Frame::decode(&bytes).unwrap_or_else(|e| panic!("{name} msg {n}: {e}"));
-            Msg {
-                n,
-                dir,
-                route,
-                conn,
-                bytes,
-                frame,
-            }
-        })
-        .collect();
-    Vector {
-        name: name.to_string(),
-        msgs,
-    }
-}
+// The vectors: the one parser the codec tests use.
+#[path = "../../apsis-proto/tests/common/vector_file.rs"]
+mod vector_file;
+use vector_file::Vector;
 
 fn vectors() -> &'static [Vector] {
     static V: OnceLock<Vec<Vector>> = OnceLock::new();
     V.get_or_init(|| {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../apsis-proto/tests/vectors");
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".txt") && n != "README.txt")
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|n| {
-                parse(
-                    n.trim_end_matches(".txt"),
-                    &std::fs::read_to_string(dir.join(n)).unwrap(),
-                )
-            })
-            .collect()
+        vector_file::load_all(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../apsis-proto/tests/vectors"),
+        )
     })
 }
 
 fn vector(prefix: &str) -> &'static Vector {
-    let p = format!("{prefix}-");
-    vectors()
-        .iter()
-        .find(|v| v.name.starts_with(&p))
-        .unwrap_or_else(|| panic!("no vector {prefix}"))
+    vector_file::find(vectors(), prefix)
 }
 
 fn sha512(b: &[u8]) -> [u8; 64] {
