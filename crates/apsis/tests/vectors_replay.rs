@@ -29,11 +29,12 @@ use apsis_proto::*;
 use sha2::{Digest, Sha512};
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+mod common;
 
 // The vectors: the one parser the codec tests use.
 #[path = "../../apsis-proto/tests/common/vector_file.rs"]
@@ -62,7 +63,8 @@ fn sha512(b: &[u8]) -> [u8; 64] {
 // ------------------------------------------------------------------------------------------
 
 struct Server {
-    child: Child,
+    // Dropped first: the process is killed before its directory is removed.
+    _srv: common::Server,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -70,60 +72,27 @@ struct Server {
 impl Server {
     /// `apsis server --listen 127.0.0.1:0 --data DIR`: backend 1 in group 1, as captured.
     fn start() -> Server {
-        Self::spawn(None)
+        let dir = tempfile::tempdir().unwrap();
+        let srv = common::Server::start(dir.path(), &[]);
+        Server {
+            addr: srv.addr,
+            _srv: srv,
+            _dir: dir,
+        }
     }
 
     /// `apsis server -c FILE` with this TOML; `{DIR}` is replaced by the temp directory.
     fn with_toml(toml: &str) -> Server {
-        Self::spawn(Some(toml))
-    }
-
-    fn spawn(toml: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_apsis"));
-        match toml {
-            None => cmd.args(["server", "--listen", "127.0.0.1:0", "--data", &d]),
-            Some(t) => {
-                let p = dir.path().join("apsis.toml");
-                std::fs::write(&p, t.replace("{DIR}", &d)).unwrap();
-                cmd.arg("server").arg("-c").arg(p)
-            }
-        };
-        let mut child = cmd
-            .env("APSIS_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start apsis server");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let addr = loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap() == 0 {
-                panic!("apsis server exited: {:?}", child.wait());
-            }
-            if let Some(a) = line.trim().strip_prefix("listening ") {
-                break a.parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
-                s.clear();
-            }
-        });
+        let p = dir.path().join("apsis.toml");
+        std::fs::write(&p, toml.replace("{DIR}", &dir.path().display().to_string())).unwrap();
+        let args = vec!["server".into(), "-c".into(), p.display().to_string()];
+        let srv = common::Server::spawn(dir.path(), args);
         Server {
-            child,
-            addr,
+            addr: srv.addr,
+            _srv: srv,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
