@@ -5,7 +5,7 @@
 //! queue drained by a task, so many requests share the socket without waiting on each other.
 
 use crate::error::{ClientError, Result};
-use apsis_proto::{check_frame, cmd, Frame, Header, HEADER_SIZE};
+use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header, HEADER_SIZE};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -84,13 +84,8 @@ impl Conn {
                             }
                         }
                         Ok(None) => {
-                            if buf.len() >= HEADER_SIZE {
-                                let size =
-                                    u64::from_le_bytes(buf[112..120].try_into().expect("8 bytes"));
-                                let total = HEADER_SIZE + size as usize;
-                                if buf.capacity() < total {
-                                    buf.reserve(total - buf.len());
-                                }
+                            if let Some(total) = pending_frame_len(&buf) {
+                                buf.reserve(total.saturating_sub(buf.len()));
                             }
                             break;
                         }

@@ -8,7 +8,7 @@
 
 use crate::reply::{ConnWriter, Sink};
 use crate::Ctx;
-use apsis_proto::{check_frame, cmd, Header, HEADER_SIZE};
+use apsis_proto::{check_frame, cmd, pending_frame_len, Header, HEADER_SIZE};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -82,12 +82,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     });
                 }
                 Ok(None) => {
-                    if buf.len() >= HEADER_SIZE {
-                        let size = u64::from_le_bytes(buf[112..120].try_into().expect("8 bytes"));
-                        let total = HEADER_SIZE + size as usize;
-                        if buf.capacity() < total {
-                            buf.reserve(total - buf.len());
-                        }
+                    if let Some(total) = pending_frame_len(&buf) {
+                        buf.reserve(total.saturating_sub(buf.len()));
                     }
                     break;
                 }

@@ -183,6 +183,14 @@ pub fn check_frame(buf: &[u8], max_payload: u64) -> Result<Option<usize>, ProtoE
     Ok(Some(total as usize))
 }
 
+/// The total length of the frame whose header starts `buf`, once the header is there: what a
+/// reader should have room for. Call it after [`check_frame`] said `Ok(None)` (which has
+/// already bounded the declared size).
+pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
+    let size = u64::from_le_bytes(buf.get(112..120)?.try_into().ok()?);
+    (HEADER_SIZE as u64).checked_add(size)?.try_into().ok()
+}
+
 /// A whole message: header and payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {

@@ -30,7 +30,7 @@ pub use control::{
     BackendIds, BackendStatus, BackendStatusList, MonitorStatRequest, NodeInfo, NodeStatus,
     RouteList,
 };
-pub use header::{check_frame, Frame, Header, HEADER_SIZE, ID_SIZE};
+pub use header::{check_frame, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE};
 pub use io::{Addr, FileInfo, IoAttr, LookupReply, Time};
 pub use iterator::{action, iflags, itype, BulkRead, IdRange, IteratorRequest, IteratorResponse};
 
