@@ -122,7 +122,7 @@ pub async fn routes(a: RoutesArgs) -> anyhow::Result<()> {
     if a.c.json {
         let v: Vec<_> = entries
             .iter()
-            .map(|(g, id, r)| json!({"group": g, "id": crate::hex(id), "address": r.addr.to_string(), "backend": r.backend_id}))
+            .map(|(g, id, r)| json!({"group": g, "id": apsis_proto::hex(id), "address": r.addr.to_string(), "backend": r.backend_id}))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {

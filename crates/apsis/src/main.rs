@@ -162,8 +162,3 @@ fn init_client_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
-
-/// Hex of bytes.
-pub fn hex(b: &[u8]) -> String {
-    apsis_proto::hex(b)
-}

@@ -81,7 +81,7 @@ fn info_json(group: u32, l: &LookupReply) -> serde_json::Value {
         "offset": l.info.offset,
         "record_flags": l.info.record_flags,
         "timestamp": {"sec": l.info.mtime.sec, "nsec": l.info.mtime.nsec},
-        "checksum": crate::hex(&l.info.checksum),
+        "checksum": apsis_proto::hex(&l.info.checksum),
         "path": String::from_utf8_lossy(&l.path),
     })
 }
@@ -123,7 +123,7 @@ pub async fn write(a: WriteArgs) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"key": a.key, "id": crate::hex(&id), "bytes": data.len(), "groups": groups})
+            json!({"key": a.key, "id": apsis_proto::hex(&id), "bytes": data.len(), "groups": groups})
         );
     } else {
         for g in &r.groups {
@@ -197,13 +197,13 @@ pub async fn lookup(a: KeyArgs) -> anyhow::Result<()> {
         println!("{}", info_json(g, &l));
     } else {
         println!("key:       {}", a.key);
-        println!("id:        {}", crate::hex(&s.id(a.key.as_bytes())));
+        println!("id:        {}", apsis_proto::hex(&s.id(a.key.as_bytes())));
         println!("group:     {g}");
         println!("address:   {}", l.addr.to_dnet_string());
         println!("size:      {}", l.info.size);
         println!("timestamp: {}.{:09}", l.info.mtime.sec, l.info.mtime.nsec);
         println!("flags:     {:#x}", l.info.record_flags);
-        println!("checksum:  {}", crate::hex(&l.info.checksum));
+        println!("checksum:  {}", apsis_proto::hex(&l.info.checksum));
         println!(
             "path:      {} @ {}",
             String::from_utf8_lossy(&l.path),
@@ -280,14 +280,14 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
             if a.c.json {
                 println!(
                     "{}",
-                    json!({"id": crate::hex(&item.resp.key), "size": item.resp.size,
+                    json!({"id": apsis_proto::hex(&item.resp.key), "size": item.resp.size,
                            "timestamp": {"sec": item.resp.timestamp.sec, "nsec": item.resp.timestamp.nsec},
                            "user_flags": item.resp.user_flags, "record_flags": item.resp.record_flags})
                 );
             } else {
                 println!(
                     "{}  {:>12}  {}.{:09}",
-                    crate::hex(&item.resp.key),
+                    apsis_proto::hex(&item.resp.key),
                     item.resp.size,
                     item.resp.timestamp.sec,
                     item.resp.timestamp.nsec
