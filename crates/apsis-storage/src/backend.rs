@@ -122,19 +122,27 @@ pub fn read_range(size: u64, req: &ReadRequest) -> Result<(u64, u64)> {
     Ok((req.offset, len))
 }
 
-/// Applies CAS_TIMESTAMP (first) and COMPARE_AND_SWAP. `stored` is the live record's
-/// timestamp, `None` when the key is missing or removed (which passes both checks);
-/// `stored_data` reads the stored data, only when a checksum must be compared.
+/// Applies CAS_TIMESTAMP (first) and COMPARE_AND_SWAP. `stored` is the stored record's
+/// timestamp and whether it is a tombstone, `None` when the key was never written (which
+/// passes both checks); `stored_data` reads the stored data, only when a checksum must be
+/// compared.
+///
+/// A tombstone's timestamp counts for CAS_TIMESTAMP (Elliptics lets any write pass over a
+/// removed key): an older copy written with CAS_TIMESTAMP — read-repair, recovery — can
+/// never undo a newer delete. For COMPARE_AND_SWAP a removed key is missing and passes.
 pub fn check_cas(
     req: &WriteRequest<'_>,
-    stored: Option<Timestamp>,
+    stored: Option<(Timestamp, bool)>,
     stored_data: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<()> {
-    let Some(stored_ts) = stored else {
+    let Some((stored_ts, removed)) = stored else {
         return Ok(());
     };
     if req.cas_timestamp && stored_ts > req.timestamp {
         return Err(StorageError::CasMismatch("the stored record is newer"));
+    }
+    if removed {
+        return Ok(());
     }
     if let Some(expected) = req.cas_checksum {
         let data = stored_data()?;

@@ -569,6 +569,22 @@ fn cas_timestamp(b: &dyn Backend) {
     assert_eq!(get(b, &key).unwrap(), b"at-10");
     w(10).expect("an equal timestamp passes");
     w(11).expect("a newer timestamp passes");
+    // A newer delete is not undone by an older CAS_TIMESTAMP write (read-repair, recovery).
+    b.remove(
+        &key,
+        &RemoveRequest {
+            timestamp: ts(20),
+            always_record: false,
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(w(15), Err(StorageError::CasMismatch(_))),
+        "an older copy must not resurrect a newer tombstone"
+    );
+    assert!(is_enoent(get(b, &key)));
+    w(21).expect("a write newer than the tombstone passes");
+    assert_eq!(get(b, &key).unwrap(), b"x");
 }
 
 fn remove(b: &dyn Backend) {

@@ -82,8 +82,9 @@ impl Backend for MemoryBackend {
         self.check_writable()?;
         let op = WriteOp::classify(req)?;
         let mut st = self.state.write();
+        let stored = st.records.get(key).map(|r| (r.timestamp, !r.live()));
         let cur = st.records.get(key).filter(|r| r.live()).cloned();
-        check_cas(req, cur.as_ref().map(|r| r.timestamp), || {
+        check_cas(req, stored, || {
             Ok(cur.as_ref().map(|r| r.data.clone()).unwrap_or_default())
         })?;
         let flags = base_flags(req);

@@ -165,7 +165,8 @@ impl Inner {
             Located::Absent => (None, None),
         };
         let live = cur.as_ref().filter(|c| !c.hdr.is_removed());
-        check_cas(req, live.map(|c| c.hdr.timestamp), || match live {
+        let stored = cur.as_ref().map(|c| (c.hdr.timestamp, c.hdr.is_removed()));
+        check_cas(req, stored, || match live {
             Some(c) => self.read_data(c, 0, c.hdr.data_size, true),
             None => Ok(Vec::new()),
         })?;
