@@ -3,6 +3,12 @@
 //! A reader task routes each reply to the request that owns its `trans`; a request's replies
 //! arrive on a channel and end with the first reply without MORE. The writer is a bounded
 //! queue drained by a task, so many requests share the socket without waiting on each other.
+//!
+//! Failure detection (Elliptics' stall count) counts the requests that timed out in a row on
+//! a connection ([`Conn::note_timeout`]); the client pings a stalled connection and
+//! [`Conn::kill`]s it when the ping fails too. A killed or closed connection ends every
+//! waiting request with a connection error and closes its push channel, which is how the
+//! client learns to drop the node's routes.
 
 use crate::error::{ClientError, Result};
 use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header, HEADER_SIZE};
@@ -10,7 +16,7 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,8 +35,29 @@ pub struct Conn {
     wr: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
     pending: Pending,
     alive: Arc<AtomicBool>,
-    /// Messages the server pushed (UPDATE_IDS), for the route table.
+    /// Messages the server pushed (UPDATE_IDS), for the route table. The channel closes when
+    /// the connection does.
     pub pushed: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
+    /// Requests that timed out in a row.
+    stalls: AtomicU32,
+    /// Handshakes (REVERSE_LOOKUP, answered with trans 0) one at a time.
+    pub handshake_lock: tokio::sync::Mutex<()>,
+    reader: tokio::task::AbortHandle,
+}
+
+/// Marks the connection dead and fails every waiting request when the reader ends, however it
+/// ends (EOF, error, or aborted by [`Conn::kill`]).
+struct ReaderGuard {
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.alive.store(false, Relaxed);
+        // Dropping the senders ends every waiting request with a connection error.
+        self.pending.lock().clear();
+    }
 }
 
 /// Transaction numbers: one counter per process, pre-incremented (the first is 1).
@@ -56,8 +83,13 @@ impl Conn {
         let alive = Arc::new(AtomicBool::new(true));
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         // Reader: route replies by trans.
-        let (p2, a2) = (pending.clone(), alive.clone());
-        tokio::spawn(async move {
+        let guard = ReaderGuard {
+            pending: pending.clone(),
+            alive: alive.clone(),
+        };
+        let p2 = pending.clone();
+        let reader = tokio::spawn(async move {
+            let _guard = guard;
             let mut buf = BytesMut::with_capacity(64 << 10);
             'outer: loop {
                 loop {
@@ -100,9 +132,7 @@ impl Conn {
                     Ok(_) => {}
                 }
             }
-            a2.store(false, Relaxed);
-            // Dropping the senders ends every waiting request with a connection error.
-            p2.lock().clear();
+            drop(push_tx);
         });
         Ok(Arc::new(Conn {
             addr,
@@ -110,11 +140,32 @@ impl Conn {
             pending,
             alive,
             pushed: Mutex::new(Some(push_rx)),
+            stalls: AtomicU32::new(0),
+            handshake_lock: tokio::sync::Mutex::new(()),
+            reader: reader.abort_handle(),
         }))
     }
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Relaxed)
+    }
+
+    /// Counts a request that timed out; returns how many did in a row.
+    pub fn note_timeout(&self) -> u32 {
+        self.stalls.fetch_add(1, Relaxed) + 1
+    }
+
+    /// A reply arrived: the stall count starts over.
+    pub fn note_reply(&self) {
+        if self.stalls.load(Relaxed) != 0 {
+            self.stalls.store(0, Relaxed);
+        }
+    }
+
+    /// Gives up on the connection: waiting requests fail, the push channel closes.
+    pub fn kill(&self) {
+        self.alive.store(false, Relaxed);
+        self.reader.abort();
     }
 
     /// Sends a request and returns the channel its replies arrive on. `trans` 0 (handshake)

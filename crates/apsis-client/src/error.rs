@@ -23,6 +23,21 @@ pub enum ClientError {
     /// The request is invalid before anything is sent.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Too few groups succeeded for the session's checker; every group's error is here.
+    #[error("{checker}: {ok} of {total} groups succeeded ({})", group_errors(.groups))]
+    Checker {
+        checker: &'static str,
+        ok: usize,
+        total: usize,
+        groups: Vec<(u32, ClientError)>,
+    },
+}
+
+fn group_errors(g: &[(u32, ClientError)]) -> String {
+    g.iter()
+        .map(|(n, e)| format!("group {n}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ClientError {
@@ -35,6 +50,11 @@ impl ClientError {
             ClientError::Connection { .. } => -errno::ECONNRESET,
             ClientError::Protocol(_) => -errno::EPROTO,
             ClientError::Invalid(_) => -errno::EINVAL,
+            // Elliptics reports the failing status.
+            ClientError::Checker { groups, .. } => groups
+                .first()
+                .map(|(_, e)| e.errno())
+                .unwrap_or(-errno::EIO),
         }
     }
     pub fn is_not_found(&self) -> bool {

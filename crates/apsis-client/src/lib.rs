@@ -1,7 +1,13 @@
 //! Async client for Apsis (and Elliptics 3.0) nodes, with the Elliptics session model.
 //!
 //! A [`Client`] (Elliptics' "node") connects to its remotes with the REVERSE_LOOKUP handshake,
-//! learns every node's backends and ring ids, and keeps a route table per group. A [`Session`]
+//! learns every node's backends and ring ids, and keeps a route table per group. It keeps the
+//! table current: UPDATE_IDS pushes apply at once; every `check_timeout` it re-handshakes the
+//! nodes it knows, follows their ROUTE_LISTs to new ones and reconnects to lost ones (a node
+//! that comes back rejoins by itself); a node whose connection closes, or that stalls
+//! (`stall_count` timeouts in a row, then a failed ping), leaves the table, so its ranges pass
+//! to its ring neighbours. A storage node embeds a `Client` as its view of the cluster (with
+//! `join` set, it also sends JOIN to the nodes it connects to). A [`Session`]
 //! carries the request settings (groups, cflags, ioflags, namespace, user_flags, timestamp,
 //! timeout, checker) and offers one function per operation. Requests to one node are
 //! multiplexed on one connection by transaction number; objects larger than the session's
@@ -10,7 +16,7 @@
 //! # Layout
 //! - [`error`]: [`ClientError`] with its errno.
 //! - [`conn`]: one connection: writer queue, reply routing by `trans`, timeouts.
-//! - [`routes`]: the per-group route table and owner lookup.
+//! - [`routes`]: the per-group route table and owner lookup (from `apsis-ring`).
 //! - [`session`]: [`Session`] and the operations; [`Checker`]; result types.
 
 pub mod conn;
@@ -21,22 +27,47 @@ pub mod session;
 pub use error::{ClientError, Result};
 pub use session::{Checker, GroupResult, IterItem, IterOptions, ReadResult, Session, WriteResult};
 
-use apsis_proto::{cflags, cmd, Header, NodeInfo, RouteList, VERSION};
+use apsis_proto::{cflags, cmd, Addr, Header, NodeInfo, RouteList, VERSION};
 use conn::Conn;
 use parking_lot::{Mutex, RwLock};
 use routes::RouteTable;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// What a node tells the nodes it connects to (JOIN): its current addresses and backends.
+pub type JoinInfo = Arc<dyn Fn() -> NodeInfo + Send + Sync>;
+
 /// Client-wide settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientOptions {
-    /// Connect and handshake timeout.
+    /// Connect and handshake timeout; also the ping timeout of a stalled connection.
     pub connect_timeout: Duration,
     /// Follow ROUTE_LIST to nodes the remotes know about.
     pub discover: bool,
+    /// How often the route table is refreshed and lost nodes are retried (Elliptics
+    /// `check_timeout`); zero turns the refresh off.
+    pub check_timeout: Duration,
+    /// Timeouts in a row after which a node is pinged, and dropped if the ping fails too.
+    pub stall_count: u32,
+    /// This process's own addresses (a node's): never connected to.
+    pub local: Vec<SocketAddr>,
+    /// Set by a node: sent as JOIN after each handshake, so peers route to it.
+    pub join: Option<JoinInfo>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("discover", &self.discover)
+            .field("check_timeout", &self.check_timeout)
+            .field("stall_count", &self.stall_count)
+            .field("local", &self.local)
+            .field("join", &self.join.is_some())
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -44,6 +75,10 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             discover: true,
+            check_timeout: Duration::from_secs(60),
+            stall_count: 3,
+            local: Vec::new(),
+            join: None,
         }
     }
 }
@@ -58,22 +93,55 @@ struct Inner {
     opts: ClientOptions,
     conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
     routes: RwLock<RouteTable>,
+    /// Every node address learned (remotes, route lists, joins): the refresh retries these.
+    known: Mutex<BTreeSet<SocketAddr>>,
+    /// Each connected node's advertised addresses (a node lists them in its ROUTE_LIST).
+    infos: Mutex<HashMap<SocketAddr, Vec<Addr>>>,
+    /// One lock per node being connected to, so concurrent requests do not connect twice
+    /// and a slow node does not hold up the others.
+    connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Client {
-    /// Connects to `remotes` (at least one must answer) and learns the routes.
-    pub async fn connect(remotes: &[SocketAddr], opts: ClientOptions) -> Result<Client> {
+    /// A client that knows no node yet; [`Client::add_remotes`] adds them. Starts the
+    /// periodic refresh (it stops when the last `Client` clone is dropped).
+    pub fn new(opts: ClientOptions) -> Client {
         let c = Client {
             inner: Arc::new(Inner {
                 opts,
                 conns: Mutex::new(HashMap::new()),
                 routes: RwLock::new(RouteTable::default()),
+                known: Mutex::new(BTreeSet::new()),
+                infos: Mutex::new(HashMap::new()),
+                connecting: Mutex::new(HashMap::new()),
             }),
         };
+        let period = c.inner.opts.check_timeout;
+        if !period.is_zero() {
+            let weak = Arc::downgrade(&c.inner);
+            tokio::spawn(refresh_loop(weak, period));
+        }
+        c
+    }
+
+    /// Connects to `remotes` (at least one must answer) and learns the routes.
+    pub async fn connect(remotes: &[SocketAddr], opts: ClientOptions) -> Result<Client> {
+        let c = Client::new(opts);
+        c.add_remotes(remotes).await?;
+        Ok(c)
+    }
+
+    /// Connects to `remotes` and the nodes their route lists name; they are remembered and
+    /// retried by the refresh when unreachable. Fails only if none answered.
+    pub async fn add_remotes(&self, remotes: &[SocketAddr]) -> Result<()> {
         let mut last_err = None;
         let mut ok = 0;
         for a in remotes {
-            match c.add_node(*a, true).await {
+            if self.is_local(*a) {
+                continue;
+            }
+            self.inner.known.lock().insert(*a);
+            match self.add_node(*a, true).await {
                 Ok(()) => ok += 1,
                 Err(e) => {
                     tracing::warn!(addr = %a, error = %e, "remote unreachable");
@@ -82,21 +150,27 @@ impl Client {
             }
         }
         if ok == 0 {
-            return Err(last_err.unwrap_or_else(|| ClientError::Invalid("no remotes".into())));
+            if let Some(e) = last_err {
+                return Err(e);
+            }
         }
-        Ok(c)
+        Ok(())
     }
 
-    /// Connects to one node: REVERSE_LOOKUP, then (for configured remotes) ROUTE_LIST and the
-    /// nodes it lists.
-    async fn add_node(&self, addr: SocketAddr, remote: bool) -> Result<()> {
+    fn is_local(&self, a: SocketAddr) -> bool {
+        self.inner.opts.local.contains(&a)
+    }
+
+    /// The handshake on `conn`: REVERSE_LOOKUP, answered with the node's addresses and
+    /// backends.
+    async fn handshake(&self, conn: &Conn) -> Result<NodeInfo> {
         let timeout = self.inner.opts.connect_timeout;
-        let conn = Conn::connect(addr, timeout).await?;
+        let _one = conn.handshake_lock.lock().await;
         let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::DIRECT | cflags::NOLOCK);
         h.set_version(VERSION);
         h.trans = 0;
         let rx = conn.send(h, &[]).await?;
-        let frames = conn::collect(&conn, 0, rx, timeout).await?;
+        let frames = conn::collect(conn, 0, rx, timeout).await?;
         let f = frames
             .last()
             .ok_or_else(|| ClientError::Protocol("empty handshake".into()))?;
@@ -122,44 +196,235 @@ impl Client {
                 "all-zero address in handshake".into(),
             ));
         }
+        conn.note_reply();
+        Ok(info)
+    }
+
+    /// Connects to one node: REVERSE_LOOKUP, JOIN when this client is a node, then (with
+    /// `discover`) ROUTE_LIST and the nodes it lists.
+    async fn add_node(&self, addr: SocketAddr, discover: bool) -> Result<()> {
+        if self.is_local(addr) {
+            return Ok(());
+        }
+        {
+            let lock = self
+                .inner
+                .connecting
+                .lock()
+                .entry(addr)
+                .or_default()
+                .clone();
+            let _one = lock.lock().await;
+            let live = self
+                .inner
+                .conns
+                .lock()
+                .get(&addr)
+                .is_some_and(|c| c.is_alive());
+            if !live {
+                self.open(addr).await?;
+            }
+        }
+        if discover && self.inner.opts.discover {
+            self.discover(addr).await?;
+        }
+        Ok(())
+    }
+
+    async fn open(&self, addr: SocketAddr) -> Result<()> {
+        let conn = Conn::connect(addr, self.inner.opts.connect_timeout).await?;
+        let info = self.handshake(&conn).await?;
+        if let Some(join) = &self.inner.opts.join {
+            let me = join();
+            let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
+            h.trans = conn::next_trans();
+            // JOIN has no reply: forget the trans at once.
+            let _ = conn.send(h, &me.encode()).await?;
+            conn.forget(h.trans);
+        }
         self.inner.routes.write().set_node(addr, &info.backends);
+        self.inner.infos.lock().insert(addr, info.addrs.clone());
+        self.inner.known.lock().insert(addr);
         self.inner.conns.lock().insert(addr, conn.clone());
-        // Route pushes (UPDATE_IDS) update the table.
+        tracing::debug!(%addr, backends = info.backends.len(), "node connected");
+        // Route pushes (UPDATE_IDS) update the table; the channel's end is the connection's
+        // end, and the node's ranges pass to its neighbours.
         if let Some(mut pushed) = conn.pushed.lock().take() {
-            let me = self.clone();
+            let weak = Arc::downgrade(&self.inner);
+            let this = Arc::downgrade(&conn);
             tokio::spawn(async move {
                 while let Some(f) = pushed.recv().await {
                     let mut r = apsis_proto::wire::Reader::new(&f.payload, "update ids");
-                    if let Ok(b) = apsis_proto::decode_backends(&mut r) {
-                        me.inner.routes.write().update(addr, &b);
+                    if let (Ok(b), Some(inner)) =
+                        (apsis_proto::decode_backends(&mut r), weak.upgrade())
+                    {
+                        inner.routes.write().update(addr, &b);
+                    }
+                }
+                if let Some(inner) = weak.upgrade() {
+                    let current = inner.conns.lock().get(&addr).cloned();
+                    let same = match (current, this.upgrade()) {
+                        (Some(c), Some(t)) => Arc::ptr_eq(&c, &t),
+                        (None, _) => true,
+                        _ => false,
+                    };
+                    if same {
+                        inner.routes.write().remove_node(addr);
+                        tracing::info!(%addr, "node lost: its ranges pass to the ring neighbours");
                     }
                 }
             });
         }
-        if remote && self.inner.opts.discover {
-            let mut h = Header::new(
-                cmd::ROUTE_LIST,
-                cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
-            );
-            h.trans = conn::next_trans();
-            let rx = conn.send(h, &[]).await?;
-            let frames = conn::collect(&conn, h.trans, rx, timeout).await?;
-            if let Some(f) = frames.iter().find(|f| !f.payload.is_empty()) {
-                let rl = RouteList::decode(&f.payload)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                let idx = info.addrs.iter().position(|a| a.0 == addr).unwrap_or(0);
-                let per = rl.node_addr_num.max(1) as usize;
-                for node in rl.addrs.chunks(per) {
-                    let a = node.get(idx).unwrap_or(&node[0]).0;
-                    if !self.inner.conns.lock().contains_key(&a) {
-                        if let Err(e) = Box::pin(self.add_node(a, false)).await {
-                            tracing::warn!(addr = %a, error = %e, "listed node unreachable");
-                        }
-                    }
+        Ok(())
+    }
+
+    /// ROUTE_LIST on `addr`, connecting to the nodes it names that are not known yet.
+    async fn discover(&self, addr: SocketAddr) -> Result<()> {
+        let timeout = self.inner.opts.connect_timeout;
+        let Some(conn) = self.inner.conns.lock().get(&addr).cloned() else {
+            return Ok(());
+        };
+        let our_idx = self
+            .inner
+            .infos
+            .lock()
+            .get(&addr)
+            .and_then(|v| v.iter().position(|a| a.0 == addr))
+            .unwrap_or(0);
+        let mut h = Header::new(
+            cmd::ROUTE_LIST,
+            cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
+        );
+        h.trans = conn::next_trans();
+        let rx = conn.send(h, &[]).await?;
+        let frames = conn::collect(&conn, h.trans, rx, timeout).await?;
+        let Some(f) = frames.iter().find(|f| !f.payload.is_empty()) else {
+            return Ok(());
+        };
+        let rl = RouteList::decode(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let per = rl.node_addr_num.max(1) as usize;
+        for node in rl.addrs.chunks(per) {
+            let a = node.get(our_idx).unwrap_or(&node[0]).0;
+            if self.is_local(a) || a.ip().is_unspecified() {
+                continue;
+            }
+            let fresh = self.inner.known.lock().insert(a);
+            let live = self
+                .inner
+                .conns
+                .lock()
+                .get(&a)
+                .is_some_and(|c| c.is_alive());
+            if fresh || !live {
+                if let Err(e) = Box::pin(self.add_node(a, false)).await {
+                    tracing::debug!(addr = %a, error = %e, "listed node unreachable");
                 }
             }
         }
         Ok(())
+    }
+
+    /// One refresh round: re-handshake live nodes (routes), follow their route lists, and
+    /// reconnect to known nodes that are down. Nodes are handled concurrently.
+    pub async fn refresh(&self) {
+        let known: Vec<SocketAddr> = self.inner.known.lock().iter().copied().collect();
+        session::join_all(known.into_iter().map(|a| async move {
+            let conn = self.inner.conns.lock().get(&a).cloned();
+            match conn.filter(|c| c.is_alive()) {
+                Some(c) => match self.handshake(&c).await {
+                    Ok(info) => {
+                        self.inner.routes.write().set_node(a, &info.backends);
+                        self.inner.infos.lock().insert(a, info.addrs);
+                        if self.inner.opts.discover {
+                            let _ = self.discover(a).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(addr = %a, error = %e, "refresh handshake failed: resetting");
+                        self.reset(a, &c);
+                    }
+                },
+                None => {
+                    if let Err(e) = self.add_node(a, true).await {
+                        tracing::debug!(addr = %a, error = %e, "node still unreachable");
+                    } else {
+                        tracing::info!(addr = %a, "node is back");
+                    }
+                }
+            }
+        }))
+        .await;
+    }
+
+    /// Drops a failed connection and the node's routes.
+    fn reset(&self, addr: SocketAddr, conn: &Arc<Conn>) {
+        conn.kill();
+        let mut conns = self.inner.conns.lock();
+        if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            conns.remove(&addr);
+            self.inner.routes.write().remove_node(addr);
+        }
+    }
+
+    /// A request to `conn` timed out. After `stall_count` in a row the node is pinged (a
+    /// handshake within the connect timeout) and reset if the ping fails.
+    pub(crate) fn note_timeout(&self, conn: &Arc<Conn>) {
+        let n = conn.note_timeout();
+        if n != self.inner.opts.stall_count.max(1) {
+            return;
+        }
+        let me = self.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            match me.handshake(&conn).await {
+                Ok(_) => tracing::info!(addr = %conn.addr, "stalled node answered its ping"),
+                Err(e) => {
+                    tracing::warn!(addr = %conn.addr, error = %e, "stalled node failed its ping: resetting");
+                    me.reset(conn.addr, &conn);
+                }
+            }
+        });
+    }
+
+    /// Sends one request to `addr` as it is (only `trans` is assigned) and collects every
+    /// reply frame up to the final one, whatever their status: what a node forwarding a
+    /// request relays. Timeouts count towards the node's stall count.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        mut h: Header,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<apsis_proto::Frame>> {
+        let conn = self.conn(addr).await?;
+        h.trans = conn::next_trans();
+        let rx = conn.send(h, payload).await?;
+        match conn::collect(&conn, h.trans, rx, timeout).await {
+            Ok(f) => {
+                conn.note_reply();
+                Ok(f)
+            }
+            Err(e) => {
+                if matches!(e, ClientError::Timeout) {
+                    self.note_timeout(&conn);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds a node another node told us about (JOIN): connects and learns its routes.
+    pub async fn add_known(&self, addr: SocketAddr) -> Result<()> {
+        if self.is_local(addr) {
+            return Ok(());
+        }
+        self.inner.known.lock().insert(addr);
+        self.add_node(addr, false).await
+    }
+
+    /// Replaces the routes of a local node (a storage node's own backends).
+    pub fn set_local_routes(&self, addr: SocketAddr, backends: &[apsis_proto::BackendIds]) {
+        self.inner.routes.write().set_node(addr, backends);
     }
 
     /// The connection to `addr`, reconnecting if it dropped.
@@ -186,15 +451,47 @@ impl Client {
         self.inner.routes.read().clone()
     }
 
-    /// The addresses of every known node.
+    /// Reads the route table without copying it.
+    pub fn with_routes<T>(&self, f: impl FnOnce(&RouteTable) -> T) -> T {
+        f(&self.inner.routes.read())
+    }
+
+    /// The addresses of the nodes connected now.
     pub fn nodes(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self.inner.conns.lock().keys().copied().collect();
+        let mut v: Vec<SocketAddr> = self
+            .inner
+            .conns
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.is_alive())
+            .map(|(a, _)| *a)
+            .collect();
         v.sort();
         v
+    }
+
+    /// The connected nodes with all their advertised addresses (for a node's ROUTE_LIST).
+    pub fn node_addrs(&self) -> Vec<(SocketAddr, Vec<Addr>)> {
+        let live = self.nodes();
+        let infos = self.inner.infos.lock();
+        live.into_iter()
+            .map(|a| (a, infos.get(&a).cloned().unwrap_or_else(|| vec![Addr(a)])))
+            .collect()
     }
 
     /// A session with default settings on `groups`.
     pub fn session(&self, groups: Vec<u32>) -> Session {
         Session::new(self.clone(), groups)
+    }
+}
+
+async fn refresh_loop(weak: Weak<Inner>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let c = Client { inner };
+        c.refresh().await;
     }
 }

@@ -1,10 +1,16 @@
 //! Sessions: request settings plus one function per operation.
 //!
 //! Writes and removes go to every group of the session in parallel and the [`Checker`]
-//! decides success from the per-group results; reads and lookups try the groups in order
-//! and fall back on error.
+//! decides success from the per-group results (a failure reports every group's error).
+//! Reads and lookups try the groups in order — or shuffled, with `mix_groups` — and fall back
+//! on error; `read_latest`, `parallel_lookup` and `quorum_lookup` ask every group at once.
+//!
+//! Read-repair: after a successful whole-object read, the groups that answered missing
+//! (−ENOENT), corrupt (−EILSEQ) or −EBADFD — and, for `read_latest`, those holding an older
+//! copy — are rewritten in the background with the good copy, its timestamp and user flags,
+//! under CAS_TIMESTAMP, so a repair never replaces a newer copy or undoes a newer delete.
 
-use crate::conn::{collect, next_trans};
+use crate::conn::next_trans;
 use crate::error::{ClientError, Result};
 use crate::routes::Route;
 use crate::Client;
@@ -28,6 +34,14 @@ pub enum Checker {
 }
 
 impl Checker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Checker::AtLeastOne => "at_least_one",
+            Checker::Quorum => "quorum",
+            Checker::All => "all",
+        }
+    }
+
     pub fn passes(self, ok: usize, total: usize) -> bool {
         match self {
             Checker::AtLeastOne => ok >= 1,
@@ -103,6 +117,10 @@ pub struct Session {
     /// Objects larger than this are written in PREPARE / PLAIN_WRITE / COMMIT chunks.
     pub chunk_size: usize,
     pub trace_id: u64,
+    /// Reads and lookups try the groups in a random order (spreads load) instead of in order.
+    pub mix_groups: bool,
+    /// Rewrite missing, corrupt or stale copies found by reads (in the background).
+    pub read_repair: bool,
 }
 
 fn status_err(f: &Frame) -> Result<()> {
@@ -129,6 +147,8 @@ impl Session {
             checker: Checker::AtLeastOne,
             chunk_size: 8 << 20,
             trace_id: 0,
+            mix_groups: false,
+            read_repair: true,
         }
     }
 
@@ -149,11 +169,17 @@ impl Session {
 
     fn route(&self, group: u32, id: &[u8; 64]) -> Result<Route> {
         self.client
-            .inner
-            .routes
-            .read()
-            .owner(group, id)
+            .with_routes(|t| t.owner(group, id))
             .ok_or(ClientError::NoRoute { group })
+    }
+
+    /// The groups in the order reads try them.
+    fn read_groups(&self) -> Vec<u32> {
+        let mut g = self.groups.clone();
+        if self.mix_groups {
+            fastrand::shuffle(&mut g);
+        }
+        g
     }
 
     /// Sends one request and collects its replies; a negative final status is an error.
@@ -163,11 +189,8 @@ impl Session {
         mut h: Header,
         payload: &[u8],
     ) -> Result<Vec<Frame>> {
-        let conn = self.client.conn(addr).await?;
-        h.trans = next_trans();
         h.trace_id = self.trace_id;
-        let rx = conn.send(h, payload).await?;
-        let frames = collect(&conn, h.trans, rx, self.timeout).await?;
+        let frames = self.client.request(addr, h, payload, self.timeout).await?;
         if let Some(last) = frames.last() {
             status_err(last)?;
         }
@@ -225,19 +248,26 @@ impl Session {
 
     fn check<T>(&self, groups: Vec<GroupResult<T>>) -> Result<Vec<GroupResult<T>>> {
         let ok = groups.iter().filter(|g| g.result.is_ok()).count();
-        if self.checker.passes(ok, groups.len()) {
-            Ok(groups)
-        } else {
-            // Report the first error (Elliptics reports the failing status).
-            let e =
-                groups
-                    .into_iter()
-                    .find_map(|g| g.result.err())
-                    .unwrap_or(ClientError::Status {
-                        status: -errno::EIO,
-                    });
-            Err(e)
+        let total = groups.len();
+        if self.checker.passes(ok, total) {
+            return Ok(groups);
         }
+        let mut errs: Vec<(u32, ClientError)> = groups
+            .into_iter()
+            .filter_map(|g| g.result.err().map(|e| (g.group, e)))
+            .collect();
+        if total == 1 {
+            // One group: its own error says it all.
+            return Err(errs.pop().map(|(_, e)| e).unwrap_or(ClientError::Status {
+                status: -errno::EIO,
+            }));
+        }
+        Err(ClientError::Checker {
+            checker: self.checker.name(),
+            ok,
+            total,
+            groups: errs,
+        })
     }
 
     fn io(&self, id: [u8; 64], flags: u32, offset: u64, size: u64) -> IoAttr {
@@ -439,13 +469,50 @@ impl Session {
 
     pub async fn read_id(&self, id: [u8; 64], offset: u64, size: u64) -> Result<ReadResult> {
         let mut last = ClientError::NoRoute { group: 0 };
-        for &g in &self.groups {
+        let mut damaged = Vec::new();
+        for g in self.read_groups() {
             match self.read_group(g, id, offset, size).await {
-                Ok(r) => return Ok(r),
-                Err(e) => last = e,
+                Ok(r) => {
+                    if offset == 0 && size == 0 {
+                        self.repair(id, &r, damaged);
+                    }
+                    return Ok(r);
+                }
+                Err(e) => {
+                    if repairable(&e) {
+                        damaged.push(g);
+                    }
+                    last = e
+                }
             }
         }
         Err(last)
+    }
+
+    /// Rewrites `good` (a whole object) into `groups` in the background, under CAS_TIMESTAMP.
+    fn repair(&self, id: [u8; 64], good: &ReadResult, groups: Vec<u32>) {
+        if !self.read_repair || groups.is_empty() || good.io.total_size != good.data.len() as u64 {
+            return;
+        }
+        let mut s = self.clone();
+        s.groups = groups;
+        s.checker = Checker::AtLeastOne;
+        s.ioflags = 0;
+        s.cflags = 0;
+        let io = IoAttr {
+            id,
+            timestamp: good.io.timestamp,
+            user_flags: good.io.user_flags,
+            flags: ioflags::CAS_TIMESTAMP,
+            size: good.data.len() as u64,
+            ..IoAttr::default()
+        };
+        let data = good.data.clone();
+        let from = good.group;
+        tokio::spawn(async move {
+            let r = s.write_all_groups(io, &data).await;
+            tracing::debug!(from, to = ?s.groups, ok = r.is_ok(), "read-repair");
+        });
     }
 
     /// Reads the newest copy: looks the key up in every group and reads from the one with the
@@ -460,22 +527,87 @@ impl Session {
         .await;
         let mut best: Option<(u32, LookupReply)> = None;
         let mut last = ClientError::NoRoute { group: 0 };
-        for (g, r) in looks {
+        for (g, r) in &looks {
             match r {
                 Ok(l) => {
                     let better = best.as_ref().is_none_or(|(_, b)| {
                         (l.info.mtime, l.info.size) > (b.info.mtime, b.info.size)
                     });
                     if better {
-                        best = Some((g, l));
+                        best = Some((*g, l.clone()));
                     }
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.clone(),
             }
         }
-        match best {
-            Some((g, _)) => self.read_group(g, id, 0, 0).await,
-            None => Err(last),
+        let Some((g, b)) = best else {
+            return Err(last);
+        };
+        let r = self.read_group(g, id, 0, 0).await?;
+        // Groups without the key, with a corrupt or an older copy.
+        let stale: Vec<u32> = looks
+            .iter()
+            .filter(|(og, res)| {
+                *og != g
+                    && match res {
+                        Ok(l) => (l.info.mtime, l.info.size) < (b.info.mtime, b.info.size),
+                        Err(e) => repairable(e),
+                    }
+            })
+            .map(|(og, _)| *og)
+            .collect();
+        self.repair(id, &r, stale);
+        Ok(r)
+    }
+
+    /// LOOKUP in every group at once; one result per group, in session order.
+    pub async fn parallel_lookup(&self, key: &[u8]) -> Vec<GroupResult<LookupReply>> {
+        let id = self.id(key);
+        join_all(self.groups.iter().map(|&g| async move {
+            GroupResult {
+                group: g,
+                result: self.lookup_group(g, id).await,
+            }
+        }))
+        .await
+    }
+
+    /// LOOKUP in every group at once, answering with the copy (timestamp, size and checksum)
+    /// that more than half of the session's groups hold; with no such majority, the first
+    /// group error (or −ENOENT when the groups disagree).
+    pub async fn quorum_lookup(&self, key: &[u8]) -> Result<Vec<GroupResult<LookupReply>>> {
+        let all = self.parallel_lookup(key).await;
+        let total = all.len();
+        // (timestamp, size, checksum) of a copy, and how many groups hold it.
+        type Copy = (Time, u64, [u8; 64]);
+        let mut votes: Vec<(Copy, usize)> = Vec::new();
+        for g in &all {
+            if let Ok(l) = &g.result {
+                let k = (l.info.mtime, l.info.size, l.info.checksum);
+                match votes.iter_mut().find(|(v, _)| *v == k) {
+                    Some((_, n)) => *n += 1,
+                    None => votes.push((k, 1)),
+                }
+            }
+        }
+        let winner = votes.iter().find(|(_, n)| *n > total / 2).map(|(k, _)| *k);
+        match winner {
+            Some(k) => Ok(all
+                .into_iter()
+                .filter(|g| {
+                    g.result
+                        .as_ref()
+                        .is_ok_and(|l| (l.info.mtime, l.info.size, l.info.checksum) == k)
+                })
+                .collect()),
+            None => {
+                Err(all
+                    .into_iter()
+                    .find_map(|g| g.result.err())
+                    .unwrap_or(ClientError::Status {
+                        status: -errno::ENOENT,
+                    }))
+            }
         }
     }
 
@@ -494,7 +626,7 @@ impl Session {
     pub async fn lookup(&self, key: &[u8]) -> Result<(u32, LookupReply)> {
         let id = self.id(key);
         let mut last = ClientError::NoRoute { group: 0 };
-        for &g in &self.groups {
+        for g in self.read_groups() {
             match self.lookup_group(g, id).await {
                 Ok(l) => return Ok((g, l)),
                 Err(e) => last = e,
@@ -842,6 +974,15 @@ impl IterStream {
             });
         }
     }
+}
+
+/// Whether a group's read error is one read-repair fixes: the copy is missing, corrupt, or
+/// failed its checks.
+fn repairable(e: &ClientError) -> bool {
+    matches!(
+        e.errno(),
+        x if x == -errno::ENOENT || x == -errno::EILSEQ || x == -errno::EBADFD
+    ) && matches!(e, ClientError::Status { .. })
 }
 
 /// Runs futures concurrently and returns their outputs in order.

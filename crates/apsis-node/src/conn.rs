@@ -49,7 +49,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     };
                     let payload = frame.slice(HEADER_SIZE..);
                     if hdr.is_reply() {
-                        // Replies to requests this node never sent (it sends none yet): drop.
+                        // Replies come back on the connections this node opened (its
+                        // cluster client), never on accepted ones: drop.
                         continue;
                     }
                     match hdr.cmd {
@@ -67,7 +68,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     }
                     if inline_ok(hdr.cmd, inline_writes) {
                         let sink = Sink::Direct(cw.clone());
-                        crate::cmd::dispatch(&ctx, hdr, payload, sink).await;
+                        crate::cmd::dispatch(&ctx, hdr, payload, sink, conn_id).await;
                         continue;
                     }
                     let permit = match inflight.clone().acquire_owned().await {
@@ -77,7 +78,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     let ctx2 = ctx.clone();
                     let tx2 = tx.clone();
                     tokio::spawn(async move {
-                        crate::cmd::dispatch(&ctx2, hdr, payload, Sink::Chan(tx2)).await;
+                        crate::cmd::dispatch(&ctx2, hdr, payload, Sink::Chan(tx2), conn_id).await;
                         drop(permit);
                     });
                 }
@@ -109,6 +110,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
         }
     }
     ctx.peers.lock().remove(&conn_id);
+    ctx.joined.lock().remove(&conn_id);
     drop(tx);
     // Let the requests in flight finish and their replies drain before closing.
     let _ = inflight

@@ -6,12 +6,14 @@
 //! BACKEND_CONTROL, BACKEND_STATUS and MONITOR_STAT. It also serves monitoring over HTTP (the
 //! Elliptics JSON categories and Prometheus metrics).
 //!
-//! It does not forward requests or join a cluster yet (the cluster issue), and has no cache:
+//! Nodes form a cluster through their remotes ([`cluster`]): each keeps the route table of
+//! every group, forwards what it does not own, and drops peers that fail. It has no cache:
 //! cache ioflags are served from disk.
 //!
 //! # Layout
 //! - [`config`]: [`NodeConfig`] from Apsis TOML or the Elliptics `dnet_ioserv` JSON.
 //! - [`backends`]: backend slots, engines, ring ids (`ids` files), the local route table.
+//! - [`cluster`]: peers (an embedded `apsis-client`), the cluster route table, forwarding.
 //! - `server` ([`Node`]): listeners, accept loop, graceful shutdown.
 //! - `conn`: one connection: frame checking, a task per request, the batching writer.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack).
@@ -23,6 +25,7 @@
 //! - `locks`: per-key serialisation; `stats`: counters.
 
 pub mod backends;
+pub mod cluster;
 mod cmd;
 pub mod config;
 mod conn;
@@ -55,8 +58,11 @@ pub struct Ctx {
     pub iterators: cmd::iterator::Registry,
     /// Connections that completed a handshake, for UPDATE_IDS pushes.
     pub peers: Mutex<HashMap<u64, reply::Tx>>,
-    /// Addresses of nodes that joined us (ROUTE_LIST includes them).
-    pub joined: Mutex<Vec<Vec<Addr>>>,
+    /// Nodes that joined us, by the connection they joined on (ROUTE_LIST lists them, except
+    /// to themselves); an entry leaves with its connection.
+    pub joined: Mutex<HashMap<u64, Vec<Addr>>>,
+    /// Peers, the cluster route table, forwarding.
+    pub cluster: cluster::Cluster,
     /// Current log level as Elliptics numbers it (0 debug .. 4 error).
     pub log_level: AtomicU32,
     pub log_setter: Option<LogLevelSetter>,

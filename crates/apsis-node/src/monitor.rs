@@ -75,6 +75,8 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
                 "bytes_in": ctx.stats.bytes_in.load(Relaxed),
                 "bytes_out": ctx.stats.bytes_out.load(Relaxed),
                 "iterators": ctx.iterators.list().len(),
+                "forwarded": ctx.stats.forwarded.load(Relaxed),
+                "peers": ctx.cluster.client.nodes().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             }),
         );
     }
@@ -241,6 +243,12 @@ pub fn prometheus(ctx: &Ctx) -> String {
         s,
         "# TYPE apsis_frames_rejected_total counter\napsis_frames_rejected_total {}",
         ctx.stats.frames_rejected.load(Relaxed)
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE apsis_forwarded_total counter\napsis_forwarded_total {}\n# TYPE apsis_peers gauge\napsis_peers {}",
+        ctx.stats.forwarded.load(Relaxed),
+        ctx.cluster.client.nodes().len()
     );
     let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in.load(Relaxed), ctx.stats.bytes_out.load(Relaxed));
     s.push_str("# TYPE apsis_backend_state gauge\n# TYPE apsis_backend_records gauge\n# TYPE apsis_backend_removed_records gauge\n# TYPE apsis_backend_bytes gauge\n# TYPE apsis_backend_index_memory_bytes gauge\n# TYPE apsis_backend_fsyncs_total counter\n");

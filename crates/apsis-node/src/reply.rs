@@ -167,6 +167,14 @@ impl Out {
         self.send(h, parts).await
     }
 
+    /// Writes out replies gathered for the connection (a request answered outside the
+    /// reader's batch must not leave them waiting for the next read).
+    pub async fn flush(&self) {
+        if let Sink::Direct(w) = &self.tx {
+            w.flush().await;
+        }
+    }
+
     /// The final ack with `status`, sent when wanted (always for an error).
     pub async fn finish(&self, status: i32) {
         if status != 0 || self.need_ack {

@@ -68,15 +68,17 @@ impl Node {
             .collect();
         cfg.advertise = advertise.clone();
         let (shutdown, _) = watch::channel(false);
-        let ctx = Arc::new(Ctx {
+        let addrs: Vec<Addr> = advertise.iter().map(|a| Addr(*a)).collect();
+        let ctx = Arc::new_cyclic(|weak| Ctx {
             backends: Backends::new(&cfg.backends),
-            addrs: advertise.iter().map(|a| Addr(*a)).collect(),
+            cluster: crate::cluster::Cluster::new(&cfg, &addrs, weak.clone()),
+            addrs,
             read_only: AtomicBool::new(false),
             stats: Default::default(),
             locks: Default::default(),
             iterators: Default::default(),
             peers: Mutex::new(HashMap::new()),
-            joined: Mutex::new(Vec::new()),
+            joined: Mutex::new(HashMap::new()),
             log_level: AtomicU32::new(crate::log_level_number(&cfg.log_level)),
             log_setter,
             shutdown,
@@ -95,6 +97,8 @@ impl Node {
         for o in opens {
             let _ = o.await;
         }
+        ctx.cluster.set_local_routes(&ctx);
+        ctx.cluster.join_remotes(&ctx.cfg.remotes);
         let mut tasks = Vec::new();
         let conn_ids = Arc::new(AtomicU64::new(1));
         for (_, l) in listeners {

@@ -21,6 +21,8 @@ pub struct Stats {
     pub frames_rejected: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Requests sent on to their owner (and misses retried on the previous owner).
+    pub forwarded: AtomicU64,
 }
 
 impl Default for Stats {
@@ -32,6 +34,7 @@ impl Default for Stats {
             frames_rejected: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
         }
     }
 }

@@ -763,16 +763,10 @@ fn replay_14_node_join_as_n2() {
     let mut r = Replay::new("14", srv);
     r.only_conns = Some(vec![1]);
     r.play_all();
-    // ROUTE_LIST from a joined node: Elliptics leaves the requester out ("a requester that is
-    // a joined node is left out"), Apsis lists every joined node, the requester included.
-    // Not fixed here: it needs the joined list to know its connection (cluster layer).
-    r.check(&[
-        (6, "addrs.len", "1", "2"),
-        (13, "addrs.len", "1", "2"),
-        (14, "addrs.len", "1", "2"),
-        (21, "addrs.len", "1", "2"),
-        (22, "addrs.len", "1", "2"),
-    ]);
+    // ROUTE_LIST from a joined node leaves the requester out, as Elliptics does: the capture
+    // matches with no allowed difference. (Apsis also tries to connect back to the joiner,
+    // whose captured address is not listening here; that only logs a warning.)
+    r.check(&[]);
 }
 
 /// A client connected to 2 nodes writing to groups 1 and 2: only its connection to n1

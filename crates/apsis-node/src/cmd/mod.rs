@@ -19,9 +19,13 @@ use std::sync::Arc;
 
 pub type HResult = Result<(), i32>;
 
-pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
+pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, conn_id: u64) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
+    if let Some(addr) = ctx.cluster.forward_target(&hdr) {
+        relay(ctx, addr, hdr, payload, out, started);
+        return;
+    }
     let (backend_id, slot) = serving_backend(ctx, &hdr);
     out.req.backend_id = backend_id;
     if let Some(slot) = &slot {
@@ -33,24 +37,21 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
     }
     out.slot = slot;
     let size = payload.len() as u64;
-    let r = match hdr.cmd {
-        cmd::LOOKUP => io::lookup(ctx, &mut out).await,
-        cmd::READ => io::read(ctx, &mut out, &payload).await,
-        cmd::WRITE => io::write(ctx, &mut out, &payload).await,
-        cmd::DEL => io::del(ctx, &mut out, &payload).await,
-        cmd::BULK_READ => io::bulk_read(ctx, &mut out, &payload).await,
-        cmd::ITERATOR => iterator::handle(ctx, &mut out, &payload).await,
-        cmd::ROUTE_LIST => system::route_list(ctx, &mut out).await,
-        cmd::AUTH => system::auth(ctx, &mut out, &payload).await,
-        cmd::STATUS => system::status(ctx, &mut out, &payload).await,
-        cmd::MONITOR_STAT => monitor::handle(ctx, &mut out, &payload).await,
-        cmd::BACKEND_CONTROL => backend::control(ctx, &mut out, &payload).await,
-        cmd::BACKEND_STATUS => backend::status(ctx, &mut out).await,
-        other => {
-            tracing::debug!(cmd = other, "unsupported command");
-            Err(-errno::ENOTSUP)
+    let mut r = serve(ctx, &mut out, &payload, conn_id).await;
+    if r == Err(-errno::ENOENT) {
+        // A miss right after a ring change: the previous owner may still hold the key.
+        let backend = out.slot.as_ref().map(|s| s.cfg.id as i32);
+        if let Some(prev) = backend.and_then(|b| ctx.cluster.previous_owner(&hdr, b)) {
+            if !ctx.cluster.is_local(prev.addr) {
+                relay(ctx, prev.addr, hdr, payload, out, started);
+                return;
+            }
+            if let Some(s) = ctx.backends.get(prev.backend_id as u32) {
+                out.slot = Some(s.clone());
+                r = serve(ctx, &mut out, &payload, conn_id).await;
+            }
         }
-    };
+    }
     let status = match r {
         Ok(()) => 0,
         Err(e) => e,
@@ -62,6 +63,57 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink) {
         started.elapsed().as_micros() as u64,
         size,
     );
+}
+
+/// Sends a request on to the node at `addr` and relays its replies. From the reader (a
+/// `Direct` sink) this runs in its own task: the reader never waits on another node.
+fn relay(
+    ctx: &Arc<Ctx>,
+    addr: std::net::SocketAddr,
+    hdr: Header,
+    payload: Bytes,
+    out: Out,
+    started: std::time::Instant,
+) {
+    let ctx = ctx.clone();
+    let job = async move {
+        let r = crate::cluster::relay(&ctx, addr, hdr, &payload, &out).await;
+        let status = r.err().unwrap_or(0);
+        if status != 0 {
+            out.finish(status).await;
+        }
+        out.flush().await;
+        ctx.stats.record(
+            hdr.cmd,
+            status == 0,
+            started.elapsed().as_micros() as u64,
+            payload.len() as u64,
+        );
+    };
+    tokio::spawn(job);
+}
+
+async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> HResult {
+    let hdr = out.req;
+    let out = &mut *out;
+    match hdr.cmd {
+        cmd::LOOKUP => io::lookup(ctx, out).await,
+        cmd::READ => io::read(ctx, out, payload).await,
+        cmd::WRITE => io::write(ctx, out, payload).await,
+        cmd::DEL => io::del(ctx, out, payload).await,
+        cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
+        cmd::ITERATOR => iterator::handle(ctx, out, payload).await,
+        cmd::ROUTE_LIST => system::route_list(ctx, out, conn_id).await,
+        cmd::AUTH => system::auth(ctx, out, payload).await,
+        cmd::STATUS => system::status(ctx, out, payload).await,
+        cmd::MONITOR_STAT => monitor::handle(ctx, out, payload).await,
+        cmd::BACKEND_CONTROL => backend::control(ctx, out, payload).await,
+        cmd::BACKEND_STATUS => backend::status(ctx, out).await,
+        other => {
+            tracing::debug!(cmd = other, "unsupported command");
+            Err(-errno::ENOTSUP)
+        }
+    }
 }
 
 /// The backend that serves a request, and the `backend_id` its replies carry, as Elliptics

@@ -5,7 +5,9 @@ use super::HResult;
 use crate::conn::Inline;
 use crate::reply::{Out, Tx};
 use crate::Ctx;
-use apsis_proto::{cflags, cmd, errno, Auth, Header, NodeInfo, NodeStatus, RouteList, VERSION};
+use apsis_proto::{
+    cflags, cmd, errno, Addr, Auth, Header, NodeInfo, NodeStatus, RouteList, VERSION,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -54,12 +56,18 @@ pub async fn inline(
                     tracing::warn!("JOIN on an address that is not ours: closing");
                     return Inline::Close;
                 }
-                let mut joined = ctx.joined.lock();
-                if !joined.iter().any(|j| j == &info.addrs) {
-                    joined.push(info.addrs.clone());
-                }
+                ctx.joined.lock().insert(conn_id, info.addrs.clone());
                 ctx.peers.lock().insert(conn_id, tx.clone());
                 tracing::info!(peer = ?info.addrs, backends = info.backends.len(), "node joined");
+                // Route to it: connect back and learn its backends.
+                if let Some(a) = info.addrs.first().map(|a| a.0) {
+                    let client = ctx.cluster.client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.add_known(a).await {
+                            tracing::warn!(addr = %a, error = %e, "joined node unreachable");
+                        }
+                    });
+                }
                 Inline::Continue
             }
             _ => {
@@ -72,11 +80,34 @@ pub async fn inline(
     }
 }
 
-pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
+/// ROUTE_LIST: this node, the nodes that joined it (not the requester itself, as Elliptics)
+/// and every peer it is connected to, each with as many addresses as this node has.
+pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out, conn_id: u64) -> HResult {
     out.no_ack();
-    let mut addrs = ctx.addrs.clone();
-    for j in ctx.joined.lock().iter() {
-        addrs.extend_from_slice(j);
+    let per = ctx.addrs.len();
+    let mut nodes: Vec<Vec<Addr>> = vec![ctx.addrs.clone()];
+    let mut requester = None;
+    for (cid, j) in ctx.joined.lock().iter() {
+        if *cid == conn_id {
+            requester = Some(j.clone());
+        } else {
+            nodes.push(j.clone());
+        }
+    }
+    for (_, a) in ctx.cluster.client.node_addrs() {
+        nodes.push(a);
+    }
+    let mut addrs = Vec::with_capacity(nodes.len() * per);
+    let mut seen: Vec<Addr> = Vec::new();
+    for mut n in nodes {
+        if n.is_empty() || seen.contains(&n[0]) || requester.as_ref().is_some_and(|r| r[0] == n[0])
+        {
+            continue;
+        }
+        seen.push(n[0]);
+        let first = n[0];
+        n.resize(per, first);
+        addrs.extend_from_slice(&n);
     }
     let p = RouteList {
         node_addr_num: ctx.addrs.len() as i32,
@@ -137,6 +168,7 @@ pub async fn status(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
 
 /// Pushes UPDATE_IDS for one backend to every connection that did a handshake with us.
 pub async fn push_update_ids(ctx: &Ctx, backend: apsis_proto::BackendIds) {
+    ctx.cluster.set_local_routes(ctx);
     let mut p = Vec::new();
     apsis_proto::encode_backends(&[backend], &mut p);
     let mut h = Header::new(cmd::UPDATE_IDS, cflags::DIRECT | cflags::NOLOCK);

@@ -1,0 +1,194 @@
+//! The node's view of the cluster: peers, the route table of every group, and forwarding.
+//!
+//! A node embeds an [`apsis_client::Client`] with `join` set. At start it connects to its
+//! remotes (handshake, JOIN, ROUTE_LIST and the nodes listed), and a node that JOINs us is
+//! connected back. From then on the client keeps the table current exactly as it does for
+//! applications: UPDATE_IDS pushes, a refresh every `check_timeout` that also reconnects to
+//! lost nodes (a restarted node rejoins by itself), and failure detection (a closed
+//! connection, or `stall_count` timeouts in a row and a failed ping) that drops a node so its
+//! ranges pass to its ring neighbours. The node's own backends are in the same table under
+//! its first address.
+//!
+//! Forwarding: a data request (LOOKUP, READ, WRITE, DEL) for an id another node owns in the
+//! request's group is sent on to that node with DIRECT set (so it is never forwarded twice)
+//! and the owner's replies are relayed under the request's `trans`. A request with DIRECT or
+//! DIRECT_BACKEND is always served here.
+//!
+//! Ring changes: a READ or LOOKUP that misses (−ENOENT) on the owner is retried on the
+//! previous owner — the owner in the table without this backend — so keys stay readable
+//! after a node or backend joins, until recovery has moved them.
+
+use crate::reply::Out;
+use crate::Ctx;
+use apsis_client::{Client, ClientOptions, JoinInfo};
+use apsis_proto::{cflags, cmd, errno, Addr, Header, NodeInfo};
+use apsis_ring::Route;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Peers and routes.
+pub struct Cluster {
+    pub client: Client,
+    /// Our advertised addresses; the first keys our own routes.
+    me: Vec<SocketAddr>,
+    /// How long a forwarded request may take (`wait_timeout`).
+    pub wait_timeout: Duration,
+}
+
+impl Cluster {
+    /// The cluster layer of a node advertising `addrs`; `ctx` gives the JOIN information.
+    pub fn new(cfg: &crate::NodeConfig, addrs: &[Addr], ctx: Weak<Ctx>) -> Cluster {
+        let me: Vec<SocketAddr> = addrs.iter().map(|a| a.0).collect();
+        let join: JoinInfo = Arc::new(move || match ctx.upgrade() {
+            Some(c) => crate::cmd::system::node_info(&c),
+            None => NodeInfo {
+                addrs: Vec::new(),
+                backends: Vec::new(),
+            },
+        });
+        let wait = Duration::from_secs(cfg.wait_timeout_secs.max(1));
+        let opts = ClientOptions {
+            connect_timeout: wait,
+            discover: true,
+            check_timeout: Duration::from_secs(cfg.check_timeout_secs),
+            stall_count: cfg.stall_count.max(1),
+            local: me.clone(),
+            join: Some(join),
+        };
+        Cluster {
+            client: Client::new(opts),
+            me,
+            wait_timeout: wait,
+        }
+    }
+
+    pub fn is_local(&self, a: SocketAddr) -> bool {
+        self.me.contains(&a)
+    }
+
+    /// The address our own backends are routed under.
+    pub fn me(&self) -> SocketAddr {
+        self.me[0]
+    }
+
+    /// Puts our own enabled backends into the table (at start and after every change).
+    pub fn set_local_routes(&self, ctx: &Ctx) {
+        self.client
+            .set_local_routes(self.me(), &ctx.backends.backend_ids());
+    }
+
+    /// Connects to the configured remotes in the background ("host:port[:family]"); the
+    /// refresh keeps retrying those that do not answer.
+    pub fn join_remotes(&self, remotes: &[String]) {
+        let addrs: Vec<SocketAddr> = remotes.iter().filter_map(|r| parse_remote(r)).collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.add_remotes(&addrs).await {
+                tracing::warn!(error = %e, "no remote answered yet; the refresh keeps trying");
+            }
+        });
+    }
+
+    /// Where a request must go instead of being served here: the owner of its id in its
+    /// group when that is another node. `None` means serve locally.
+    pub fn forward_target(&self, hdr: &Header) -> Option<SocketAddr> {
+        if !matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL)
+            || hdr.flags & (cflags::DIRECT | cflags::DIRECT_BACKEND) != 0
+        {
+            return None;
+        }
+        let owner = self.client.with_routes(|t| t.owner(hdr.group, &hdr.id))?;
+        (!self.is_local(owner.addr)).then_some(owner.addr)
+    }
+
+    /// For a READ or LOOKUP that missed on local backend `backend_id`: the backend that owned
+    /// the id before this one joined the ring, if there is one.
+    pub fn previous_owner(&self, hdr: &Header, backend_id: i32) -> Option<Route> {
+        if !matches!(hdr.cmd, cmd::LOOKUP | cmd::READ)
+            || hdr.flags & (cflags::DIRECT | cflags::DIRECT_BACKEND) != 0
+        {
+            return None;
+        }
+        let me = Route {
+            addr: self.me(),
+            backend_id,
+        };
+        self.client
+            .with_routes(|t| t.previous_owner(hdr.group, &hdr.id, me))
+    }
+}
+
+/// "host:port" or Elliptics' "host:port:family".
+pub fn parse_remote(s: &str) -> Option<SocketAddr> {
+    let hp = match s.rsplit_once(':') {
+        Some((hp, fam)) if hp.contains(':') && fam.parse::<u8>().is_ok() => hp,
+        _ => s,
+    };
+    match hp.to_socket_addrs().map(|mut i| i.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            tracing::warn!(remote = s, "remote address not understood; ignored");
+            None
+        }
+    }
+}
+
+/// Sends `hdr` + `payload` to `addr` with DIRECT set and relays every reply under the
+/// request's own `trans`. Returns the status to finish with when nothing was relayed (the
+/// peer failed or timed out); `Ok` when the peer's replies, final ack included, went out.
+pub async fn relay(
+    ctx: &Ctx,
+    addr: SocketAddr,
+    hdr: Header,
+    payload: &[u8],
+    out: &Out,
+) -> Result<(), i32> {
+    let mut h = hdr;
+    h.flags |= cflags::DIRECT;
+    let frames = ctx
+        .cluster
+        .client
+        .request(addr, h, payload, ctx.cluster.wait_timeout)
+        .await
+        .map_err(|e| {
+            tracing::debug!(%addr, error = %e, "forward failed");
+            e.errno()
+        })?;
+    ctx.stats
+        .forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if frames.is_empty() {
+        return Err(-errno::EPROTO);
+    }
+    for f in frames {
+        let mut rh = f.header;
+        rh.trans = hdr.trans;
+        if hdr.flags & cflags::DIRECT == 0 {
+            rh.flags &= !cflags::DIRECT;
+        }
+        out.send(rh, &[&f.payload]).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_remote;
+
+    #[test]
+    fn remotes_with_and_without_family() {
+        assert_eq!(
+            parse_remote("127.0.0.1:1025:2"),
+            Some("127.0.0.1:1025".parse().unwrap())
+        );
+        assert_eq!(
+            parse_remote("127.0.0.1:1026"),
+            Some("127.0.0.1:1026".parse().unwrap())
+        );
+        assert_eq!(parse_remote("nonsense"), None);
+    }
+}
