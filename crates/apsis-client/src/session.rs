@@ -429,7 +429,25 @@ impl Session {
         size: u64,
     ) -> Result<ReadResult> {
         let r = self.route(group, &id)?;
-        let h = self.header(cmd::READ, group, id, r.backend_id);
+        self.read_at(group, r, false, id, offset, size).await
+    }
+
+    /// Reads from one backend. `pinned` sends DIRECT | DIRECT_BACKEND, so that backend itself
+    /// answers: `read_latest` reads the very copy whose lookup won, even if a node's or this
+    /// client's route table changed in between.
+    async fn read_at(
+        &self,
+        group: u32,
+        r: Route,
+        pinned: bool,
+        id: [u8; 64],
+        offset: u64,
+        size: u64,
+    ) -> Result<ReadResult> {
+        let mut h = self.header(cmd::READ, group, id, r.backend_id);
+        if pinned {
+            h.flags |= cflags::DIRECT | cflags::DIRECT_BACKEND;
+        }
         let mut io = IoAttr {
             parent: id,
             id,
@@ -522,35 +540,35 @@ impl Session {
         let looks = join_all(
             self.groups
                 .iter()
-                .map(|&g| async move { (g, self.lookup_group(g, id).await) }),
+                .map(|&g| async move { (g, self.lookup_route(g, id).await) }),
         )
         .await;
-        let mut best: Option<(u32, LookupReply)> = None;
+        let mut best: Option<(u32, Route, LookupReply)> = None;
         let mut last = ClientError::NoRoute { group: 0 };
         for (g, r) in &looks {
             match r {
-                Ok(l) => {
-                    let better = best.as_ref().is_none_or(|(_, b)| {
+                Ok((route, l)) => {
+                    let better = best.as_ref().is_none_or(|(_, _, b)| {
                         (l.info.mtime, l.info.size) > (b.info.mtime, b.info.size)
                     });
                     if better {
-                        best = Some((*g, l.clone()));
+                        best = Some((*g, *route, l.clone()));
                     }
                 }
                 Err(e) => last = e.clone(),
             }
         }
-        let Some((g, b)) = best else {
+        let Some((g, route, b)) = best else {
             return Err(last);
         };
-        let r = self.read_group(g, id, 0, 0).await?;
+        let r = self.read_at(g, route, true, id, 0, 0).await?;
         // Groups without the key, with a corrupt or an older copy.
         let stale: Vec<u32> = looks
             .iter()
             .filter(|(og, res)| {
                 *og != g
                     && match res {
-                        Ok(l) => (l.info.mtime, l.info.size) < (b.info.mtime, b.info.size),
+                        Ok((_, l)) => (l.info.mtime, l.info.size) < (b.info.mtime, b.info.size),
                         Err(e) => repairable(e),
                     }
             })
@@ -612,6 +630,13 @@ impl Session {
     }
 
     async fn lookup_group(&self, group: u32, id: [u8; 64]) -> Result<LookupReply> {
+        self.lookup_route(group, id).await.map(|(_, l)| l)
+    }
+
+    /// LOOKUP in one group, with the backend that answered: the reply names its node and
+    /// carries its backend id, also when the request was forwarded or fell back to the
+    /// previous owner.
+    async fn lookup_route(&self, group: u32, id: [u8; 64]) -> Result<(Route, LookupReply)> {
         let r = self.route(group, &id)?;
         let h = self.header(cmd::LOOKUP, group, id, 0);
         let frames = self.transact(r.addr, h, &[]).await?;
@@ -619,7 +644,17 @@ impl Session {
             .iter()
             .find(|f| !f.payload.is_empty())
             .ok_or_else(|| ClientError::Protocol("empty lookup reply".into()))?;
-        LookupReply::decode(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+        let l =
+            LookupReply::decode(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let served = if l.addr.0.port() != 0 && f.header.backend_id >= 0 {
+            Route {
+                addr: l.addr.0,
+                backend_id: f.header.backend_id,
+            }
+        } else {
+            r
+        };
+        Ok((served, l))
     }
 
     /// File info of a key from the first group that has it.
