@@ -103,11 +103,13 @@ impl Slot {
         }
     }
 
-    /// Path of a base as Elliptics reports it in lookup replies: `<data>-0.<base>`.
+    /// The file of a base as lookup replies report it: the real blob file (data at the reply's offset).
     pub fn base_path(&self, base: u64) -> Vec<u8> {
-        let mut p = self.cfg.data_prefix.as_os_str().as_encoded_bytes().to_vec();
-        p.extend_from_slice(format!("-0.{base}").as_bytes());
-        p
+        self.cfg
+            .dir
+            .join(apsis_storage::base_name(base))
+            .into_os_string()
+            .into_encoded_bytes()
     }
 }
 

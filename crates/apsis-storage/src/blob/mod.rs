@@ -171,7 +171,8 @@ impl Base {
     }
 }
 
-pub(crate) fn base_name(number: u64) -> String {
+/// The file name of base `number` inside the backend directory.
+pub fn base_name(number: u64) -> String {
     format!("data-{number:08}.blob")
 }
 pub(crate) fn index_name(number: u64) -> String {
