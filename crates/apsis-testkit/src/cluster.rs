@@ -1,0 +1,379 @@
+//! A cluster of real `apsis server` processes and the faults that can be done to it.
+
+use crate::netns::Fabric;
+use apsis_client::{Client, ClientOptions};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the nodes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    /// All on 127.0.0.1, ephemeral ports.
+    Loopback,
+    /// Each node in its own network namespace on a bridge (root only); needed for
+    /// [`Cluster::partition`].
+    Namespaces,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// For each node, the groups of its backends (one backend per group).
+    pub nodes: Vec<Vec<u32>>,
+    pub net: Net,
+    /// Node `wait_timeout` and `check_timeout` (seconds) and `stall_count`.
+    pub wait_timeout_secs: u64,
+    pub check_timeout_secs: u64,
+    pub stall_count: u32,
+    /// Backend `sync`.
+    pub sync: i64,
+}
+
+impl ClusterSpec {
+    /// `nodes` with short timeouts (1 s) so failures are detected within seconds.
+    pub fn new(nodes: Vec<Vec<u32>>, net: Net) -> ClusterSpec {
+        ClusterSpec {
+            nodes,
+            net,
+            wait_timeout_secs: 1,
+            check_timeout_secs: 1,
+            stall_count: 2,
+            sync: -1,
+        }
+    }
+
+    /// Every group served by some node, sorted.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut g: Vec<u32> = self.nodes.iter().flatten().copied().collect();
+        g.sort();
+        g.dedup();
+        g
+    }
+}
+
+/// One node: its process, address and files.
+pub struct NodeHandle {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl NodeHandle {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+    /// The server's log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// Running nodes; every process is killed and every namespace removed on drop.
+pub struct Cluster {
+    bin: PathBuf,
+    pub spec: ClusterSpec,
+    pub nodes: Vec<NodeHandle>,
+    fabric: Option<Fabric>,
+    _dir: tempfile::TempDir,
+}
+
+/// The port every node uses inside its own namespace.
+const NS_PORT: u16 = 1025;
+
+impl Cluster {
+    /// Starts every node of `spec` with the `apsis` binary `bin` (tests pass
+    /// `env!("CARGO_BIN_EXE_apsis")`). Node i lists nodes 0..i as remotes, so later nodes
+    /// join the earlier ones; a restarted node lists every other node.
+    pub fn start(bin: impl Into<PathBuf>, spec: ClusterSpec) -> std::io::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("apsis-cluster").tempdir()?;
+        let mut fabric = match spec.net {
+            Net::Loopback => None,
+            Net::Namespaces => Some(Fabric::new()?),
+        };
+        let mut nodes: Vec<NodeHandle> = Vec::new();
+        for i in 0..spec.nodes.len() {
+            let ndir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&ndir)?;
+            let addr = match &mut fabric {
+                Some(f) => SocketAddr::new(f.add_host(i)?, NS_PORT),
+                None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            };
+            nodes.push(NodeHandle {
+                addr,
+                dir: ndir,
+                child: None,
+                paused: false,
+            });
+        }
+        let mut c = Cluster {
+            bin: bin.into(),
+            spec,
+            nodes,
+            fabric,
+            _dir: dir,
+        };
+        for i in 0..c.nodes.len() {
+            let remotes: Vec<SocketAddr> = c.nodes[..i].iter().map(|n| n.addr).collect();
+            c.spawn(i, &remotes)?;
+        }
+        Ok(c)
+    }
+
+    fn write_config(&self, i: usize, remotes: &[SocketAddr]) -> std::io::Result<PathBuf> {
+        let n = &self.nodes[i];
+        let mut t = String::new();
+        let _ = writeln!(t, "[node]");
+        let _ = writeln!(t, "addresses = [\"{}\"]", n.addr);
+        let r: Vec<String> = remotes.iter().map(|a| format!("\"{a}\"")).collect();
+        let _ = writeln!(t, "remotes = [{}]", r.join(", "));
+        let _ = writeln!(t, "join = true");
+        let _ = writeln!(t, "wait_timeout_secs = {}", self.spec.wait_timeout_secs);
+        let _ = writeln!(t, "check_timeout_secs = {}", self.spec.check_timeout_secs);
+        let _ = writeln!(t, "stall_count = {}", self.spec.stall_count);
+        let _ = writeln!(t, "worker_threads = 2");
+        for (b, g) in self.spec.nodes[i].iter().enumerate() {
+            let _ = writeln!(t, "\n[[backend]]");
+            let _ = writeln!(t, "id = {}", b + 1);
+            let _ = writeln!(t, "group = {g}");
+            let _ = writeln!(
+                t,
+                "dir = \"{}\"",
+                n.dir.join(format!("b{}", b + 1)).display()
+            );
+            let _ = writeln!(t, "sync = {}", self.spec.sync);
+        }
+        let p = n.dir.join("apsis.toml");
+        std::fs::write(&p, t)?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self, i: usize, remotes: &[SocketAddr]) -> std::io::Result<()> {
+        let cfg = self.write_config(i, remotes)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nodes[i].dir.join("server.log"))?;
+        let mut cmd = match &self.fabric {
+            Some(f) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &f.ns(i)]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.arg("server")
+            .arg("-c")
+            .arg(&cfg)
+            .env(
+                "APSIS_LOG",
+                std::env::var("APSIS_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = cmd.spawn()?;
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let addr = loop {
+            let mut line = String::new();
+            if out.read_line(&mut line)? == 0 {
+                let st = child.wait();
+                return Err(std::io::Error::other(format!(
+                    "node {i} exited before listening ({st:?}); log:\n{}",
+                    self.nodes[i].log()
+                )));
+            }
+            if let Some(a) = line.trim().strip_prefix("listening ") {
+                break a
+                    .parse::<SocketAddr>()
+                    .map_err(|e| std::io::Error::other(format!("listen address {a}: {e}")))?;
+            }
+        };
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
+                s.clear();
+            }
+        });
+        let n = &mut self.nodes[i];
+        n.addr = addr;
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// Starts one more node serving `groups`, with every node as a remote: the ring changes.
+    pub fn add_node(&mut self, groups: Vec<u32>) -> std::io::Result<usize> {
+        let i = self.nodes.len();
+        let ndir = self._dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&ndir)?;
+        let addr = match &mut self.fabric {
+            Some(f) => SocketAddr::new(f.add_host(i)?, NS_PORT),
+            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        };
+        self.spec.nodes.push(groups);
+        self.nodes.push(NodeHandle {
+            addr,
+            dir: ndir,
+            child: None,
+            paused: false,
+        });
+        let remotes: Vec<SocketAddr> = self.nodes[..i].iter().map(|n| n.addr).collect();
+        self.spawn(i, &remotes)?;
+        Ok(i)
+    }
+
+    /// Every node's address.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// SIGKILL: the node crashes.
+    pub fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if n.paused {
+            n.signal("-CONT");
+        }
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        n.paused = false;
+    }
+
+    /// SIGSTOP: the node hangs with its sockets open.
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].signal("-STOP");
+        self.nodes[i].paused = true;
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].signal("-CONT");
+        self.nodes[i].paused = false;
+    }
+
+    /// Starts a killed node again: same address, same data, every other node as a remote.
+    pub fn restart(&mut self, i: usize) -> std::io::Result<()> {
+        assert!(!self.nodes[i].is_running(), "kill node {i} first");
+        let remotes: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.addr)
+            .collect();
+        self.spawn(i, &remotes)
+    }
+
+    /// Cuts node `i` off the network (namespaces only).
+    pub fn partition(&self, i: usize) -> std::io::Result<()> {
+        self.fabric
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("partition needs Net::Namespaces"))?
+            .cut(i)
+    }
+
+    pub fn heal(&self, i: usize) -> std::io::Result<()> {
+        self.fabric
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("heal needs Net::Namespaces"))?
+            .heal(i)
+    }
+
+    /// Client options matching the cluster's timeouts.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(self.spec.wait_timeout_secs),
+            check_timeout: Duration::from_secs(self.spec.check_timeout_secs),
+            stall_count: self.spec.stall_count,
+            ..ClientOptions::default()
+        }
+    }
+
+    /// A client connected to every node that knows every node's backends.
+    pub async fn client(&self) -> Client {
+        let c = Client::connect(&self.addrs(), self.client_options())
+            .await
+            .expect("connect to the cluster");
+        let want: usize = self.spec.nodes.iter().map(|g| g.len()).sum();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let have = c.with_routes(|t| {
+                let mut seen: Vec<_> = t.entries().iter().map(|(_, _, r)| *r).collect();
+                seen.sort();
+                seen.dedup();
+                seen.len()
+            });
+            if have >= want {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "routes: {have} of {want} backends"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node is connected to every other running node.
+    pub async fn wait_mesh(&self, client: &Client, within: Duration) {
+        let s = client.session(vec![]);
+        let running: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running() && !n.paused)
+            .map(|n| n.addr)
+            .collect();
+        let deadline = Instant::now() + within;
+        'again: loop {
+            for a in &running {
+                let peers = s
+                    .monitor_stat(*a, apsis_proto::MonitorStatRequest::IO)
+                    .await
+                    .ok()
+                    .and_then(|j| j["io"]["peers"].as_array().map(|v| v.len()))
+                    .unwrap_or(0);
+                if peers + 1 < running.len() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {a} sees {peers} peers of {}",
+                        running.len() - 1
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'again;
+                }
+            }
+            return;
+        }
+    }
+
+    /// The directory of node `i`'s backend in `group`.
+    pub fn backend_dir(&self, i: usize, group: u32) -> Option<PathBuf> {
+        let b = self.spec.nodes[i].iter().position(|g| *g == group)?;
+        Some(self.nodes[i].dir.join(format!("b{}", b + 1)))
+    }
+
+    pub fn node_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

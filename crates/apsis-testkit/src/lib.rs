@@ -1,0 +1,33 @@
+//! The Apsis cluster test harness: N real `apsis server` processes, faults, and a history
+//! checker.
+//!
+//! A [`Cluster`] starts real server processes from a [`ClusterSpec`] (which node serves which
+//! groups), either all on loopback or each in its own network namespace joined to a bridge
+//! by a veth pair ([`Net::Namespaces`], needs root and `ip`). Every node lists the others as
+//! remotes and uses short timeouts, so failure detection and rejoining happen within seconds.
+//!
+//! Faults: [`Cluster::kill`] (SIGKILL), [`Cluster::pause`] / [`Cluster::resume`]
+//! (SIGSTOP / SIGCONT), [`Cluster::restart`] (same address, same data),
+//! [`Cluster::partition`] / [`Cluster::heal`] (the node's veth link goes down / up: it is cut
+//! from every other node and from the clients), and [`corrupt_copy`] (flips a byte of a
+//! stored object's data in the blob file, which the node must report as −EILSEQ).
+//!
+//! [`History`] records every operation's invocation, completion and result; its
+//! [`History::check`] verifies afterwards that no read returned data that was never written,
+//! and that no read that promises the newest copy (`read_latest`, the final verification)
+//! returned anything older than the last write acknowledged before it began.
+//!
+//! # Layout
+//! - [`cluster`]: [`ClusterSpec`], [`Cluster`], node processes and their configs.
+//! - [`netns`]: network namespaces, the bridge and the veth links.
+//! - [`history`]: [`History`], [`Op`], the checker and its [`Violation`]s.
+//! - [`faults`]: disk faults ([`corrupt_copy`]).
+
+pub mod cluster;
+pub mod faults;
+pub mod history;
+pub mod netns;
+
+pub use cluster::{Cluster, ClusterSpec, Net, NodeHandle};
+pub use faults::corrupt_copy;
+pub use history::{History, Kind, Op, Outcome, Violation};

@@ -1,0 +1,443 @@
+//! Cluster tests: real `apsis server` processes started by `apsis-testkit`, faults done to
+//! them while a workload runs, and the recorded history checked afterwards.
+//!
+//! The 3-group layout has 6 nodes, three of which serve backends of two groups:
+//! n0 {1,2}, n1 {2,3}, n2 {3,1}, n3 {1}, n4 {2}, n5 {3}. Every group has three backends.
+
+use apsis_client::{Checker, Client, ClientError, Session};
+use apsis_proto::{cflags, cmd, errno, Header, IoAttr, MonitorStatRequest};
+use apsis_testkit::{corrupt_copy, Cluster, ClusterSpec, History, Kind, Net, Outcome};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_apsis");
+
+fn six_nodes_three_groups(net: Net) -> ClusterSpec {
+    ClusterSpec::new(
+        vec![
+            vec![1, 2],
+            vec![2, 3],
+            vec![3, 1],
+            vec![1],
+            vec![2],
+            vec![3],
+        ],
+        net,
+    )
+}
+
+fn session(c: &Client, groups: Vec<u32>, checker: Checker) -> Session {
+    let mut s = c.session(groups);
+    s.checker = checker;
+    s.timeout = Duration::from_secs(1);
+    s
+}
+
+/// Workers doing quorum writes, plain reads and newest-copy reads on their own keys until
+/// `stop`; every operation goes into `history`. One worker owns each key, so a key's writes
+/// are sequential and every value names its write.
+fn workload(
+    s: Session,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+    workers: usize,
+    keys_per_worker: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|w| {
+            let (s, h, stop) = (s.clone(), history.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // A steady load, not a saturating one: on two cores a saturated box turns
+                    // healthy nodes' replies into timeouts, which is another fault.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    seq += 1;
+                    let key = format!("w{w}-k{}", seq as usize % keys_per_worker);
+                    let k = key.as_bytes();
+                    let t = Instant::now();
+                    match seq % 3 {
+                        0 | 1 => {
+                            let v = format!("{key}=v{seq}-{}", "x".repeat(100)).into_bytes();
+                            let (o, note) = match s.write(k, &v).await {
+                                Ok(w) => (Outcome::Ok(None), groups_note(&w.groups)),
+                                Err(e) => (Outcome::Failed(e.to_string()), String::new()),
+                            };
+                            h.push_noted(k, Kind::Write(v), t, o, note);
+                        }
+                        _ => {
+                            let latest = seq % 2 == 0;
+                            let r = if latest {
+                                s.read_latest(k).await
+                            } else {
+                                s.read(k, 0, 0).await
+                            };
+                            let kind = if latest { Kind::ReadLatest } else { Kind::Read };
+                            let note = r
+                                .as_ref()
+                                .map(|r| format!("from group {}", r.group))
+                                .unwrap_or_default();
+                            h.push_noted(k, kind, t, outcome(r.map(|r| r.data)), note);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Which groups acknowledged a write, and where each went: "g1@127.0.0.1:4001 ok, g2 …".
+fn groups_note(g: &[apsis_client::GroupResult<Option<apsis_proto::LookupReply>>]) -> String {
+    g.iter()
+        .map(|r| match &r.result {
+            Ok(Some(l)) => format!("g{}@{} ok", r.group, l.addr.0),
+            Ok(None) => format!("g{} ok", r.group),
+            Err(e) => format!("g{} {e}", r.group),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn outcome(r: Result<Vec<u8>, ClientError>) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Ok(Some(v)),
+        Err(e) if e.is_not_found() => Outcome::NotFound,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// After the faults: reads the newest copy of every key the history touched and checks it.
+async fn verify(s: &Session, h: &History) {
+    let mut keys: Vec<Vec<u8>> = h.ops().into_iter().map(|o| o.key).collect();
+    keys.sort();
+    keys.dedup();
+    for k in &keys {
+        let t = Instant::now();
+        let r = s.read_latest(k).await;
+        let note = r
+            .as_ref()
+            .map(|r| format!("final, from group {}", r.group))
+            .unwrap_or_default();
+        h.push_noted(k, Kind::ReadLatest, t, outcome(r.map(|r| r.data)), note);
+    }
+    let v = h.check();
+    assert!(v.is_empty(), "history violations: {v:#?}");
+}
+
+/// Runs the workload through `fault`, which gets the cluster and returns the windows
+/// (start, end) in which quorum writes must keep succeeding.
+async fn run_with_faults(
+    mut cluster: Cluster,
+    fault: impl AsyncFnOnce(&mut Cluster) -> Vec<(Instant, Instant)>,
+) {
+    let client = cluster.client().await;
+    cluster.wait_mesh(&client, Duration::from_secs(20)).await;
+    let s = session(&client, vec![1, 2, 3], Checker::Quorum);
+    let h = Arc::new(History::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = workload(s.clone(), h.clone(), stop.clone(), 6, 40);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let windows = fault(&mut cluster).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (wok, wfail, rok, rfail) = h.counts();
+    eprintln!("writes {wok} ok / {wfail} failed, reads {rok} ok / {rfail} failed");
+    assert!(wok > 100 && rok > 50, "the workload ran");
+    for (a, b) in windows {
+        let (ok, n) = h.writes_between(a, b);
+        eprintln!("window {:?}: {ok}/{n} quorum writes acknowledged", b - a);
+        assert!(n > 20, "writes were tried in the window");
+        assert!(
+            ok * 100 >= n * 95,
+            "quorum writes kept going during the fault: {ok}/{n}"
+        );
+    }
+    verify(&s, &h).await;
+}
+
+/// How long failure detection may take: stall_count timeouts of 1 s, then a 1 s ping.
+const DETECT: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_groups_kill_and_restart_a_node_serving_two_groups() {
+    let cluster = Cluster::start(BIN, six_nodes_three_groups(Net::Loopback)).unwrap();
+    run_with_faults(cluster, async |c: &mut Cluster| {
+        c.kill(0);
+        // A killed node's connections close at once: no detection delay.
+        let a = Instant::now() + Duration::from_millis(300);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let b = Instant::now();
+        c.restart(0).unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        vec![(a, b), (b + Duration::from_secs(2), Instant::now())]
+    })
+    .await;
+}
+
+/// One fault per cluster: without recovery (the next issue) a node that returned serves the
+/// copies it had before it left, so a second fault on another group could leave a key with
+/// only stale copies reachable. The history checker would rightly flag that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_groups_pause_a_node_serving_two_groups() {
+    let cluster = Cluster::start(BIN, six_nodes_three_groups(Net::Loopback)).unwrap();
+    run_with_faults(cluster, async |c: &mut Cluster| {
+        // n1 serves groups 2 and 3: its ranges need failure detection (timeouts, then a
+        // failed ping) before quorum writes to them succeed again.
+        c.pause(1);
+        let a = Instant::now();
+        tokio::time::sleep(DETECT + Duration::from_secs(3)).await;
+        let b = Instant::now();
+        c.resume(1);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        vec![
+            (a + DETECT, b),
+            (b + Duration::from_secs(2), Instant::now()),
+        ]
+    })
+    .await;
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_groups_partition_a_node_in_namespaces() {
+    if !is_root() {
+        eprintln!("SKIPPED: network namespaces need root");
+        return;
+    }
+    let cluster = match Cluster::start(BIN, six_nodes_three_groups(Net::Namespaces)) {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: network namespaces unavailable: {e}");
+            return;
+        }
+        Err(e) => panic!("network namespaces: {e}"),
+    };
+    run_with_faults(cluster, async |c: &mut Cluster| {
+        // n2 serves groups 3 and 1; cut it off from every node and from the client.
+        c.partition(2).unwrap();
+        let a = Instant::now();
+        tokio::time::sleep(DETECT + Duration::from_secs(3)).await;
+        let b = Instant::now();
+        c.heal(2).unwrap();
+        // Healed: the refresh reconnects within a check_timeout or two.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        vec![(a + DETECT, b)]
+    })
+    .await;
+}
+
+/// A node that receives a request for a key it does not own forwards it to the owner, unless
+/// DIRECT is set; a client that knows only one node learns the others from its route list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_forward_what_they_do_not_own() {
+    let cluster = Cluster::start(
+        BIN,
+        ClusterSpec::new(vec![vec![1], vec![1], vec![1]], Net::Loopback),
+    )
+    .unwrap();
+    let full = cluster.client().await;
+    cluster.wait_mesh(&full, Duration::from_secs(20)).await;
+    // Discovery: one remote is enough.
+    let one = Client::connect(&[cluster.addrs()[2]], cluster.client_options())
+        .await
+        .unwrap();
+    assert_eq!(one.nodes(), {
+        let mut a = cluster.addrs();
+        a.sort();
+        a
+    });
+    let s = session(&full, vec![1], Checker::All);
+    s.write(b"forward-me", b"payload").await.unwrap();
+    let id = s.id(b"forward-me");
+    let owner = full.with_routes(|t| t.owner(1, &id)).unwrap().addr;
+    let other = *cluster.addrs().iter().find(|a| **a != owner).unwrap();
+    let read_at = |flags: u64| {
+        let s = s.clone();
+        async move {
+            let mut h = Header::new(cmd::READ, cflags::NEED_ACK | flags);
+            h.group = 1;
+            h.id = id;
+            let io = IoAttr {
+                id,
+                parent: id,
+                ..IoAttr::default()
+            };
+            let mut p = Vec::new();
+            io.encode_into(&mut p);
+            s.transact(other, h, &p).await
+        }
+    };
+    let frames = read_at(0).await.expect("forwarded read");
+    let f = frames
+        .iter()
+        .find(|f| f.payload.len() > IoAttr::SIZE)
+        .unwrap();
+    assert_eq!(&f.payload[IoAttr::SIZE..], b"payload");
+    let e = read_at(cflags::DIRECT)
+        .await
+        .expect_err("DIRECT is served locally");
+    assert_eq!(e.errno(), -errno::ENOENT);
+    let stat = s.monitor_stat(other, MonitorStatRequest::IO).await.unwrap();
+    assert!(stat["io"]["forwarded"].as_u64().unwrap() >= 1, "{stat}");
+}
+
+/// Adding a node changes the ring: keys whose owner moved stay readable (the new owner
+/// retries a miss on the previous owner) until recovery moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_a_ring_change() {
+    let mut cluster =
+        Cluster::start(BIN, ClusterSpec::new(vec![vec![1], vec![1]], Net::Loopback)).unwrap();
+    let c = cluster.client().await;
+    let s = session(&c, vec![1], Checker::All);
+    let keys: Vec<String> = (0..300).map(|i| format!("ring-{i}")).collect();
+    for k in &keys {
+        s.write(k.as_bytes(), k.as_bytes()).await.unwrap();
+    }
+    let before = c.routes();
+    let new = cluster.add_node(vec![1]).unwrap();
+    let c2 = cluster.client().await;
+    let s2 = session(&c2, vec![1], Checker::All);
+    let new_addr = cluster.addrs()[new];
+    let moved = keys
+        .iter()
+        .filter(|k| {
+            let id = s2.id(k.as_bytes());
+            c2.with_routes(|t| t.owner(1, &id)).unwrap().addr == new_addr
+                && before.owner(1, &id).unwrap().addr != new_addr
+        })
+        .count();
+    assert!(moved > 0, "the new node took over some keys");
+    for k in &keys {
+        let r = s2.read(k.as_bytes(), 0, 0).await.unwrap_or_else(|e| {
+            panic!("{k} after the ring change: {e}");
+        });
+        assert_eq!(r.data, k.as_bytes());
+    }
+    // New writes go to the new owner and are read back from it.
+    s2.write(b"after-change", b"new").await.unwrap();
+    assert_eq!(s2.read(b"after-change", 0, 0).await.unwrap().data, b"new");
+    eprintln!("{moved} of {} keys moved to the new node", keys.len());
+}
+
+/// Read fallback, read-repair of missing and corrupt copies, and the lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_read_repair_and_lookups() {
+    // sync=0: acknowledged data is in the blob files, where corrupt_copy damages it.
+    let mut spec = ClusterSpec::new(vec![vec![1], vec![2], vec![3]], Net::Loopback);
+    spec.sync = 0;
+    let cluster = Cluster::start(BIN, spec).unwrap();
+    let c = cluster.client().await;
+    let all = session(&c, vec![1, 2, 3], Checker::All);
+    let only = |g: u32| session(&c, vec![g], Checker::All);
+
+    // Missing in group 1: the read falls back to group 2 and repairs group 1.
+    session(&c, vec![2, 3], Checker::All)
+        .write(b"missing", b"good copy")
+        .await
+        .unwrap();
+    assert!(only(1)
+        .read(b"missing", 0, 0)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    let r = all.read(b"missing", 0, 0).await.unwrap();
+    assert_eq!((r.group, r.data.as_slice()), (2, &b"good copy"[..]));
+    wait_for(|| async { only(1).read(b"missing", 0, 0).await.is_ok() }).await;
+    let repaired = only(1).read(b"missing", 0, 0).await.unwrap();
+    assert_eq!(repaired.data, b"good copy");
+    assert_eq!(
+        repaired.io.timestamp, r.io.timestamp,
+        "repair keeps the timestamp"
+    );
+
+    // Corrupt in group 1: −EILSEQ there, the read falls back and repairs.
+    all.write(b"rotten", b"0123456789abcdef").await.unwrap();
+    corrupt_copy(&only(1), b"rotten").await.unwrap();
+    let e = only(1).read(b"rotten", 0, 0).await.unwrap_err();
+    assert_eq!(e.errno(), -errno::EILSEQ, "{e}");
+    assert_eq!(
+        all.read(b"rotten", 0, 0).await.unwrap().data,
+        b"0123456789abcdef"
+    );
+    wait_for(|| async { only(1).read(b"rotten", 0, 0).await.is_ok() }).await;
+
+    // Stale in group 3: read_latest returns the newest and repairs group 3.
+    let mut old = session(&c, vec![1, 2, 3], Checker::All);
+    old.timestamp = Some(apsis_proto::Time { sec: 100, nsec: 0 });
+    old.write(b"stale", b"old").await.unwrap();
+    let mut new = session(&c, vec![1, 2], Checker::All);
+    new.timestamp = Some(apsis_proto::Time { sec: 200, nsec: 0 });
+    new.write(b"stale", b"new").await.unwrap();
+    assert_eq!(all.read_latest(b"stale").await.unwrap().data, b"new");
+    wait_for(|| async {
+        only(3)
+            .read(b"stale", 0, 0)
+            .await
+            .is_ok_and(|r| r.data == b"new")
+    })
+    .await;
+
+    // A repair never undoes a newer delete.
+    all.write(b"deleted", b"v").await.unwrap();
+    let mut del = session(&c, vec![1], Checker::All);
+    del.timestamp = Some(apsis_proto::Time::now());
+    del.remove(b"deleted").await.unwrap();
+    all.read(b"deleted", 0, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(only(1)
+        .read(b"deleted", 0, 0)
+        .await
+        .unwrap_err()
+        .is_not_found());
+
+    // parallel_lookup reports every group; quorum_lookup the copy most groups agree on.
+    let mut two = session(&c, vec![1, 2], Checker::All);
+    two.timestamp = Some(apsis_proto::Time { sec: 300, nsec: 0 });
+    two.write(b"voted", b"majority").await.unwrap();
+    let mut one = session(&c, vec![3], Checker::All);
+    one.timestamp = Some(apsis_proto::Time { sec: 400, nsec: 0 });
+    one.write(b"voted", b"minority").await.unwrap();
+    let mut noread = all.clone();
+    noread.read_repair = false;
+    let p = noread.parallel_lookup(b"voted").await;
+    assert_eq!(p.len(), 3);
+    assert!(p.iter().all(|g| g.result.is_ok()));
+    let q = noread.quorum_lookup(b"voted").await.unwrap();
+    assert_eq!(q.iter().map(|g| g.group).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(q[0].result.as_ref().unwrap().info.size, 8);
+
+    // A failing checker reports every group.
+    let mut strict = session(&c, vec![1, 2, 9], Checker::All);
+    strict.timestamp = None;
+    let e = strict.write(b"k", b"v").await.unwrap_err();
+    match &e {
+        ClientError::Checker {
+            ok, total, groups, ..
+        } => {
+            assert_eq!((*ok, *total), (2, 3));
+            assert_eq!(groups.len(), 1);
+            assert_eq!(groups[0].0, 9);
+        }
+        other => panic!("expected a checker error, got {other}"),
+    }
+    assert_eq!(e.errno(), -errno::ENXIO);
+}
+
+async fn wait_for<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not reached in 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
