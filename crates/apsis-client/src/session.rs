@@ -905,11 +905,35 @@ impl Session {
         command: u32,
         ids: Vec<[u8; 64]>,
     ) -> Result<BackendStatus> {
+        self.backend_control_with(addr, backend_id, command, ids, 0)
+            .await
+    }
+
+    /// BACKEND_CONTROL CTL: every command the backend serves waits `delay_ms` first (for
+    /// tests, or to slow a backend down on purpose).
+    pub async fn backend_delay(
+        &self,
+        addr: SocketAddr,
+        backend_id: u32,
+        delay_ms: u32,
+    ) -> Result<BackendStatus> {
+        self.backend_control_with(addr, backend_id, backend_command::CTL, vec![], delay_ms)
+            .await
+    }
+
+    async fn backend_control_with(
+        &self,
+        addr: SocketAddr,
+        backend_id: u32,
+        command: u32,
+        ids: Vec<[u8; 64]>,
+        delay_ms: u32,
+    ) -> Result<BackendStatus> {
         let p = BackendControl {
             backend_id,
             command,
             defrag_level: 0,
-            delay_ms: 0,
+            delay_ms,
             ids,
         }
         .encode();
