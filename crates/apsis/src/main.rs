@@ -65,6 +65,12 @@ pub struct ClientOpts {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Reads try the groups in a random order instead of in the order given.
+    #[arg(long, global = true)]
+    pub mix_groups: bool,
+    /// Do not rewrite missing, corrupt or stale copies found by reads.
+    #[arg(long, global = true)]
+    pub no_read_repair: bool,
 }
 
 impl ClientOpts {
@@ -90,6 +96,8 @@ impl ClientOpts {
             .checker
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;
+        s.mix_groups = self.mix_groups;
+        s.read_repair = !self.no_read_repair;
         Ok(s)
     }
 }

@@ -471,3 +471,49 @@ async fn group_writes_go_out_in_parallel() {
         "3 groups in parallel: {took:?}"
     );
 }
+
+/// The command line against a cluster: a write to three groups through one remote (the others
+/// come from its route list), the routes of every group, and a read that falls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_against_a_cluster() {
+    let mut cluster = Cluster::start(
+        BIN,
+        ClusterSpec::new(vec![vec![1], vec![2], vec![3]], Net::Loopback),
+    )
+    .unwrap();
+    let c = cluster.client().await;
+    cluster.wait_mesh(&c, Duration::from_secs(20)).await;
+    let remote = cluster.addrs()[2].to_string();
+    let apsis = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .args(["-r", &remote, "--timeout", "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "apsis {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    apsis(
+        &["write", "cli-key", "-", "-g", "1,2,3", "--checker", "all"],
+        b"three copies",
+    );
+    let routes = apsis(&["routes", "--json"], b"");
+    for g in 1..=3 {
+        assert!(routes.contains(&format!("\"group\":{g}")), "{routes}");
+    }
+    cluster.kill(0);
+    let out = apsis(&["read", "cli-key", "-g", "1,2,3"], b"");
+    assert_eq!(out, "three copies");
+    let out = apsis(&["read", "cli-key", "--latest", "-g", "1,2,3"], b"");
+    assert_eq!(out, "three copies");
+}
