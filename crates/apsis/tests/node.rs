@@ -653,7 +653,10 @@ async fn monitor_http_and_dnet_json_config() {
     let (_, l) = s.lookup(b"cfg").await.unwrap();
     // The reply names the real blob file, under the configured data directory.
     let path = String::from_utf8_lossy(&l.path).to_string();
-    assert!(path.contains("data/data") && path.ends_with(".blob"), "{path}");
+    assert!(
+        path.contains("data/data") && path.ends_with(".blob"),
+        "{path}"
+    );
     assert!(std::path::Path::new(&path).exists(), "{path}");
     assert!(d.path().join("history/ids").exists());
 
