@@ -277,11 +277,7 @@ impl Backends {
             .get(&group)
             .filter(|r| !r.is_empty())
             .ok_or(RouteError::NotServed)?;
-        let i = match r.partition_point(|(id, _)| id <= key) {
-            0 => r.len() - 1,
-            n => n - 1,
-        };
-        Ok(self.slots[r[i].1].clone())
+        Ok(self.slots[r[apsis_ring::owner_index(r, key)].1].clone())
     }
 
     /// The node's enabled backends with their ring ids (REVERSE_LOOKUP, JOIN).

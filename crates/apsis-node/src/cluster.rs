@@ -93,16 +93,16 @@ impl Cluster {
         });
     }
 
-    /// Where a request must go instead of being served here: the owner of its id in its
-    /// group when that is another node. `None` means serve locally.
-    pub fn forward_target(&self, hdr: &Header) -> Option<SocketAddr> {
+    /// The backend that owns a data request's id in its group, here or on another node (which
+    /// the request is forwarded to). `None` for the other commands, for DIRECT and
+    /// DIRECT_BACKEND requests (always served here) and for groups no node serves.
+    pub fn owner(&self, hdr: &Header) -> Option<Route> {
         if !matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL)
             || hdr.flags & (cflags::DIRECT | cflags::DIRECT_BACKEND) != 0
         {
             return None;
         }
-        let owner = self.client.with_routes(|t| t.owner(hdr.group, &hdr.id))?;
-        (!self.is_local(owner.addr)).then_some(owner.addr)
+        self.client.with_routes(|t| t.owner(hdr.group, &hdr.id))
     }
 
     /// For a READ or LOOKUP that missed on local backend `backend_id`: the backend that owned

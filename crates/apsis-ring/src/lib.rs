@@ -6,6 +6,7 @@
 //! to send a request straight to its owner, nodes to forward what they do not own.
 //!
 //! # Layout
+//! - [`owner_index`]: the placement rule on a sorted point list.
 //! - [`Route`]: one backend on one node.
 //! - [`RouteTable`]: group → sorted (point, route); built from handshakes
 //!   ([`RouteTable::set_node`]), changed by UPDATE_IDS ([`RouteTable::update`]) and by failure
@@ -29,8 +30,10 @@ pub struct RouteTable {
     groups: BTreeMap<u32, Vec<([u8; 64], Route)>>,
 }
 
-/// The index of the owner of `id` in a sorted, non-empty point list.
-fn owner_index(v: &[([u8; 64], Route)], id: &[u8; 64]) -> usize {
+/// The placement rule itself: the index of the owner of `id` in a non-empty list of ring
+/// points sorted by point (the largest point ≤ id, wrapping to the last). Shared by
+/// [`RouteTable`] and a node's table of its own backends.
+pub fn owner_index<T>(v: &[([u8; 64], T)], id: &[u8; 64]) -> usize {
     match v.partition_point(|(p, _)| p <= id) {
         0 => v.len() - 1,
         n => n - 1,

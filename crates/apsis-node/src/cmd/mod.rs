@@ -22,11 +22,20 @@ pub type HResult = Result<(), i32>;
 pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, conn_id: u64) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
-    if let Some(addr) = ctx.cluster.forward_target(&hdr) {
-        relay(ctx, addr, hdr, payload, out, started);
-        return;
-    }
-    let (backend_id, slot) = serving_backend(ctx, &hdr);
+    // One route lookup decides both: forward to another node, or which backend serves here.
+    let owner = ctx.cluster.owner(&hdr);
+    let local = match owner {
+        Some(r) if !ctx.cluster.is_local(r.addr) => {
+            relay(ctx, r.addr, hdr, payload, out, started);
+            return;
+        }
+        Some(r) => ctx
+            .backends
+            .get(r.backend_id as u32)
+            .map(|s| (r.backend_id, Some(s.clone()))),
+        None => None,
+    };
+    let (backend_id, slot) = local.unwrap_or_else(|| serving_backend(ctx, &hdr));
     out.req.backend_id = backend_id;
     if let Some(slot) = &slot {
         // BACKEND_CONTROL CTL's delay: every command the backend serves waits first.
