@@ -242,11 +242,10 @@ impl Client {
             let _ = conn.send(h, &me.encode()).await?;
             conn.forget(h.trans);
         }
-        self.inner.routes.write().set_node(addr, &info.backends);
-        self.inner.infos.lock().insert(addr, info.addrs.clone());
+        tracing::debug!(%addr, backends = info.backends.len(), "node connected");
+        self.learn(addr, info);
         self.inner.known.lock().insert(addr);
         self.inner.conns.lock().insert(addr, conn.clone());
-        tracing::debug!(%addr, backends = info.backends.len(), "node connected");
         // Route pushes (UPDATE_IDS) update the table; the channel's end is the connection's
         // end, and the node's ranges pass to its neighbours.
         if let Some(mut pushed) = conn.pushed.lock().take() {
@@ -333,8 +332,7 @@ impl Client {
             match conn.filter(|c| c.is_alive()) {
                 Some(c) => match self.handshake(&c).await {
                     Ok(info) => {
-                        self.inner.routes.write().set_node(a, &info.backends);
-                        self.inner.infos.lock().insert(a, info.addrs);
+                        self.learn(a, info);
                         if self.inner.opts.discover {
                             let _ = self.discover(a).await;
                         }
@@ -354,6 +352,12 @@ impl Client {
             }
         }))
         .await;
+    }
+
+    /// What a handshake taught about `addr`: its backends (routes) and its addresses.
+    fn learn(&self, addr: SocketAddr, info: NodeInfo) {
+        self.inner.routes.write().set_node(addr, &info.backends);
+        self.inner.infos.lock().insert(addr, info.addrs);
     }
 
     /// Drops a failed connection and the node's routes.
