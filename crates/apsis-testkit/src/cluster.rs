@@ -3,10 +3,9 @@
 use crate::netns::Fabric;
 use apsis_client::{Client, ClientOptions};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Where the nodes run.
@@ -99,35 +98,23 @@ impl Cluster {
     /// join the earlier ones; a restarted node lists every other node.
     pub fn start(bin: impl Into<PathBuf>, spec: ClusterSpec) -> std::io::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("apsis-cluster").tempdir()?;
-        let mut fabric = match spec.net {
+        let fabric = match spec.net {
             Net::Loopback => None,
             Net::Namespaces => Some(Fabric::new()?),
         };
-        let mut nodes: Vec<NodeHandle> = Vec::new();
-        for i in 0..spec.nodes.len() {
-            let ndir = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&ndir)?;
-            let addr = match &mut fabric {
-                Some(f) => SocketAddr::new(f.add_host(i)?, NS_PORT),
-                None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            };
-            nodes.push(NodeHandle {
-                addr,
-                dir: ndir,
-                child: None,
-                paused: false,
-            });
-        }
+        let groups = spec.nodes.clone();
         let mut c = Cluster {
             bin: bin.into(),
-            spec,
-            nodes,
+            spec: ClusterSpec {
+                nodes: Vec::new(),
+                ..spec
+            },
+            nodes: Vec::new(),
             fabric,
             _dir: dir,
         };
-        for i in 0..c.nodes.len() {
-            let remotes: Vec<SocketAddr> = c.nodes[..i].iter().map(|n| n.addr).collect();
-            c.spawn(i, &remotes)?;
+        for g in groups {
+            c.add_node(g)?;
         }
         Ok(c)
     }
@@ -181,31 +168,11 @@ impl Cluster {
                 "APSIS_LOG",
                 std::env::var("APSIS_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdout(Stdio::piped())
             .stderr(log);
-        let mut child = cmd.spawn()?;
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let addr = loop {
-            let mut line = String::new();
-            if out.read_line(&mut line)? == 0 {
-                let st = child.wait();
-                return Err(std::io::Error::other(format!(
-                    "node {i} exited before listening ({st:?}); log:\n{}",
-                    self.nodes[i].log()
-                )));
-            }
-            if let Some(a) = line.trim().strip_prefix("listening ") {
-                break a
-                    .parse::<SocketAddr>()
-                    .map_err(|e| std::io::Error::other(format!("listen address {a}: {e}")))?;
-            }
-        };
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
-                s.clear();
-            }
-        });
+        let started = crate::process::start_server(&mut cmd, false).map_err(|e| {
+            std::io::Error::other(format!("node {i}: {e}; log:\n{}", self.nodes[i].log()))
+        })?;
+        let (child, addr) = (started.child, started.addr);
         let n = &mut self.nodes[i];
         n.addr = addr;
         n.child = Some(child);
@@ -213,7 +180,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts one more node serving `groups`, with every node as a remote: the ring changes.
+    /// Starts one more node serving `groups`, with every node started before it as a remote
+    /// (after start-up: the ring changes).
     pub fn add_node(&mut self, groups: Vec<u32>) -> std::io::Result<usize> {
         let i = self.nodes.len();
         let ndir = self._dir.path().join(format!("node{i}"));
@@ -357,16 +325,6 @@ impl Cluster {
             }
             return;
         }
-    }
-
-    /// The directory of node `i`'s backend in `group`.
-    pub fn backend_dir(&self, i: usize, group: u32) -> Option<PathBuf> {
-        let b = self.spec.nodes[i].iter().position(|g| *g == group)?;
-        Some(self.nodes[i].dir.join(format!("b{}", b + 1)))
-    }
-
-    pub fn node_dir(&self, i: usize) -> &Path {
-        &self.nodes[i].dir
     }
 }
 

@@ -22,11 +22,14 @@
 //! - [`netns`]: network namespaces, the bridge and the veth links.
 //! - [`history`]: [`History`], [`Op`], the checker and its [`Violation`]s.
 //! - [`faults`]: disk faults ([`corrupt_copy`]).
+//! - [`process`]: starting one server process and reading where it listens (also used by the
+//!   single-node tests).
 
 pub mod cluster;
 pub mod faults;
 pub mod history;
 pub mod netns;
+pub mod process;
 
 pub use cluster::{Cluster, ClusterSpec, Net, NodeHandle};
 pub use faults::corrupt_copy;

@@ -1,7 +1,6 @@
 //! Test harness: real `apsis server` processes on ephemeral loopback ports.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,44 +35,19 @@ impl Server {
 
     /// Starts with exactly these arguments after `apsis`.
     pub fn spawn(dir: &Path, args: Vec<String>) -> Server {
-        let mut child = apsis()
-            .args(&args)
-            .env("APSIS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start apsis server");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut addr = None;
-        let mut monitor = None;
-        loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).expect("read server stdout") == 0 {
-                let st = child.wait();
-                panic!("server exited before listening: {st:?}");
-            }
-            if let Some(a) = line.trim().strip_prefix("listening ") {
-                addr = Some(a.parse().expect("listen address"));
-                // A monitor line follows only when enabled; it is printed right after.
-                if !args.iter().any(|a| a == "--monitor-port") {
-                    break;
-                }
-            } else if let Some(m) = line.trim().strip_prefix("monitor http://") {
-                monitor = Some(m.trim_end_matches('/').parse().expect("monitor address"));
-                break;
-            }
-        }
-        // Keep draining stdout so the server never blocks on it.
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            while out.read_line(&mut s).map(|n| n > 0).unwrap_or(false) {
-                s.clear();
-            }
-        });
+        let with_monitor = args.iter().any(|a| a == "--monitor-port");
+        let started = apsis_testkit::process::start_server(
+            apsis()
+                .args(&args)
+                .env("APSIS_LOG", "warn")
+                .stderr(Stdio::inherit()),
+            with_monitor,
+        )
+        .expect("start apsis server");
         Server {
-            child: Some(child),
-            addr: addr.expect("address"),
-            monitor,
+            child: Some(started.child),
+            addr: started.addr,
+            monitor: started.monitor,
             dir: dir.to_path_buf(),
             args,
         }
