@@ -5,15 +5,7 @@
 # it, and the three requests go out in parallel. Figures go to docs/benchmarks.md.
 #
 #   scripts/bench-cluster.sh [SECONDS]      (default 10 s per run)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-SECS=${1:-10}
-cargo build --release -p apsis >/dev/null
-APSIS=./target/release/apsis
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+source "$(dirname "$0")/bench-lib.sh"
 
 ADDRS=()
 start_node() { # $1 = index (group = index), $2.. = remotes
@@ -42,7 +34,6 @@ start_node 2 "${ADDRS[0]}"
 start_node 3 "${ADDRS[0]}"
 sleep 1
 REMOTES=(-r "${ADDRS[0]}" -r "${ADDRS[1]}" -r "${ADDRS[2]}")
-run() { echo "\$ apsis bench $*"; $APSIS bench "$@"; }
 
 echo "## 1K writes, 1 connection (latency-bound: parallel fan-out costs one round trip, not three)"
 run "${REMOTES[@]}" -g 1 --checker all --connections 1 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"

@@ -5,18 +5,10 @@
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
 #
 # Needs redis-server (installed here with apt-get when missing).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-SECS=${1:-10}
+source "$(dirname "$0")/bench-lib.sh"
 if ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 fi
-cargo build --release -p apsis >/dev/null
-APSIS=./target/release/apsis
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
 
 start_apsis() { # $1 = sync
     rm -rf "$WORK/apsis"
@@ -41,7 +33,6 @@ start_redis() { # $1 = appendfsync policy or "off"
     for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 }
 stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
-run() { echo "\$ apsis bench $*"; $APSIS bench "$@"; }
 
 echo "## 50 connections, 1 KiB values, sync=-1 vs Redis without persistence"
 start_apsis -1; start_redis off

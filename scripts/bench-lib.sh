@@ -1,0 +1,12 @@
+# Shared by the bench-*.sh scripts (sourced): release build, a work directory and the
+# processes started, both cleaned up on exit, and `run` to print and run one bench row.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+cargo build --release -p apsis >/dev/null
+APSIS=./target/release/apsis
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+run() { echo "\$ apsis bench $*"; $APSIS bench "$@"; }
