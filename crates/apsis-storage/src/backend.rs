@@ -29,6 +29,10 @@ pub trait Backend: Send + Sync {
     fn set_read_only(&self, read_only: bool);
     /// Reclaims space held by removed and overwritten records (online).
     fn defrag(&self) -> Result<DefragReport>;
+    /// Drops the key's prepared, uncommitted record if it was stamped before `older_than`
+    /// (recovery's clean-up of abandoned uploads); the committed version, if any, stays.
+    /// Returns whether a record was dropped.
+    fn drop_prepared(&self, key: &Key, older_than: Timestamp) -> Result<bool>;
 }
 
 /// A write request reduced to one of the modes Elliptics defines.
@@ -153,6 +157,39 @@ pub fn check_cas(
         }
     }
     Ok(())
+}
+
+/// Whether a removal may write its tombstone, given the stored record's timestamp and
+/// whether it is a tombstone (`None`: never written; `other_state`: a damaged header or a
+/// prepared record exists). `CasMismatch` is the EBADFD case, `NotFound` the ENOENT one.
+pub fn check_remove(
+    req: &RemoveRequest,
+    stored: Option<(Timestamp, bool)>,
+    other_state: bool,
+) -> Result<()> {
+    if let Some(expected) = req.expect {
+        return match stored {
+            Some((ts, _)) if ts == expected => Ok(()),
+            _ => Err(StorageError::CasMismatch(
+                "the stored record is not the expected one",
+            )),
+        };
+    }
+    if let Some((ts, _)) = stored {
+        if req.cas_timestamp && ts > req.timestamp {
+            return Err(StorageError::CasMismatch("the stored record is newer"));
+        }
+    }
+    let allowed = match stored {
+        Some((_, false)) => true,
+        Some((ts, true)) => req.always_record && ts < req.timestamp,
+        None => req.always_record || other_state,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(StorageError::NotFound)
+    }
 }
 
 /// The checksum Elliptics reports and compares: sha512 of the data; all zeros for no data.

@@ -55,6 +55,11 @@ pub const CHECKS: &[Check] = &[
         "remove_of_missing_key_is_enoent_unless_recorded",
         remove_missing,
     ),
+    (
+        "conditional_removes_for_recovery",
+        conditional_remove,
+    ),
+    ("stale_prepared_records_are_dropped", drop_prepared),
     ("lookup_reports_file_info_and_checksum", lookup),
     ("nocsum_records_read_back", nocsum),
     ("large_objects_span_many_checksum_chunks", large_object),
@@ -575,7 +580,7 @@ fn cas_timestamp(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(20),
             always_record: false,
-        },
+        ..Default::default()},
     )
     .unwrap();
     assert!(
@@ -596,7 +601,7 @@ fn remove(b: &dyn Backend) {
             &RemoveRequest {
                 timestamp: ts(9),
                 always_record: false,
-            },
+            ..Default::default()},
         )
         .unwrap();
     assert!(t.is_removed());
@@ -608,8 +613,8 @@ fn remove(b: &dyn Backend) {
             &key,
             &RemoveRequest {
                 timestamp: ts(10),
-                always_record: false
-            }
+                always_record: false,
+            ..Default::default()}
         )),
         "removing twice"
     );
@@ -623,15 +628,15 @@ fn remove_missing(b: &dyn Backend) {
         &key,
         &RemoveRequest {
             timestamp: ts(1),
-            always_record: false
-        }
+            always_record: false,
+        ..Default::default()}
     )));
     b.remove(
         &key,
         &RemoveRequest {
             timestamp: ts(5),
             always_record: true,
-        },
+        ..Default::default()},
     )
     .unwrap();
     let it = b
@@ -654,9 +659,101 @@ fn remove_missing(b: &dyn Backend) {
         &key,
         &RemoveRequest {
             timestamp: ts(4),
-            always_record: true
+            always_record: true,
+        ..Default::default()}
+    )));
+}
+
+fn conditional_remove(b: &dyn Backend) {
+    let rm = |key: &Key, t: u64, cas: bool, expect: Option<u64>| {
+        b.remove(
+            key,
+            &RemoveRequest {
+                timestamp: ts(t),
+                always_record: true,
+                cas_timestamp: cas,
+                expect: expect.map(ts),
+            },
+        )
+    };
+    // CAS_TIMESTAMP: a propagated delete never removes a newer write...
+    let key = k("rm-cas");
+    put(b, &key, b"new", 10);
+    assert!(
+        matches!(rm(&key, 9, true, None), Err(StorageError::CasMismatch(_))),
+        "an older delete must not remove a newer record"
+    );
+    assert_eq!(get(b, &key).unwrap(), b"new");
+    // ...and a newer one does, recording the tombstone's own timestamp.
+    assert_eq!(rm(&key, 12, true, None).unwrap().timestamp, ts(12));
+    assert!(is_enoent(get(b, &key)));
+    // An equal or older tombstone is already there: ENOENT, nothing changes.
+    assert!(is_enoent(rm(&key, 12, true, None)));
+    assert!(matches!(
+        rm(&key, 11, true, None),
+        Err(StorageError::CasMismatch(_))
+    ));
+    // A missing key takes the tombstone (recovery propagates deletes to empty replicas).
+    let fresh = k("rm-cas-missing");
+    assert_eq!(rm(&fresh, 3, true, None).unwrap().timestamp, ts(3));
+    assert!(is_enoent(get(b, &fresh)));
+    // Expect: only the record with exactly that timestamp is replaced.
+    let key = k("rm-expect");
+    put(b, &key, b"v", 5);
+    assert!(matches!(
+        rm(&key, 0, false, Some(4)),
+        Err(StorageError::CasMismatch(_))
+    ));
+    assert_eq!(get(b, &key).unwrap(), b"v");
+    let t = rm(&key, 0, false, Some(5)).unwrap();
+    assert_eq!(t.timestamp, ts(0));
+    assert!(is_enoent(get(b, &key)));
+    assert!(
+        matches!(
+            rm(&k("rm-expect-missing"), 0, false, Some(1)),
+            Err(StorageError::CasMismatch(_))
+        ),
+        "a missing key never matches an expected timestamp"
+    );
+}
+
+fn drop_prepared(b: &dyn Backend) {
+    let key = k("stale-prep");
+    put(b, &key, b"committed", 5);
+    let prepare = |key: &Key, t: u64| {
+        b.write(
+            key,
+            &WriteRequest {
+                data: b"par",
+                prepare: Some(10),
+                timestamp: ts(t),
+                ..Default::default()
+            },
+        )
+        .expect("prepare")
+    };
+    prepare(&key, 20);
+    assert_eq!(b.stats().uncommitted_records, 1);
+    assert!(!b.drop_prepared(&key, ts(20)).unwrap(), "not older than 20");
+    assert!(b.drop_prepared(&key, ts(21)).unwrap());
+    assert_eq!(b.stats().uncommitted_records, 0);
+    assert!(!b.drop_prepared(&key, ts(21)).unwrap(), "already gone");
+    // The committed version is untouched, and a plain write finds no reservation.
+    assert_eq!(get(b, &key).unwrap(), b"committed");
+    assert!(is_enoent(b.write(
+        &key,
+        &WriteRequest {
+            data: b"x",
+            plain: true,
+            commit: Some(1),
+            timestamp: ts(30),
+            ..Default::default()
         }
     )));
+    let only = k("stale-prep-only");
+    prepare(&only, 1);
+    assert!(b.drop_prepared(&only, ts(2)).unwrap());
+    assert!(is_enoent(get(b, &only)));
 }
 
 fn lookup(b: &dyn Backend) {
@@ -848,7 +945,7 @@ fn iterate_flags(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(2),
             always_record: false,
-        },
+        ..Default::default()},
     )
     .unwrap();
     b.write(
@@ -906,8 +1003,8 @@ fn read_only(b: &dyn Backend) {
             &key,
             &RemoveRequest {
                 timestamp: ts(2),
-                always_record: false
-            }
+                always_record: false,
+            ..Default::default()}
         ),
         Err(StorageError::ReadOnly)
     ));
@@ -928,7 +1025,7 @@ fn stats(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(3),
             always_record: false,
-        },
+        ..Default::default()},
     )
     .unwrap();
     let s = b.stats();

@@ -214,12 +214,8 @@ impl Backend for MemoryBackend {
         self.check_writable()?;
         let mut st = self.state.write();
         let cur = st.records.get(key).cloned();
-        match &cur {
-            Some(r) if r.live() => {}
-            Some(r) if req.always_record && r.timestamp < req.timestamp => {}
-            None if req.always_record => {}
-            _ => return Err(StorageError::NotFound),
-        }
+        let stored = cur.as_ref().map(|r| (r.timestamp, !r.live()));
+        crate::backend::check_remove(req, stored, st.pending.contains_key(key))?;
         st.pending.remove(key);
         let rec = MemRecord {
             data: Vec::new(),
@@ -317,5 +313,14 @@ impl Backend for MemoryBackend {
 
     fn defrag(&self) -> Result<DefragReport> {
         Ok(DefragReport::default())
+    }
+    fn drop_prepared(&self, key: &Key, older_than: Timestamp) -> Result<bool> {
+        self.check_writable()?;
+        let mut st = self.state.write();
+        if st.pending.get(key).is_some_and(|p| p.timestamp < older_than) {
+            st.pending.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
     }
 }

@@ -109,8 +109,11 @@ pub mod record_flags {
     pub const UNCOMMITTED: u64 = 128;
     /// Data is covered by per-chunk checksums.
     pub const CHUNKED_CSUM: u64 = 256;
+    /// A prepared record dropped by recovery's clean-up of stale reservations (always with
+    /// UNCOMMITTED): it is never loaded again and defrag reclaims it.
+    pub const ABORTED: u64 = 512;
     /// The flags an engine stores; anything else in a header is a format error.
-    pub const STORED_MASK: u64 = REMOVE | NOCSUM | APPEND | UNCOMMITTED | CHUNKED_CSUM;
+    pub const STORED_MASK: u64 = REMOVE | NOCSUM | APPEND | UNCOMMITTED | CHUNKED_CSUM | ABORTED;
 }
 
 /// What a write does, decoded from Elliptics' ioflags by the caller.
@@ -200,8 +203,15 @@ pub struct ReadResult {
 #[derive(Clone, Debug, Default)]
 pub struct RemoveRequest {
     pub timestamp: Timestamp,
-    /// Record a tombstone even if the key is missing; never replaces a newer record.
+    /// Record a tombstone even if the key is missing; never replaces a newer tombstone.
     pub always_record: bool,
+    /// Refuse (`CasMismatch`, the EBADFD case) when the stored record, live or tombstone, is
+    /// newer than `timestamp`: a delete propagated by recovery never removes a newer write.
+    pub cas_timestamp: bool,
+    /// Only when the current record (live or tombstone) has exactly this timestamp, else
+    /// `CasMismatch`; a missing key never matches. Recovery's hand-off drops a copy this way,
+    /// so a write that arrived meanwhile is never lost. Overrides the rules above.
+    pub expect: Option<Timestamp>,
 }
 
 /// An inclusive key range.

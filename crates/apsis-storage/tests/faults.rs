@@ -269,7 +269,7 @@ fn power_lost_during_defrag_loses_nothing() {
                 &RemoveRequest {
                     timestamp: Timestamp::new(5000, 0),
                     always_record: false,
-                },
+                ..Default::default()},
             )
             .unwrap();
         }
@@ -566,7 +566,7 @@ fn a_real_directory_survives_restart_and_reports_its_stats() {
                 &RemoveRequest {
                     timestamp: Timestamp::new(9999, 0),
                     always_record: false,
-                },
+                ..Default::default()},
             )
             .unwrap();
         }
@@ -629,4 +629,60 @@ fn a_clean_shutdown_checkpoints_the_open_base_and_a_stale_checkpoint_is_never_tr
     );
     assert_eq!(get(&b, 100).unwrap(), b"after the checkpoint");
     assert_eq!(get(&b, 79).unwrap(), value(79, 3000));
+}
+
+#[test]
+fn a_dropped_reservation_stays_dropped_after_restart() {
+    // Small bases: the reservations end up in closed bases (sorted indexes) and in the open one.
+    let cfg = BlobConfig {
+        blob_size: 64 << 10,
+        ..quiet(-1)
+    };
+    let (dir, b) = sim(cfg.clone());
+    let prepare = |b: &BlobBackend, i: u64, t: u64| {
+        b.write(
+            &key(i),
+            &WriteRequest {
+                data: b"part",
+                prepare: Some(8192),
+                timestamp: Timestamp::new(t, 0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    };
+    for i in 0..20 {
+        put(&b, i, &value(i, 100)).unwrap();
+        prepare(&b, i, 100 + i);
+    }
+    assert_eq!(b.stats().uncommitted_records, 20);
+    // Drop the even ones (stamped before 200); the odd ones are younger than the cut-off.
+    for i in (0..20).step_by(2) {
+        assert!(b.drop_prepared(&key(i), Timestamp::new(200, 0)).unwrap());
+        assert!(!b.drop_prepared(&key(i + 1), Timestamp::new(100 + i, 0)).unwrap());
+    }
+    assert_eq!(b.stats().uncommitted_records, 10);
+    b.sync().unwrap();
+    drop(b);
+    let b = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap().0;
+    assert_eq!(b.stats().uncommitted_records, 10, "dropped records stay dropped");
+    for i in 0..20 {
+        assert_eq!(get(&b, i).unwrap(), value(i, 100), "committed data kept");
+    }
+    let prepared: Vec<Key> = b
+        .iterate(
+            &IterRequest {
+                include_uncommitted: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|it| it.info.is_uncommitted())
+        .map(|it| it.info.key)
+        .collect();
+    assert_eq!(prepared.len(), 10);
+    assert!(prepared.iter().all(|k| (0..20).step_by(2).all(|i| *k != key(i))));
 }

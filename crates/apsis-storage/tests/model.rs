@@ -233,7 +233,7 @@ impl Run {
                     &RemoveRequest {
                         timestamp: ts,
                         always_record: false,
-                    },
+                    ..Default::default()},
                 );
                 match r {
                     Ok(_) => {
@@ -455,7 +455,7 @@ impl Run {
                             &RemoveRequest {
                                 timestamp: Timestamp::new(self.clock + 1, 0),
                                 always_record: true,
-                            },
+                            ..Default::default()},
                         )
                         .expect("remove a torn key");
                     torn = true;

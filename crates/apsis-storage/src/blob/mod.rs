@@ -720,7 +720,9 @@ impl Inner {
                     }
                 }
             }
-            if flags & record_flags::UNCOMMITTED != 0 {
+            if flags & record_flags::ABORTED != 0 {
+                // A reservation recovery dropped: never loaded, and its space is dead.
+            } else if flags & record_flags::UNCOMMITTED != 0 {
                 if !have_committed && !have_pending {
                     have_pending = true;
                     pending.insert(e.key, loc);
@@ -1036,6 +1038,9 @@ impl crate::backend::Backend for BlobBackend {
     }
     fn defrag(&self) -> Result<DefragReport> {
         self.inner.defrag(self.inner.cfg.defrag_threshold)
+    }
+    fn drop_prepared(&self, key: &Key, older_than: Timestamp) -> Result<bool> {
+        self.inner.drop_prepared(key, older_than)
     }
 }
 

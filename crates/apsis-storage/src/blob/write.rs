@@ -468,6 +468,32 @@ impl Inner {
         RecordHeader::decode(&hb).map(|h| h.key)
     }
 
+    /// Drops the key's prepared record if it was stamped before `older_than`: its header is
+    /// marked ABORTED in place (so a restart never loads it) and it leaves the pending map.
+    pub(crate) fn drop_prepared(&self, key: &Key, older_than: Timestamp) -> Result<bool> {
+        self.check_writable()?;
+        let seq = {
+            let _g = self.key_lock(key).write();
+            let p = match self.locate_pending(key)? {
+                Located::Found(p) if p.hdr.timestamp < older_than => p,
+                _ => return Ok(false),
+            };
+            let mut h = p.hdr;
+            h.flags |= record_flags::ABORTED;
+            let seq = {
+                let mut w = self.writer.lock();
+                self.write_region_locked(&mut w, &p.base, p.loc.offset(), &h.encode())?;
+                w.seq += 1;
+                w.seq
+            };
+            self.pending.lock().remove(key);
+            self.forget_pending(&p.base, p.loc);
+            seq
+        };
+        self.after_write(seq)?;
+        Ok(true)
+    }
+
     /// Writes a tombstone.
     pub(crate) fn remove(&self, key: &Key, req: &RemoveRequest) -> Result<RecordInfo> {
         self.check_writable()?;
@@ -479,14 +505,8 @@ impl Inner {
                 Located::Absent => (None, None),
             };
             let had_pending = self.pending.lock().get(key).copied();
-            let allowed = match &cur {
-                Some(c) if !c.hdr.is_removed() => true,
-                Some(c) => req.always_record && c.hdr.timestamp < req.timestamp,
-                None => req.always_record || damaged.is_some() || had_pending.is_some(),
-            };
-            if !allowed {
-                return Err(StorageError::NotFound);
-            }
+            let stored = cur.as_ref().map(|c| (c.hdr.timestamp, c.hdr.is_removed()));
+            crate::backend::check_remove(req, stored, damaged.is_some() || had_pending.is_some())?;
             if let Some(p) = had_pending {
                 self.pending.lock().remove(key);
                 if let Some(b) = self.base(p.slot()) {
