@@ -55,10 +55,7 @@ pub const CHECKS: &[Check] = &[
         "remove_of_missing_key_is_enoent_unless_recorded",
         remove_missing,
     ),
-    (
-        "conditional_removes_for_recovery",
-        conditional_remove,
-    ),
+    ("conditional_removes_for_recovery", conditional_remove),
     ("stale_prepared_records_are_dropped", drop_prepared),
     ("lookup_reports_file_info_and_checksum", lookup),
     ("nocsum_records_read_back", nocsum),
@@ -580,7 +577,8 @@ fn cas_timestamp(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(20),
             always_record: false,
-        ..Default::default()},
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(
@@ -601,7 +599,8 @@ fn remove(b: &dyn Backend) {
             &RemoveRequest {
                 timestamp: ts(9),
                 always_record: false,
-            ..Default::default()},
+                ..Default::default()
+            },
         )
         .unwrap();
     assert!(t.is_removed());
@@ -614,7 +613,8 @@ fn remove(b: &dyn Backend) {
             &RemoveRequest {
                 timestamp: ts(10),
                 always_record: false,
-            ..Default::default()}
+                ..Default::default()
+            }
         )),
         "removing twice"
     );
@@ -629,14 +629,16 @@ fn remove_missing(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(1),
             always_record: false,
-        ..Default::default()}
+            ..Default::default()
+        }
     )));
     b.remove(
         &key,
         &RemoveRequest {
             timestamp: ts(5),
             always_record: true,
-        ..Default::default()},
+            ..Default::default()
+        },
     )
     .unwrap();
     let it = b
@@ -660,7 +662,8 @@ fn remove_missing(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(4),
             always_record: true,
-        ..Default::default()}
+            ..Default::default()
+        }
     )));
 }
 
@@ -945,7 +948,8 @@ fn iterate_flags(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(2),
             always_record: false,
-        ..Default::default()},
+            ..Default::default()
+        },
     )
     .unwrap();
     b.write(
@@ -1004,7 +1008,8 @@ fn read_only(b: &dyn Backend) {
             &RemoveRequest {
                 timestamp: ts(2),
                 always_record: false,
-            ..Default::default()}
+                ..Default::default()
+            }
         ),
         Err(StorageError::ReadOnly)
     ));
@@ -1025,7 +1030,8 @@ fn stats(b: &dyn Backend) {
         &RemoveRequest {
             timestamp: ts(3),
             always_record: false,
-        ..Default::default()},
+            ..Default::default()
+        },
     )
     .unwrap();
     let s = b.stats();

@@ -317,7 +317,11 @@ impl Backend for MemoryBackend {
     fn drop_prepared(&self, key: &Key, older_than: Timestamp) -> Result<bool> {
         self.check_writable()?;
         let mut st = self.state.write();
-        if st.pending.get(key).is_some_and(|p| p.timestamp < older_than) {
+        if st
+            .pending
+            .get(key)
+            .is_some_and(|p| p.timestamp < older_than)
+        {
             st.pending.remove(key);
             return Ok(true);
         }

@@ -269,7 +269,8 @@ fn power_lost_during_defrag_loses_nothing() {
                 &RemoveRequest {
                     timestamp: Timestamp::new(5000, 0),
                     always_record: false,
-                ..Default::default()},
+                    ..Default::default()
+                },
             )
             .unwrap();
         }
@@ -566,7 +567,8 @@ fn a_real_directory_survives_restart_and_reports_its_stats() {
                 &RemoveRequest {
                     timestamp: Timestamp::new(9999, 0),
                     always_record: false,
-                ..Default::default()},
+                    ..Default::default()
+                },
             )
             .unwrap();
         }
@@ -659,13 +661,19 @@ fn a_dropped_reservation_stays_dropped_after_restart() {
     // Drop the even ones (stamped before 200); the odd ones are younger than the cut-off.
     for i in (0..20).step_by(2) {
         assert!(b.drop_prepared(&key(i), Timestamp::new(200, 0)).unwrap());
-        assert!(!b.drop_prepared(&key(i + 1), Timestamp::new(100 + i, 0)).unwrap());
+        assert!(!b
+            .drop_prepared(&key(i + 1), Timestamp::new(100 + i, 0))
+            .unwrap());
     }
     assert_eq!(b.stats().uncommitted_records, 10);
     b.sync().unwrap();
     drop(b);
     let b = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap().0;
-    assert_eq!(b.stats().uncommitted_records, 10, "dropped records stay dropped");
+    assert_eq!(
+        b.stats().uncommitted_records,
+        10,
+        "dropped records stay dropped"
+    );
     for i in 0..20 {
         assert_eq!(get(&b, i).unwrap(), value(i, 100), "committed data kept");
     }
@@ -684,5 +692,7 @@ fn a_dropped_reservation_stays_dropped_after_restart() {
         .map(|it| it.info.key)
         .collect();
     assert_eq!(prepared.len(), 10);
-    assert!(prepared.iter().all(|k| (0..20).step_by(2).all(|i| *k != key(i))));
+    assert!(prepared
+        .iter()
+        .all(|k| (0..20).step_by(2).all(|i| *k != key(i))));
 }

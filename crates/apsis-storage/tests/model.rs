@@ -233,7 +233,8 @@ impl Run {
                     &RemoveRequest {
                         timestamp: ts,
                         always_record: false,
-                    ..Default::default()},
+                        ..Default::default()
+                    },
                 );
                 match r {
                     Ok(_) => {
@@ -455,7 +456,8 @@ impl Run {
                             &RemoveRequest {
                                 timestamp: Timestamp::new(self.clock + 1, 0),
                                 always_record: true,
-                            ..Default::default()},
+                                ..Default::default()
+                            },
                         )
                         .expect("remove a torn key");
                     torn = true;

@@ -209,7 +209,8 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let req = RemoveRequest {
         timestamp: ts_in(io.timestamp),
         always_record: false,
-    ..Default::default()};
+        ..Default::default()
+    };
     run(&slot, move || engine.remove(&key, &req)).await?;
     Ok(())
 }
