@@ -13,6 +13,7 @@
 //! - [`control`]: [`NodeInfo`] (REVERSE_LOOKUP / JOIN), [`RouteList`], [`Auth`], [`NodeStatus`],
 //!   [`MonitorStatRequest`], [`BackendControl`], [`BackendStatus`], [`BackendStatusList`].
 //! - [`iterator`]: [`IteratorRequest`], [`IteratorResponse`], [`BulkRead`].
+//! - [`recovery`]: Apsis' recovery commands (new numbers): range digests, version lists, SYNC, JOB.
 //! - [`wire`]: the little-endian [`wire::Reader`] and [`wire::Put`] every decoder uses.
 //!
 //! It is not a client or a server: `apsis-client` and `apsis-node` drive it.
@@ -22,6 +23,7 @@ pub mod control;
 pub mod header;
 pub mod io;
 pub mod iterator;
+pub mod recovery;
 pub mod wire;
 
 pub use consts::{cflags, cmd, errno, ioflags, record_flags, VERSION};

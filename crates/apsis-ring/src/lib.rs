@@ -12,8 +12,10 @@
 //!   ([`RouteTable::set_node`]), changed by UPDATE_IDS ([`RouteTable::update`]) and by failure
 //!   detection ([`RouteTable::remove_node`]); answers [`RouteTable::owner`] and
 //!   [`RouteTable::previous_owner`] (who owned an id before a backend's points arrived).
+//! - Ranges, for recovery: [`RouteTable::ranges`] (the inclusive id ranges each backend of a
+//!   group owns, covering the whole id space) and [`intersect`].
 
-use apsis_proto::BackendIds;
+use apsis_proto::{BackendIds, IdRange};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -109,6 +111,30 @@ impl RouteTable {
             .any(|v| v.iter().any(|(_, r)| r.addr == addr))
     }
 
+    /// The inclusive id ranges each backend of `group` owns, in id order; together they
+    /// cover the whole id space exactly once (empty when no backend serves the group). The
+    /// last point's range wraps: it is split into its part up to the largest id and the part
+    /// from id zero to just below the first point.
+    pub fn ranges(&self, group: u32) -> Vec<(IdRange, Route)> {
+        let Some(v) = self.groups.get(&group).filter(|v| !v.is_empty()) else {
+            return Vec::new();
+        };
+        let last = v[v.len() - 1].1;
+        let mut out = Vec::with_capacity(v.len() + 1);
+        if v[0].0 != [0; 64] {
+            out.push((range(&[0; 64], &dec(&v[0].0)), last));
+        }
+        for (i, (p, r)) in v.iter().enumerate() {
+            match v.get(i + 1) {
+                // Equal points: the last of them owns the id (owner_index), the others nothing.
+                Some((next, _)) if next == p => {}
+                Some((next, _)) => out.push((range(p, &dec(next)), *r)),
+                None => out.push((range(p, &[0xff; 64]), *r)),
+            }
+        }
+        out
+    }
+
     /// Every (group, ring point, route), sorted by group then point.
     pub fn entries(&self) -> Vec<(u32, [u8; 64], Route)> {
         self.groups
@@ -116,6 +142,43 @@ impl RouteTable {
             .flat_map(|(g, v)| v.iter().map(move |(id, r)| (*g, *id, *r)))
             .collect()
     }
+}
+
+fn range(begin: &[u8; 64], end: &[u8; 64]) -> IdRange {
+    IdRange {
+        begin: *begin,
+        end: *end,
+    }
+}
+
+/// `id − 1` (for `id > 0`).
+fn dec(id: &[u8; 64]) -> [u8; 64] {
+    let mut r = *id;
+    for b in r.iter_mut().rev() {
+        let (v, borrow) = b.overflowing_sub(1);
+        *b = v;
+        if !borrow {
+            break;
+        }
+    }
+    r
+}
+
+/// The ids both range lists cover, as sorted, disjoint inclusive ranges. Inputs need not be
+/// sorted.
+pub fn intersect(a: &[IdRange], b: &[IdRange]) -> Vec<IdRange> {
+    let mut out: Vec<IdRange> = Vec::new();
+    for x in a {
+        for y in b {
+            let begin = x.begin.max(y.begin);
+            let end = x.end.min(y.end);
+            if begin <= end {
+                out.push(IdRange { begin, end });
+            }
+        }
+    }
+    out.sort_by(|p, q| p.begin.cmp(&q.begin));
+    out
 }
 
 #[cfg(test)]
@@ -133,6 +196,51 @@ mod tests {
             flags: 0,
             ids: ids.iter().map(|&x| [x; 64]).collect(),
         }
+    }
+
+    #[test]
+    fn ranges_cover_the_id_space_and_agree_with_owner() {
+        let (a, c) = (addr(1), addr(2));
+        let mut t = RouteTable::default();
+        t.set_node(a, &[b(1, 1, &[0x40, 0xc0])]);
+        t.set_node(c, &[b(2, 1, &[0x80])]);
+        let r = t.ranges(1);
+        assert_eq!(r.len(), 4, "wrap part, then one per point");
+        assert_eq!(r[0].0.begin, [0; 64]);
+        assert_eq!(r[r.len() - 1].0.end, [0xff; 64]);
+        for w in r.windows(2) {
+            let mut next = w[0].0.end;
+            // end + 1 == next begin: contiguous.
+            for byte in next.iter_mut().rev() {
+                let (v, carry) = byte.overflowing_add(1);
+                *byte = v;
+                if !carry {
+                    break;
+                }
+            }
+            assert_eq!(next, w[1].0.begin);
+        }
+        for (range, route) in &r {
+            for id in [range.begin, range.end] {
+                assert_eq!(t.owner(1, &id), Some(*route));
+            }
+        }
+        assert!(t.ranges(9).is_empty());
+        // A single point at zero owns everything in one range.
+        let mut one = RouteTable::default();
+        one.set_node(a, &[b(1, 1, &[0])]);
+        assert_eq!(one.ranges(1).len(), 1);
+        // Intersection.
+        let mine: Vec<IdRange> = r
+            .iter()
+            .filter(|(_, rt)| rt.addr == a)
+            .map(|(x, _)| *x)
+            .collect();
+        let half = [range(&[0; 64], &[0x7f; 64])];
+        let i = intersect(&mine, &half);
+        assert_eq!(i.len(), 2);
+        assert_eq!(i[1].begin, [0x40; 64]);
+        assert_eq!(i[1].end, [0x7f; 64]);
     }
 
     #[test]
