@@ -25,7 +25,9 @@ pub mod routes;
 pub mod session;
 
 pub use error::{ClientError, Result};
-pub use session::{Checker, GroupResult, IterItem, IterOptions, ReadResult, Session, WriteResult};
+pub use session::{
+    Checker, GroupResult, IterItem, IterOptions, JobStream, ReadResult, Session, WriteResult,
+};
 
 use apsis_proto::{cflags, cmd, Addr, Header, NodeInfo, RouteList, VERSION};
 use conn::Conn;

@@ -813,6 +813,27 @@ impl Session {
         })
     }
 
+    /// Starts a recovery job (merge or dc) on the node at `addr`, on one backend or all of
+    /// them, and returns its progress stream. Dropping the stream closes nothing by itself;
+    /// the job stops when the connection goes away and can be resumed.
+    pub async fn recovery_job(
+        &self,
+        addr: SocketAddr,
+        backend: Option<u32>,
+        req: &apsis_proto::recovery::JobRequest,
+    ) -> Result<JobStream> {
+        let conn = self.client.conn(addr).await?;
+        let mut h = Header::new(apsis_proto::recovery::cmd::JOB, cflags::NEED_ACK);
+        h.backend_id = backend.map_or(-1, |b| b as i32);
+        h.trans = next_trans();
+        let rx = conn.send(h, &req.encode()).await?;
+        Ok(JobStream {
+            rx,
+            done: false,
+            addr,
+        })
+    }
+
     /// PAUSE / CONTINUE / CANCEL a running iterator on `addr`.
     pub async fn iterator_control(
         &self,
@@ -984,6 +1005,43 @@ impl Session {
 }
 
 /// The records of a running iterator.
+/// The progress reports of a recovery job running on a node (see [`Session::recovery_job`]).
+pub struct JobStream {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    done: bool,
+    pub addr: SocketAddr,
+}
+
+impl JobStream {
+    /// The next progress report (a JSON object); `None` when the job finished. A job may
+    /// go quiet for a long time (a large digest), so there is no per-report timeout.
+    pub async fn next(&mut self) -> Option<Result<serde_json::Value>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let Some(f) = self.rx.recv().await else {
+                self.done = true;
+                return Some(Err(ClientError::Connection {
+                    addr: self.addr.to_string(),
+                    msg: "closed during the recovery job".into(),
+                }));
+            };
+            if !f.header.has_more() {
+                self.done = true;
+                return status_err(&f).err().map(Err);
+            }
+            if f.payload.is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_slice(&f.payload)
+                    .map_err(|e| ClientError::Protocol(format!("recovery progress: {e}"))),
+            );
+        }
+    }
+}
+
 pub struct IterStream {
     rx: mpsc::UnboundedReceiver<Frame>,
     timeout: Duration,

@@ -18,6 +18,15 @@
 //! log_level = "info"
 //! worker_threads = 0                # 0 = one per core
 //!
+//! [recovery]                        # see apsis_node::recovery
+//! auto = true                       # merge and dc in the background
+//! interval_secs = 60
+//! rate_keys = 20000                 # copies per second, 0 = no limit
+//! rate_bytes = "64M"                # bytes copied per second, 0 = no limit
+//! prepare_timeout_secs = 86400      # prepared records older than this are dropped
+//! scrub_interval_secs = 604800      # verify every record this often, 0 = never
+//! chunk_keys = 32768                # versions held in memory per side
+//!
 //! [[backend]]
 //! id = 1
 //! group = 1
@@ -63,6 +72,7 @@ pub struct NodeConfig {
     /// Runtime worker threads; 0 = one per core.
     pub worker_threads: usize,
     pub backends: Vec<BackendConfig>,
+    pub recovery: crate::recovery::RecoveryConfig,
     /// Keys found in the file that Apsis does not know or does not act on, for the operator.
     pub ignored_keys: Vec<String>,
 }
@@ -129,6 +139,7 @@ impl NodeConfig {
             log_level: "info".into(),
             worker_threads: 0,
             backends: vec![BackendConfig::new(1, 1, data_dir.join("backend-1"))],
+            recovery: Default::default(),
             ignored_keys: Vec::new(),
         }
     }
@@ -200,6 +211,30 @@ impl NodeConfig {
         }
         if let Some(v) = n.worker_threads {
             cfg.worker_threads = v;
+        }
+        if let Some(r) = file.recovery {
+            let c = &mut cfg.recovery;
+            if let Some(v) = r.auto {
+                c.auto = v;
+            }
+            if let Some(v) = r.interval_secs {
+                c.interval_secs = v;
+            }
+            if let Some(v) = r.rate_keys {
+                c.rate_keys = v;
+            }
+            if let Some(v) = r.rate_bytes {
+                c.rate_bytes = parse_size(&v)?;
+            }
+            if let Some(v) = r.prepare_timeout_secs {
+                c.prepare_timeout_secs = v;
+            }
+            if let Some(v) = r.scrub_interval_secs {
+                c.scrub_interval_secs = v;
+            }
+            if let Some(v) = r.chunk_keys {
+                c.chunk_keys = v.clamp(1, 10_000_000);
+            }
         }
         for b in file.backend.unwrap_or_default() {
             let mut bc = BackendConfig::new(b.id, b.group, &b.dir);
@@ -308,6 +343,19 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 struct TomlFile {
     node: Option<TomlNode>,
     backend: Option<Vec<TomlBackend>>,
+    recovery: Option<TomlRecovery>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlRecovery {
+    auto: Option<bool>,
+    interval_secs: Option<u64>,
+    rate_keys: Option<u64>,
+    rate_bytes: Option<String>,
+    prepare_timeout_secs: Option<u64>,
+    scrub_interval_secs: Option<u64>,
+    chunk_keys: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]

@@ -21,6 +21,8 @@
 //!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::iterator`, `cmd::system`
 //!   (REVERSE_LOOKUP, JOIN, ROUTE_LIST, AUTH, STATUS), `cmd::backend` (BACKEND_CONTROL,
 //!   BACKEND_STATUS), `cmd::monitor` (MONITOR_STAT).
+//! - [`recovery`]: merge and dc, in the background and as jobs (`apsis recovery`), with the
+//!   DIGEST / LIST / SYNC / JOB commands in `cmd::recovery`.
 //! - [`monitor`]: the statistics JSON and Prometheus text, and the HTTP monitor server.
 //! - `locks`: per-key serialisation; `stats`: counters.
 
@@ -31,6 +33,7 @@ pub mod config;
 mod conn;
 mod locks;
 pub mod monitor;
+pub mod recovery;
 mod reply;
 mod server;
 mod stats;
@@ -63,6 +66,8 @@ pub struct Ctx {
     pub joined: Mutex<HashMap<u64, Vec<Addr>>>,
     /// Peers, the cluster route table, forwarding.
     pub cluster: cluster::Cluster,
+    /// Recovery's counters, pacing and job lock.
+    pub recovery: recovery::Recovery,
     /// Current log level as Elliptics numbers it (0 debug .. 4 error).
     pub log_level: AtomicU32,
     pub log_setter: Option<LogLevelSetter>,

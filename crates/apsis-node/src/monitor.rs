@@ -148,6 +148,7 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
         top.insert("procfs".into(), procfs());
     }
     if categories & MonitorStatRequest::STATS != 0 {
+        top.insert("recovery".into(), ctx.recovery.json());
         top.insert(
             "stats".into(),
             json!({"uptime_secs": ctx.started.elapsed().as_secs(), "read_only": ctx.read_only.load(Relaxed)}),
@@ -250,6 +251,33 @@ pub fn prometheus(ctx: &Ctx) -> String {
         ctx.stats.forwarded.load(Relaxed),
         ctx.cluster.client.nodes().len()
     );
+    {
+        let c = &ctx.recovery.counters;
+        for (name, v) in [
+            ("rounds", &c.rounds),
+            ("jobs", &c.jobs),
+            ("buckets_compared", &c.buckets_compared),
+            ("buckets_differing", &c.buckets_differing),
+            ("keys_compared", &c.keys_compared),
+            ("copied_keys", &c.copied_keys),
+            ("copied_bytes", &c.copied_bytes),
+            ("handed_off", &c.handed_off),
+            ("prepared_dropped", &c.prepared_dropped),
+            ("repaired", &c.repaired),
+            ("errors", &c.errors),
+        ] {
+            let _ = writeln!(
+                s,
+                "# TYPE apsis_recovery_{name}_total counter\napsis_recovery_{name}_total {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# TYPE apsis_recovery_running gauge\napsis_recovery_running {}",
+            (ctx.recovery.json()["state"] == "running") as u8
+        );
+    }
     let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in.load(Relaxed), ctx.stats.bytes_out.load(Relaxed));
     s.push_str("# TYPE apsis_backend_state gauge\n# TYPE apsis_backend_records gauge\n# TYPE apsis_backend_removed_records gauge\n# TYPE apsis_backend_bytes gauge\n# TYPE apsis_backend_index_memory_bytes gauge\n# TYPE apsis_backend_fsyncs_total counter\n");
     for slot in ctx.backends.slots() {

@@ -72,6 +72,7 @@ impl Node {
         let ctx = Arc::new_cyclic(|weak| Ctx {
             backends: Backends::new(&cfg.backends),
             cluster: crate::cluster::Cluster::new(&cfg, &addrs, weak.clone()),
+            recovery: crate::recovery::Recovery::new(cfg.recovery.clone()),
             addrs,
             read_only: AtomicBool::new(false),
             stats: Default::default(),
@@ -99,6 +100,7 @@ impl Node {
         }
         ctx.cluster.set_local_routes(&ctx);
         ctx.cluster.join_remotes(&ctx.cfg.remotes);
+        crate::recovery::start(&ctx);
         let mut tasks = Vec::new();
         let conn_ids = Arc::new(AtomicU64::new(1));
         for (_, l) in listeners {

@@ -177,7 +177,7 @@ pub fn intersect(a: &[IdRange], b: &[IdRange]) -> Vec<IdRange> {
             }
         }
     }
-    out.sort_by(|p, q| p.begin.cmp(&q.begin));
+    out.sort_by_key(|r| r.begin);
     out
 }
 

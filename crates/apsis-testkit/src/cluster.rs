@@ -30,6 +30,9 @@ pub struct ClusterSpec {
     pub stall_count: u32,
     /// Backend `sync`.
     pub sync: i64,
+    /// The `[recovery]` section. By default background recovery is off, so a test sees
+    /// exactly the faults it makes; recovery tests turn it on with a short interval.
+    pub recovery: String,
 }
 
 impl ClusterSpec {
@@ -42,6 +45,7 @@ impl ClusterSpec {
             check_timeout_secs: 1,
             stall_count: 2,
             sync: -1,
+            recovery: "auto = false".into(),
         }
     }
 
@@ -131,6 +135,7 @@ impl Cluster {
         let _ = writeln!(t, "check_timeout_secs = {}", self.spec.check_timeout_secs);
         let _ = writeln!(t, "stall_count = {}", self.spec.stall_count);
         let _ = writeln!(t, "worker_threads = 2");
+        let _ = writeln!(t, "\n[recovery]\n{}", self.spec.recovery);
         for (b, g) in self.spec.nodes[i].iter().enumerate() {
             let _ = writeln!(t, "\n[[backend]]");
             let _ = writeln!(t, "id = {}", b + 1);
@@ -230,6 +235,27 @@ impl Cluster {
     pub fn resume(&mut self, i: usize) {
         self.nodes[i].signal("-CONT");
         self.nodes[i].paused = false;
+    }
+
+    /// Loses a killed node's data (its disk was replaced): every backend file goes except the
+    /// `ids` file, so the node comes back at the same ring points, empty.
+    pub fn wipe(&mut self, i: usize) -> std::io::Result<()> {
+        assert!(!self.nodes[i].is_running(), "kill node {i} first");
+        for b in 0..self.spec.nodes[i].len() {
+            let d = self.nodes[i].dir.join(format!("b{}", b + 1));
+            for e in std::fs::read_dir(&d)? {
+                let p = e?.path();
+                if p.file_name().is_some_and(|n| n != "ids") {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The network namespace node `i` runs in (namespaces only), to run a client beside it.
+    pub fn netns(&self, i: usize) -> Option<String> {
+        self.fabric.as_ref().map(|f| f.ns(i))
     }
 
     /// Starts a killed node again: same address, same data, every other node as a remote.

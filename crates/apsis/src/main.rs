@@ -6,6 +6,7 @@
 //! apsis ls [--group G]        list keys through the iterator
 //! apsis stat | routes | status [--ro|--rw] [--log-level L] | backend status|enable|disable|defrag|read-only|writable
 //! apsis bench [...]           load generator against an Apsis node or a Redis server
+//! apsis recovery merge|dc [--node A [--backend B]] [--dry-run] [--since T] [--resume] [--verify]
 //! ```
 //!
 //! # Layout
@@ -17,6 +18,7 @@
 mod admin;
 mod bench;
 mod objects;
+mod recovery;
 mod server;
 
 use clap::{Args, Parser, Subcommand};
@@ -127,6 +129,8 @@ enum Cmd {
     Backend(admin::BackendArgs),
     /// Load generator against an Apsis node or a Redis server.
     Bench(bench::BenchArgs),
+    /// Run recovery now: merge (inside groups) or dc (across groups), with progress.
+    Recovery(recovery::RecoveryArgs),
 }
 
 fn main() {
@@ -151,6 +155,7 @@ fn main() {
                     Cmd::Status(a) => admin::status(a).await,
                     Cmd::Backend(a) => admin::backend(a).await,
                     Cmd::Bench(a) => bench::run(a).await,
+                    Cmd::Recovery(a) => recovery::run(a).await,
                     Cmd::Server(_) => unreachable!("handled above"),
                 }
             })

@@ -66,7 +66,7 @@ fn storage_errno(e: StorageError) -> i32 {
     e.errno()
 }
 
-fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
+pub(crate) fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
     if ctx.read_only.load(Relaxed) || slot.state.lock().read_only {
         return Err(-errno::EROFS);
     }
@@ -75,7 +75,10 @@ fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
 
 /// Runs an engine mutation, then, on a `sync = 0` backend, waits for the group commit that
 /// makes it durable before it is acknowledged.
-async fn run<T>(slot: &Slot, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, i32> {
+pub(crate) async fn run<T>(
+    slot: &Slot,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, i32> {
     let r = f().map_err(storage_errno)?;
     let syncer = slot.state.lock().syncer.clone();
     if let Some(s) = syncer {
@@ -206,10 +209,15 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     node_writable(ctx, &slot)?;
     let _g = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
+    // CAS_TIMESTAMP on DEL (an Apsis extension, what recovery sends): record the tombstone
+    // at the request's timestamp even where the key is missing, unless something newer is
+    // stored (−EBADFD).
+    let cas = io.flags & ioflags::CAS_TIMESTAMP != 0;
     let req = RemoveRequest {
         timestamp: ts_in(io.timestamp),
-        always_record: false,
-        ..Default::default()
+        always_record: cas,
+        cas_timestamp: cas,
+        expect: None,
     };
     run(&slot, move || engine.remove(&key, &req)).await?;
     Ok(())

@@ -8,11 +8,13 @@ pub mod backend;
 pub mod io;
 pub mod iterator;
 pub mod monitor;
+pub mod recovery;
 pub mod system;
 
 use crate::backends::Slot;
 use crate::reply::{Out, Sink};
 use crate::Ctx;
+use apsis_proto::recovery::cmd as rp;
 use apsis_proto::{cflags, cmd, errno, Header};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -118,6 +120,10 @@ async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> 
         cmd::MONITOR_STAT => monitor::handle(ctx, out, payload).await,
         cmd::BACKEND_CONTROL => backend::control(ctx, out, payload).await,
         cmd::BACKEND_STATUS => backend::status(ctx, out).await,
+        rp::DIGEST => recovery::digest(ctx, out, payload).await,
+        rp::LIST => recovery::list(ctx, out, payload).await,
+        rp::SYNC => recovery::sync(ctx, out).await,
+        rp::JOB => recovery::job(ctx, out, payload).await,
         other => {
             tracing::debug!(cmd = other, "unsupported command");
             Err(-errno::ENOTSUP)
@@ -136,7 +142,8 @@ fn serving_backend(ctx: &Ctx, hdr: &Header) -> (i32, Option<Arc<Slot>>) {
         | cmd::STATUS
         | cmd::MONITOR_STAT
         | cmd::BACKEND_CONTROL
-        | cmd::BACKEND_STATUS => (-1, None),
+        | cmd::BACKEND_STATUS
+        | rp::JOB => (-1, None),
         _ if hdr.flags & cflags::DIRECT_BACKEND != 0 => (
             hdr.backend_id,
             ctx.backends.get(hdr.backend_id as u32).cloned(),

@@ -1,0 +1,383 @@
+//! Recovery tests: real clusters (apsis-testkit), a fault, then recovery — background or
+//! started with `apsis recovery` — and a comparison of every key in every group: each group
+//! must hold the newest copy (same data and timestamp), no acknowledged write may be lost and
+//! no deleted key may come back.
+
+use apsis_client::{Checker, Client, Session};
+use apsis_proto::{cflags, Time};
+use apsis_testkit::{corrupt_copy, Cluster, ClusterSpec, Net};
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_apsis");
+
+/// Background recovery every second, unthrottled, small chunks (so chunking is exercised).
+const AUTO: &str =
+    "auto = true\ninterval_secs = 1\nrate_keys = 0\nrate_bytes = \"0\"\nchunk_keys = 64";
+
+fn spec(nodes: Vec<Vec<u32>>, recovery: &str) -> ClusterSpec {
+    ClusterSpec {
+        recovery: recovery.into(),
+        ..ClusterSpec::new(nodes, Net::Loopback)
+    }
+}
+
+fn session(c: &Client, groups: Vec<u32>) -> Session {
+    let mut s = c.session(groups);
+    s.checker = Checker::All;
+    s.timeout = Duration::from_secs(2);
+    s
+}
+
+/// What group `g` holds for each key: read at the owner only (DIRECT: no forwarding, no
+/// previous-owner fallback), without read-repair, so divergence is seen as it is.
+async fn snapshot(c: &Client, g: u32, keys: &[String]) -> Vec<Option<(Time, Vec<u8>)>> {
+    let mut s = c.session(vec![g]);
+    s.read_repair = false;
+    s.cflags = cflags::DIRECT;
+    s.timeout = Duration::from_secs(2);
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        out.push(match s.read(k.as_bytes(), 0, 0).await {
+            Ok(r) => Some((r.io.timestamp, r.data)),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => panic!("group {g} key {k}: {e}"),
+        });
+    }
+    out
+}
+
+/// Waits until every group holds exactly `expect` (value or absence) for every key.
+async fn wait_converged(
+    c: &Client,
+    groups: &[u32],
+    keys: &[String],
+    expect: &HashMap<String, Option<Vec<u8>>>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut bad = Vec::new();
+        let mut ts: HashMap<&str, Time> = HashMap::new();
+        for &g in groups {
+            for (k, got) in keys.iter().zip(snapshot(c, g, keys).await) {
+                let want = &expect[k];
+                let data = got.as_ref().map(|x| &x.1);
+                if data != want.as_ref() {
+                    bad.push(format!(
+                        "group {g} {k}: {}",
+                        if got.is_some() {
+                            "wrong or stale"
+                        } else {
+                            "missing"
+                        }
+                    ));
+                } else if let Some((t, _)) = got {
+                    // Same copy everywhere: the timestamps agree too.
+                    if *ts.entry(k).or_insert(t) != t {
+                        bad.push(format!("group {g} {k}: timestamp differs"));
+                    }
+                }
+            }
+        }
+        if bad.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after {within:?}: {} differences, e.g. {:?}",
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn recovery_stats(s: &Session, addr: std::net::SocketAddr) -> serde_json::Value {
+    s.monitor_stat(addr, apsis_proto::MonitorStatRequest::STATS)
+        .await
+        .expect("monitor")["recovery"]
+        .clone()
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Writes every key to every group, then removes every tenth: the expected final state.
+async fn populate(s: &Session, keys: &[String]) -> HashMap<String, Option<Vec<u8>>> {
+    let mut expect = HashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        let v = format!("{k}={}", "v".repeat(200)).into_bytes();
+        s.write(k.as_bytes(), &v).await.expect("write");
+        expect.insert(k.clone(), Some(v));
+        if i % 10 == 0 {
+            s.remove(k.as_bytes()).await.expect("remove");
+            expect.insert(k.clone(), None);
+        }
+    }
+    expect
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_refilled_and_deletes_stay_deleted() {
+    let mut c = Cluster::start(BIN, spec(vec![vec![1], vec![2], vec![3]], AUTO)).unwrap();
+    let client = c.client().await;
+    let s = session(&client, vec![1, 2, 3]);
+    let ks = keys("wipe", 300);
+    let mut expect = populate(&s, &ks).await;
+    c.kill(2);
+    c.wipe(2).unwrap();
+    // While it is away: more writes and deletes reach groups 1 and 2 only.
+    let mut s2 = s.clone();
+    s2.checker = Checker::AtLeastOne;
+    for k in ks.iter().skip(1).step_by(7) {
+        let v = format!("{k}=second").into_bytes();
+        s2.write(k.as_bytes(), &v).await.expect("write while down");
+        expect.insert(k.clone(), Some(v));
+    }
+    for k in ks.iter().skip(2).step_by(9) {
+        let _ = s2.remove(k.as_bytes()).await;
+        expect.insert(k.clone(), None);
+    }
+    c.restart(2).unwrap();
+    let client = c.client().await;
+    wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(40)).await;
+    let st = recovery_stats(&session(&client, vec![1]), c.nodes[0].addr).await;
+    assert!(st["rounds"].as_u64().unwrap() > 0, "{st}");
+    // Node 0 (the smaller address of its pairs, or node 1) copied the missing keys.
+    let copied: u64 = {
+        let mut n = 0;
+        for node in &c.nodes {
+            n += recovery_stats(&session(&client, vec![1]), node.addr).await["copied_keys"]
+                .as_u64()
+                .unwrap();
+        }
+        n
+    };
+    assert!(copied >= 250, "copied {copied} keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_kill_converge_after_restart() {
+    let mut c = Cluster::start(BIN, spec(vec![vec![1], vec![2], vec![3]], AUTO)).unwrap();
+    let client = c.client().await;
+    let s = session(&client, vec![1, 2, 3]);
+    let ks = keys("kill", 120);
+    let mut expect = populate(&s, &ks).await;
+    let mut q = s.clone();
+    q.checker = Checker::Quorum;
+    // Load while node 1 dies: every quorum write acknowledged must survive.
+    let load = {
+        let q = q.clone();
+        let ks = ks.clone();
+        tokio::spawn(async move {
+            let mut acked = HashMap::new();
+            for round in 0..6 {
+                for k in ks.iter().skip(round % 3).step_by(3) {
+                    let v = format!("{k}=r{round}").into_bytes();
+                    match q.write(k.as_bytes(), &v).await {
+                        Ok(_) => {
+                            acked.insert(k.clone(), Some(v));
+                        }
+                        // Unacknowledged: either value may win; recovery must still make
+                        // the groups agree, checked below against what they hold.
+                        Err(_) => {
+                            acked.remove(k);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.kill(1);
+    let acked = load.await.unwrap();
+    c.restart(1).unwrap();
+    for (k, v) in acked {
+        expect.insert(k, v);
+    }
+    let client = c.client().await;
+    wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(40)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_hands_keys_to_a_new_node_with_dry_run_first() {
+    // Background recovery off: the operator runs merge with the CLI.
+    let mut c = Cluster::start(BIN, spec(vec![vec![1]], "auto = false")).unwrap();
+    let client = c.client().await;
+    let s = session(&client, vec![1]);
+    let ks = keys("merge", 300);
+    let expect = populate(&s, &ks).await;
+    c.add_node(vec![1]).unwrap();
+    let client = c.client().await;
+    let remote = c.nodes[0].addr.to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["-r", &remote, "-g", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let dry = cli(&["recovery", "merge", "--node", &remote, "--dry-run"]);
+    assert!(dry.contains("would copy"), "{dry}");
+    let would: u64 = dry
+        .split("hand off ")
+        .nth(1)
+        .and_then(|x| x.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(would > 0, "the new node owns part of the ring: {dry}");
+    // Nothing moved yet: the new node misses those keys (reads still work via fallback).
+    let new_side = snapshot(&client, 1, &ks).await;
+    assert!(new_side
+        .iter()
+        .zip(&ks)
+        .any(|(x, k)| x.is_none() && expect[k].is_some()));
+    let out = cli(&["recovery", "merge"]);
+    assert!(out.contains("handed off"), "{out}");
+    // Every key is at its owner now, and node 0 keeps none of the new node's keys.
+    wait_converged(&client, &[1], &ks, &expect, Duration::from_secs(5)).await;
+    let st = recovery_stats(&s, c.nodes[0].addr).await;
+    assert_eq!(st["handed_off"].as_u64(), Some(would), "{st}");
+    // A second run finds nothing to do.
+    let again = cli(&["recovery", "merge", "--json"]);
+    assert!(again.contains("\"handed_off\":0"), "{again}");
+    // dc with --since in the future compares nothing.
+    let since = cli(&["recovery", "dc", "--since", "4102444800"]);
+    assert!(since.contains("copied 0 keys"), "{since}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_replica_is_repaired_by_verify_and_prepared_leftovers_go() {
+    let cluster_spec = ClusterSpec {
+        sync: 0,
+        ..spec(
+            vec![vec![1], vec![2]],
+            "auto = false\nprepare_timeout_secs = 1",
+        )
+    };
+    let c = Cluster::start(BIN, cluster_spec).unwrap();
+    let client = c.client().await;
+    let s = session(&client, vec![1, 2]);
+    let ks = keys("corrupt", 20);
+    let expect = populate(&s, &ks).await;
+    let g1 = session(&client, vec![1]);
+    corrupt_copy(&g1, ks[3].as_bytes()).await.unwrap();
+    // An abandoned upload: prepared, never committed.
+    s.write_prepare(b"abandoned", b"part", 0, 4096)
+        .await
+        .expect("prepare");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut js = client.session(vec![1]);
+    js.timeout = Duration::from_secs(30);
+    let req = apsis_proto::recovery::JobRequest {
+        kind: apsis_proto::recovery::JobKind::Dc,
+        flags: apsis_proto::recovery::job_flags::VERIFY,
+        since: Time::default(),
+    };
+    let mut reports = Vec::new();
+    let mut stream = js.recovery_job(c.nodes[0].addr, None, &req).await.unwrap();
+    while let Some(p) = stream.next().await {
+        reports.push(p.unwrap());
+    }
+    let last = reports.last().expect("a final report");
+    assert_eq!(last["done"], true);
+    assert_eq!(last["repaired"].as_u64(), Some(1), "{last}");
+    assert_eq!(last["prepared_dropped"].as_u64(), Some(1), "{last}");
+    assert_eq!(last["errors"].as_u64(), Some(0), "{last}");
+    wait_converged(&client, &[1, 2], &ks, &expect, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_converges_with_writes_from_both_sides() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
+    if !is_root {
+        eprintln!("SKIPPED: network namespaces need root");
+        return;
+    }
+    let spec = ClusterSpec {
+        recovery: AUTO.into(),
+        ..ClusterSpec::new(vec![vec![1], vec![2], vec![3]], Net::Namespaces)
+    };
+    let c = match Cluster::start(BIN, spec) {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: network namespaces unavailable: {e}");
+            return;
+        }
+        Err(e) => panic!("network namespaces: {e}"),
+    };
+    let client = c.client().await;
+    c.wait_mesh(&client, Duration::from_secs(20)).await;
+    let s = session(&client, vec![1, 2, 3]);
+    let ks = keys("part", 60);
+    let mut expect = populate(&s, &ks).await;
+    c.partition(2).unwrap();
+    // The majority side: quorum writes and deletes that node 2 misses.
+    let mut q = s.clone();
+    q.checker = Checker::Quorum;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for k in ks.iter().skip(1).step_by(4) {
+        let v = format!("{k}=majority").into_bytes();
+        loop {
+            // Until failure detection drops node 2, a write may time out on it.
+            if q.write(k.as_bytes(), &v).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "quorum writes failed");
+        }
+        expect.insert(k.clone(), Some(v));
+    }
+    // The minority side: a client in node 2's namespace writes to group 3 through node 2,
+    // later than the majority's writes, so its keys win where both sides wrote.
+    let ns = c.netns(2).unwrap();
+    let mut both = Vec::new();
+    for (i, k) in ks.iter().skip(1).step_by(8).enumerate() {
+        let v = format!("{k}=minority-{i}");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, BIN, "write", k, "-"])
+            .args([
+                "-r",
+                &c.nodes[2].addr.to_string(),
+                "-g",
+                "3",
+                "--timeout",
+                "2",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut ch| {
+                use std::io::Write;
+                ch.stdin.take().unwrap().write_all(v.as_bytes())?;
+                ch.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "minority write: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        expect.insert(k.clone(), Some(v.into_bytes()));
+        both.push(k.clone());
+    }
+    assert!(!both.is_empty());
+    c.heal(2).unwrap();
+    let client = c.client().await;
+    wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(60)).await;
+}
