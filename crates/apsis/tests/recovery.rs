@@ -353,7 +353,14 @@ async fn a_healed_partition_converges_with_writes_from_both_sides() {
         let v = format!("{k}=minority-{i}");
         let mut ch = Command::new("ip")
             .args(["netns", "exec", &ns, BIN, "write", k, "-"])
-            .args(["-r", &c.nodes[2].addr.to_string(), "-g", "3", "--timeout", "2"])
+            .args([
+                "-r",
+                &c.nodes[2].addr.to_string(),
+                "-g",
+                "3",
+                "--timeout",
+                "2",
+            ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -443,8 +443,8 @@ impl Run<'_> {
             }
             return Ok(());
         }
-        for (id, lv) in push {
-            match copy(ctx, &self.local, peer, id, &lv).await {
+        for (id, lv, r) in copy_all(ctx, &self.local, peer, push).await {
+            match r {
                 Ok(n) => {
                     self.count_copy(n);
                     confirmed.push((id, lv))
@@ -461,8 +461,8 @@ impl Run<'_> {
                 Err(e) => self.error("copy to peer failed", e),
             }
         }
-        for (id, rv) in pull {
-            match copy(ctx, peer, &self.local, id, &rv).await {
+        for (_, _, r) in copy_all(ctx, peer, &self.local, pull).await {
+            match r {
                 Ok(n) => self.count_copy(n),
                 Err(e) if e == -errno::ENOENT => {}
                 Err(e) => self.error("copy from peer failed", e),
@@ -619,6 +619,42 @@ impl Run<'_> {
         }
         self.error("no other group has a good copy", -errno::EILSEQ);
     }
+}
+
+/// Copies in flight at once: a copy is a read and a write, each a round trip, so one at a
+/// time would cap recovery at a few thousand keys per second whatever the pacing allows.
+const COPY_PARALLEL: usize = 16;
+
+type Copied = ([u8; 64], Version, Result<Option<u64>, i32>);
+
+/// Copies every item from one side to the other, [`COPY_PARALLEL`] at a time.
+async fn copy_all(
+    ctx: &Arc<Ctx>,
+    from: &Side,
+    to: &Side,
+    items: Vec<([u8; 64], Version)>,
+) -> Vec<Copied> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (id, v) in items {
+        if set.len() >= COPY_PARALLEL {
+            if let Some(Ok(r)) = set.join_next().await {
+                out.push(r);
+            }
+        }
+        let (ctx, from, to) = (ctx.clone(), from.clone(), to.clone());
+        set.spawn(async move {
+            let r = copy(&ctx, &from, &to, id, &v).await;
+            (id, v, r)
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        // A copy that panicked is neither confirmed nor counted: its key stays as it was.
+        if let Ok(r) = r {
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// Copies version `v` of `id` from one side to the other under CAS_TIMESTAMP, paced: the

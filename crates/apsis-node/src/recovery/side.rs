@@ -30,6 +30,7 @@ pub struct Object {
     pub user_flags: u64,
 }
 
+#[derive(Clone)]
 pub enum Side {
     Local(Arc<Slot>),
     Remote { route: Route, group: u32 },
