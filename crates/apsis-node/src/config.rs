@@ -25,7 +25,7 @@
 //! rate_bytes = "64M"                # bytes copied per second, 0 = no limit
 //! prepare_timeout_secs = 86400      # prepared records older than this are dropped
 //! scrub_interval_secs = 604800      # verify every record this often, 0 = never
-//! chunk_keys = 32768                # versions held in memory per side
+//! chunk_keys = 131072               # versions held in memory per side
 //!
 //! [[backend]]
 //! id = 1

@@ -48,6 +48,7 @@ struct Run<'a> {
     items_total: usize,
     items_done: usize,
     buckets_done: u64,
+    started: std::time::Instant,
 }
 
 fn kind_name(k: JobKind) -> &'static str {
@@ -145,6 +146,7 @@ pub async fn run_backend(
         items_total: 0,
         items_done: 0,
         buckets_done: 0,
+        started: std::time::Instant::now(),
     };
     match spec.kind {
         JobKind::Merge => run.merge().await?,
@@ -193,6 +195,10 @@ impl Run<'_> {
     /// Counts what happened since the last report into the node's counters, and sends the
     /// progress to the operator (an error when they went away: the job stops, resumable).
     async fn report(&mut self) -> Result<(), i32> {
+        let secs = self.started.elapsed().as_secs_f64();
+        self.p.elapsed_secs = secs;
+        self.p.keys_per_sec = self.p.copied_keys as f64 / secs.max(1e-3);
+        self.p.bytes_per_sec = self.p.copied_bytes as f64 / secs.max(1e-3);
         let c = &self.ctx.recovery.counters;
         let (p, r) = (&self.p, &self.reported);
         c.buckets_compared.fetch_add(p.buckets - r.buckets, Relaxed);
@@ -231,9 +237,16 @@ impl Run<'_> {
         }
     }
 
+    /// Counts an error on one key (logged at debug: a storm must not flood the log).
     fn error(&mut self, what: &str, e: i32) {
         self.p.errors += 1;
         tracing::debug!(backend = self.slot.cfg.id, peer = %self.p.peer, errno = e, "recovery: {what}");
+    }
+
+    /// Counts an error that cost a whole chunk or peer (logged at warn).
+    fn failed(&mut self, what: &str, e: i32) {
+        self.p.errors += 1;
+        tracing::warn!(backend = self.slot.cfg.id, peer = %self.p.peer, errno = e, "recovery: {what}");
     }
 
     async fn merge(&mut self) -> Result<(), i32> {
@@ -311,7 +324,7 @@ impl Run<'_> {
         let chunks = match self.plan(peer, &ranges).await {
             Ok(c) => c,
             Err(e) => {
-                self.error("digest failed", e);
+                self.failed("digest failed", e);
                 return self.report().await;
             }
         };
@@ -320,7 +333,7 @@ impl Run<'_> {
         self.p.phase = if self.spec.dry_run { "compare" } else { "copy" }.into();
         for c in &chunks {
             if let Err(e) = self.chunk(peer, c).await {
-                self.error("chunk failed", e);
+                self.failed("chunk failed", e);
             }
             self.buckets_done += c.buckets;
             if let Some(last) = c.ranges.last() {
@@ -471,7 +484,7 @@ impl Run<'_> {
         if merge && !confirmed.is_empty() {
             // The owner makes its copies durable before ours go.
             if let Err(e) = peer.sync(ctx).await {
-                self.error("owner sync failed; keeping our copies", e);
+                self.failed("owner sync failed; keeping our copies", e);
                 return Ok(());
             }
             self.p.phase = "hand-off".into();

@@ -75,7 +75,7 @@ impl Default for RecoveryConfig {
             rate_bytes: 64 << 20,
             prepare_timeout_secs: 24 * 3600,
             scrub_interval_secs: 7 * 24 * 3600,
-            chunk_keys: 32_768,
+            chunk_keys: 131_072,
         }
     }
 }
@@ -121,6 +121,10 @@ pub struct Progress {
     pub would_copy: u64,
     pub would_hand_off: u64,
     pub errors: u64,
+    /// Seconds since the job started on this backend, and its copy rate so far.
+    pub elapsed_secs: f64,
+    pub keys_per_sec: f64,
+    pub bytes_per_sec: f64,
     pub done: bool,
 }
 
