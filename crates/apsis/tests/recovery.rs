@@ -390,3 +390,76 @@ async fn a_healed_partition_converges_with_writes_from_both_sides() {
     wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(60)).await;
     eprintln!("converged at {:?}", t0.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_job_resumes_where_it_stopped() {
+    // Slow copies and small chunks, so the job is interrupted part way.
+    let c = Cluster::start(
+        BIN,
+        spec(
+            vec![vec![1], vec![2]],
+            "auto = false\nrate_keys = 300\nchunk_keys = 8",
+        ),
+    )
+    .unwrap();
+    let client = c.client().await;
+    let ks = keys("resume", 300);
+    let g1 = session(&client, vec![1]);
+    let mut expect = HashMap::new();
+    for k in &ks {
+        g1.write(k.as_bytes(), k.as_bytes()).await.unwrap();
+        expect.insert(k.clone(), Some(k.as_bytes().to_vec()));
+    }
+    let node = c.nodes[0].addr.to_string();
+    let remote = ["-r", node.as_str()];
+    let final_report = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["recovery", "dc", "--node", &node, "--json"])
+            .args(args)
+            .args(remote)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .expect("reports");
+        last["progress"].clone()
+    };
+    let full = final_report(&["--dry-run"]);
+    assert_eq!(full["would_copy"].as_u64(), Some(300), "{full}");
+    // Start the real job and interrupt it (the operator's Ctrl-C: the connection goes).
+    let mut child = Command::new(BIN)
+        .args(["recovery", "dc", "--node", &node])
+        .args(remote)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = c.nodes[0].dir.join("b1").join("recovery-dc.state");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.exists() {
+        assert!(Instant::now() < deadline, "no resume state written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The node stops the job at its next report; the state file stays.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(state.exists(), "an interrupted job keeps its position");
+    let resumed = final_report(&["--resume"]);
+    let done_before = 300 - resumed["copied_keys"].as_u64().unwrap();
+    assert!(
+        resumed["buckets"].as_u64() < full["buckets"].as_u64(),
+        "the resumed job compared only what was left: {resumed} vs {full}"
+    );
+    assert!(done_before > 0, "{resumed}");
+    assert!(!state.exists(), "a finished job removes its state");
+    wait_converged(&client, &[1, 2], &ks, &expect, Duration::from_secs(5)).await;
+}
