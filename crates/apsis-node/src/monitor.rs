@@ -275,7 +275,7 @@ pub fn prometheus(ctx: &Ctx) -> String {
         let _ = writeln!(
             s,
             "# TYPE apsis_recovery_running gauge\napsis_recovery_running {}",
-            (ctx.recovery.json()["state"] == "running") as u8
+            ctx.recovery.running() as u8
         );
     }
     let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in.load(Relaxed), ctx.stats.bytes_out.load(Relaxed));

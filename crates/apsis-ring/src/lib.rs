@@ -13,7 +13,7 @@
 //!   detection ([`RouteTable::remove_node`]); answers [`RouteTable::owner`] and
 //!   [`RouteTable::previous_owner`] (who owned an id before a backend's points arrived).
 //! - Ranges, for recovery: [`RouteTable::ranges`] (the inclusive id ranges each backend of a
-//!   group owns, covering the whole id space) and [`intersect`].
+//!   group owns, covering the whole id space), [`intersect`] and [`next_id`].
 
 use apsis_proto::{BackendIds, IdRange};
 use std::collections::BTreeMap;
@@ -164,6 +164,19 @@ fn dec(id: &[u8; 64]) -> [u8; 64] {
     r
 }
 
+/// `id + 1`, or `None` after the largest id.
+pub fn next_id(id: &[u8; 64]) -> Option<[u8; 64]> {
+    let mut r = *id;
+    for b in r.iter_mut().rev() {
+        let (v, carry) = b.overflowing_add(1);
+        *b = v;
+        if !carry {
+            return Some(r);
+        }
+    }
+    None
+}
+
 /// The ids both range lists cover, as sorted, disjoint inclusive ranges. Inputs need not be
 /// sorted.
 pub fn intersect(a: &[IdRange], b: &[IdRange]) -> Vec<IdRange> {
@@ -209,17 +222,10 @@ mod tests {
         assert_eq!(r[0].0.begin, [0; 64]);
         assert_eq!(r[r.len() - 1].0.end, [0xff; 64]);
         for w in r.windows(2) {
-            let mut next = w[0].0.end;
             // end + 1 == next begin: contiguous.
-            for byte in next.iter_mut().rev() {
-                let (v, carry) = byte.overflowing_add(1);
-                *byte = v;
-                if !carry {
-                    break;
-                }
-            }
-            assert_eq!(next, w[1].0.begin);
+            assert_eq!(next_id(&w[0].0.end), Some(w[1].0.begin));
         }
+        assert_eq!(next_id(&[0xff; 64]), None);
         for (range, route) in &r {
             for id in [range.begin, range.end] {
                 assert_eq!(t.owner(1, &id), Some(*route));

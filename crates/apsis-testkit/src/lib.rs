@@ -7,7 +7,8 @@
 //! remotes and uses short timeouts, so failure detection and rejoining happen within seconds.
 //!
 //! Faults: [`Cluster::kill`] (SIGKILL), [`Cluster::pause`] / [`Cluster::resume`]
-//! (SIGSTOP / SIGCONT), [`Cluster::restart`] (same address, same data),
+//! (SIGSTOP / SIGCONT), [`Cluster::restart`] (same address, same data), [`Cluster::wipe`] (a
+//! killed node loses its data but keeps its ring ids), [`Cluster::add_node`] (a ring change),
 //! [`Cluster::partition`] / [`Cluster::heal`] (the node's veth link goes down / up: it is cut
 //! from every other node and from the clients), and [`corrupt_copy`] (flips a byte of a
 //! stored object's data in the blob file, which the node must report as −EILSEQ).

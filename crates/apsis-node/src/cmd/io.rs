@@ -26,15 +26,21 @@ pub fn backend_for(out: &Out) -> Result<(Arc<Slot>, Arc<BlobBackend>), i32> {
     Ok((slot, engine))
 }
 
+/// A request's timestamp; none given (zero or Elliptics' "empty") means now.
 fn ts_in(t: Time) -> Timestamp {
     if t == Time::default() || t == Time::EMPTY {
         Timestamp::now()
     } else {
-        Timestamp::new(t.sec, t.nsec.min(999_999_999) as u32)
+        ts_exact(t)
     }
 }
 
-fn ts_out(t: Timestamp) -> Time {
+/// A wire timestamp as the engine stores it, exactly (recovery copies keep theirs, even zero).
+pub(crate) fn ts_exact(t: Time) -> Timestamp {
+    Timestamp::new(t.sec, t.nsec.min(999_999_999) as u32)
+}
+
+pub(crate) fn ts_out(t: Timestamp) -> Time {
     Time {
         sec: t.sec,
         nsec: t.nsec as u64,

@@ -7,7 +7,7 @@ use crate::backends::Slot;
 use crate::Ctx;
 use apsis_proto::recovery::{self as rp, Digest, JobKind, RangeRequest, Version};
 use apsis_proto::{errno, IdRange};
-use apsis_ring::{intersect, Route};
+use apsis_ring::{intersect, next_id, Route};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,22 +58,10 @@ fn kind_name(k: JobKind) -> &'static str {
     }
 }
 
-fn inc(id: &[u8; 64]) -> Option<[u8; 64]> {
-    let mut r = *id;
-    for b in r.iter_mut().rev() {
-        let (v, carry) = b.overflowing_add(1);
-        *b = v;
-        if !carry {
-            return Some(r);
-        }
-    }
-    None
-}
-
 /// The part of `ranges` after `done` (ids ≤ `done` are finished).
 fn after(ranges: Vec<IdRange>, done: Option<&[u8; 64]>) -> Vec<IdRange> {
     let Some(done) = done else { return ranges };
-    let Some(from) = inc(done) else {
+    let Some(from) = next_id(done) else {
         return Vec::new();
     };
     intersect(
@@ -726,7 +714,7 @@ impl<'a> ChunkBuilder<'a> {
             self.flush();
         }
         match self.cur.last_mut() {
-            Some(last) if inc(&last.end) == Some(r.begin) => last.end = r.end,
+            Some(last) if next_id(&last.end) == Some(r.begin) => last.end = r.end,
             _ => self.cur.push(r),
         }
         self.keys += size;

@@ -225,6 +225,11 @@ impl Recovery {
         })
     }
 
+    /// Whether a job is running now.
+    pub fn running(&self) -> bool {
+        self.state.lock().current.is_some()
+    }
+
     fn set_current(&self, p: Option<Progress>) {
         self.state.lock().current = p;
     }
@@ -300,21 +305,15 @@ async fn round(ctx: &Arc<Ctx>) {
     }
     let started = Instant::now();
     rec.counters.rounds.fetch_add(1, Relaxed);
+    // A scrub (dc with verify) every scrub interval; the first one a whole interval after start.
     let verify = rec.cfg.scrub_interval_secs > 0 && {
         let mut st = rec.state.lock();
-        let due = st
-            .last_scrub
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(rec.cfg.scrub_interval_secs));
-        if st.last_scrub.is_none() {
-            // The first scrub waits a whole scrub interval after start.
+        let last = *st.last_scrub.get_or_insert_with(Instant::now);
+        let due = last.elapsed() >= Duration::from_secs(rec.cfg.scrub_interval_secs);
+        if due {
             st.last_scrub = Some(Instant::now());
-            false
-        } else {
-            if due {
-                st.last_scrub = Some(Instant::now());
-            }
-            due
         }
+        due
     };
     for slot in ctx.backends.slots().to_vec() {
         if slot.engine().is_none() {

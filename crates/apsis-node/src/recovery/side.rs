@@ -8,6 +8,7 @@
 //! plus the digests or one chunk's versions.
 
 use crate::backends::Slot;
+use crate::cmd::io::{ts_exact as ts_in, ts_out as ts_of};
 use crate::Ctx;
 use apsis_proto::recovery::{self as rp, Digest, Entry, RangeRequest, Version};
 use apsis_proto::{cflags, cmd, errno, ioflags, Header, IoAttr, Time};
@@ -34,17 +35,6 @@ pub struct Object {
 pub enum Side {
     Local(Arc<Slot>),
     Remote { route: Route, group: u32 },
-}
-
-fn ts_of(t: Timestamp) -> Time {
-    Time {
-        sec: t.sec,
-        nsec: t.nsec as u64,
-    }
-}
-
-fn ts_in(t: Time) -> Timestamp {
-    Timestamp::new(t.sec, t.nsec.min(999_999_999) as u32)
 }
 
 fn iter_request(req: &RangeRequest, with_data: bool) -> IterRequest {
