@@ -122,6 +122,56 @@ fn a_full_disk_is_enospc_and_nothing_is_half_written() {
     }
 }
 
+/// A disk with less room than one whole base (`blob_size`): the backend still opens and takes
+/// records until the disk is really full, reserving space record by record. Buffered records
+/// are reserved before they are acknowledged, so the flush never meets ENOSPC and the backend
+/// is never poisoned.
+#[test]
+fn a_disk_smaller_than_a_base_fills_record_by_record() {
+    for (sync, buffer) in [(-1, 1usize << 20), (0, 0)] {
+        let cfg = BlobConfig {
+            blob_size: 64 << 20,
+            write_buffer_bytes: buffer,
+            ..quiet(sync)
+        };
+        let dir = SimDir::new();
+        dir.set_capacity(Some(2 << 20));
+        let b = BlobBackend::open(Arc::new(dir.clone()), cfg.clone())
+            .expect("a backend opens on a disk smaller than one base")
+            .0;
+        let mut acked = Vec::new();
+        let e = loop {
+            let i = acked.len() as u64;
+            match put(&b, i, &value(i, 10_000)) {
+                Ok(_) => acked.push(i),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(e, StorageError::NoSpace(_)), "sync {sync}: {e:?}");
+        // Nearly all of the 2 MiB holds records (8 MiB steps could not be reserved).
+        assert!(
+            acked.len() > 150,
+            "sync {sync}: only {} records",
+            acked.len()
+        );
+        b.sync().unwrap();
+        assert!(b.stats().poisoned.is_none(), "sync {sync}");
+        for &i in &acked {
+            assert_eq!(get(&b, i).unwrap(), value(i, 10_000));
+        }
+        dir.set_capacity(Some(4 << 20));
+        put(&b, 9999, b"room again").unwrap();
+        drop(b);
+        // A restart on the still nearly full disk serves everything.
+        let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap();
+        assert_eq!(report.damaged_records, 0, "{report:?}");
+        for &i in &acked {
+            assert_eq!(get(&b, i).unwrap(), value(i, 10_000));
+        }
+        assert_eq!(get(&b, 9999).unwrap(), b"room again");
+    }
+}
+
 #[test]
 fn a_size_limit_is_enospc_too() {
     let (_dir, b) = sim(BlobConfig {

@@ -189,6 +189,9 @@ pub(crate) struct Writer {
     buf_start: u64,
     /// Records appended to the open base.
     open_records: u64,
+    /// How far the open base's disk space is reserved (fallocate): appends below it cannot
+    /// meet a full disk, so a buffered record is never lost to ENOSPC at flush time.
+    reserved: u64,
     /// Every mutation gets the next sequence number; group commit makes a prefix durable.
     seq: u64,
     /// Closed bases written to (in place) or closed since the last sync.
@@ -233,6 +236,9 @@ pub(crate) struct Inner {
 }
 
 const LOCK_STRIPES: usize = 4096;
+
+/// How much more of the open base is reserved at once when the whole base could not be.
+const RESERVE_STEP: u64 = 8 << 20;
 
 /// The blob backend. Dropping it flushes and syncs everything.
 pub struct BlobBackend {
@@ -538,6 +544,7 @@ impl Inner {
                 buf: Vec::new(),
                 buf_start: 0,
                 open_records: open_entries.len() as u64,
+                reserved: 0,
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,
@@ -621,11 +628,13 @@ impl Inner {
             if bases.is_empty() {
                 inner.create_open_base(&mut w)?;
             } else {
-                let blob_size = inner.cfg.blob_size;
                 let open = w.open.clone();
-                if let Err(e) = open.dev.allocate(blob_size) {
-                    tracing::warn!(error = %e, "blob: cannot reserve space for the open base");
-                }
+                // A full disk must not keep a backend from opening: reads go on, and each
+                // write reserves what it needs (ENOSPC then).
+                w.reserved = inner.reserve_base(&*open.dev, w.tail).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "blob: no space reserved for the open base");
+                    w.tail
+                });
                 w.buf_start = w.tail;
             }
         }
@@ -839,16 +848,24 @@ impl Inner {
             .open(&name, true)
             .map_err(|e| StorageError::from_io(e, "creating a base"))?;
         let generation = random_u64();
-        let setup = (|| {
-            dev.allocate(self.cfg.blob_size)?;
-            dev.write_at(&BaseHeader { number, generation }.encode(), 0)?;
-            dev.sync()?;
-            self.dir.sync_dir()
-        })();
-        if let Err(e) = setup {
-            let _ = self.dir.remove(&name);
-            return Err(StorageError::from_io(e, "creating a base"));
-        }
+        let setup = self
+            .reserve_base(&*dev, BASE_HEADER_SIZE)
+            .and_then(|reserved| {
+                (|| {
+                    dev.write_at(&BaseHeader { number, generation }.encode(), 0)?;
+                    dev.sync()?;
+                    self.dir.sync_dir()
+                })()
+                .map_err(|e| StorageError::from_io(e, "creating a base"))
+                .map(|()| reserved)
+            });
+        let reserved = match setup {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.dir.remove(&name);
+                return Err(e);
+            }
+        };
         let map = map_base(&self.cfg, &dev, self.cfg.blob_size);
         let base = self.install_base(|slot| Base {
             number,
@@ -866,6 +883,7 @@ impl Inner {
         })?;
         w.open = base;
         w.tail = BASE_HEADER_SIZE;
+        w.reserved = reserved;
         w.buf_start = BASE_HEADER_SIZE;
         w.open_records = 0;
         w.next_number = number + 1;
@@ -874,6 +892,43 @@ impl Inner {
 
     /// Closes the open base (its index is written by the background thread or the next
     /// maintenance call) and opens a new one.
+    /// Reserves disk space for the open base `dev`, whose records end at `tail`: the whole
+    /// base (`blob_size`) when the disk has room, else as much as the next record needs
+    /// ([`Inner::reserve_for`] grows it then). A disk too full for a whole base still takes
+    /// small records; only a disk with no room at all for `tail` is ENOSPC. Returns the end
+    /// of the reservation.
+    fn reserve_base(&self, dev: &dyn Device, tail: u64) -> Result<u64> {
+        match dev.allocate(self.cfg.blob_size) {
+            Ok(()) => Ok(self.cfg.blob_size.max(tail)),
+            Err(e) => {
+                tracing::warn!(error = %e, blob_size = self.cfg.blob_size,
+                    "blob: cannot reserve a whole base; reserving record by record");
+                dev.allocate(tail)
+                    .map_err(|e| StorageError::from_io(e, "reserving space for a base"))?;
+                Ok(tail)
+            }
+        }
+    }
+
+    /// Makes sure the open base has disk space reserved up to `end` before a record is
+    /// placed below it: it reserves [`RESERVE_STEP`] more at once where the disk has it, or
+    /// exactly `end`. A full disk is ENOSPC here, before anything is written or buffered.
+    pub(crate) fn reserve_for(&self, w: &mut Writer, end: u64) -> Result<()> {
+        if end <= w.reserved {
+            return Ok(());
+        }
+        let step = (end + RESERVE_STEP).min(self.cfg.blob_size.max(end));
+        let dev = &w.open.dev;
+        if dev.allocate(step).is_ok() {
+            w.reserved = step;
+            return Ok(());
+        }
+        dev.allocate(end)
+            .map_err(|e| StorageError::from_io(e, "reserving space for a record"))?;
+        w.reserved = end;
+        Ok(())
+    }
+
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         self.flush_buffer(w)?;
         let old = w.open.clone();

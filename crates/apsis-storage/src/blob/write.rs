@@ -564,13 +564,8 @@ impl Inner {
             }
         }
         let off = w.tail;
-        if off + size > self.cfg.blob_size {
-            // Larger than the space reserved for the base: reserve now, before writing.
-            w.open
-                .dev
-                .allocate(off + size)
-                .map_err(|e| StorageError::from_io(e, "reserving space for a record"))?;
-        }
+        // Disk space first: a full disk fails this write here, with nothing written.
+        self.reserve_for(w, off + size)?;
         let data_start = h.data_start();
         let hdr = h.encode();
         let buffered =
