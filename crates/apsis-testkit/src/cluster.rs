@@ -1,5 +1,6 @@
 //! A cluster of real `apsis server` processes and the faults that can be done to it.
 
+use crate::disk::FaultyDisk;
 use crate::netns::Fabric;
 use apsis_client::{Client, ClientOptions};
 use std::fmt::Write as _;
@@ -33,6 +34,11 @@ pub struct ClusterSpec {
     /// The `[recovery]` section. By default background recovery is off, so a test sees
     /// exactly the faults it makes; recovery tests turn it on with a short interval.
     pub recovery: String,
+    /// Nodes whose backend directories sit on their own [`FaultyDisk`] (root and
+    /// `/dev/fuse`), for tests that make a disk fail or fill up ([`Cluster::disk`]).
+    pub faulty_disks: Vec<usize>,
+    /// Extra lines for every `[[backend]]` section (e.g. `blob_size = "8M"`).
+    pub backend_extra: String,
 }
 
 impl ClusterSpec {
@@ -46,6 +52,8 @@ impl ClusterSpec {
             stall_count: 2,
             sync: -1,
             recovery: "auto = false".into(),
+            faulty_disks: Vec::new(),
+            backend_extra: String::new(),
         }
     }
 
@@ -90,6 +98,8 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     pub nodes: Vec<NodeHandle>,
     fabric: Option<Fabric>,
+    /// By node; unmounted before the temporary directory goes.
+    disks: Vec<Option<FaultyDisk>>,
     _dir: tempfile::TempDir,
 }
 
@@ -115,6 +125,7 @@ impl Cluster {
             },
             nodes: Vec::new(),
             fabric,
+            disks: Vec::new(),
             _dir: dir,
         };
         for g in groups {
@@ -140,16 +151,30 @@ impl Cluster {
             let _ = writeln!(t, "\n[[backend]]");
             let _ = writeln!(t, "id = {}", b + 1);
             let _ = writeln!(t, "group = {g}");
-            let _ = writeln!(
-                t,
-                "dir = \"{}\"",
-                n.dir.join(format!("b{}", b + 1)).display()
-            );
+            let _ = writeln!(t, "dir = \"{}\"", self.backend_dir(i, b).display());
             let _ = writeln!(t, "sync = {}", self.spec.sync);
+            let _ = writeln!(t, "{}", self.spec.backend_extra);
         }
         let p = n.dir.join("apsis.toml");
         std::fs::write(&p, t)?;
         Ok(p)
+    }
+
+    /// Where backend `b` (0-based) of node `i` keeps its files: on the node's faulty disk
+    /// when it has one.
+    pub fn backend_dir(&self, i: usize, b: usize) -> PathBuf {
+        let name = format!("b{}", b + 1);
+        match self.disks.get(i).and_then(|d| d.as_ref()) {
+            Some(d) => d.path().join(name),
+            None => self.nodes[i].dir.join(name),
+        }
+    }
+
+    /// Node `i`'s faulty disk (nodes listed in [`ClusterSpec::faulty_disks`]).
+    pub fn disk(&self, i: usize) -> &FaultyDisk {
+        self.disks[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i} is not in ClusterSpec::faulty_disks"))
     }
 
     fn spawn(&mut self, i: usize, remotes: &[SocketAddr]) -> std::io::Result<()> {
@@ -195,6 +220,15 @@ impl Cluster {
             Some(f) => SocketAddr::new(f.add_host(i)?, NS_PORT),
             None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         };
+        let disk = if self.spec.faulty_disks.contains(&i) {
+            let (backing, mnt) = (ndir.join("backing"), ndir.join("disk"));
+            std::fs::create_dir_all(&backing)?;
+            std::fs::create_dir_all(&mnt)?;
+            Some(FaultyDisk::mount(&backing, &mnt)?)
+        } else {
+            None
+        };
+        self.disks.push(disk);
         self.spec.nodes.push(groups);
         self.nodes.push(NodeHandle {
             addr,
@@ -242,7 +276,7 @@ impl Cluster {
     pub fn wipe(&mut self, i: usize) -> std::io::Result<()> {
         assert!(!self.nodes[i].is_running(), "kill node {i} first");
         for b in 0..self.spec.nodes[i].len() {
-            let d = self.nodes[i].dir.join(format!("b{}", b + 1));
+            let d = self.backend_dir(i, b);
             for e in std::fs::read_dir(&d)? {
                 let p = e?.path();
                 if p.file_name().is_some_and(|n| n != "ids") {

@@ -49,3 +49,8 @@ pub fn start_server(cmd: &mut Command, with_monitor: bool) -> std::io::Result<St
         monitor,
     })
 }
+
+/// Whether the tests run as root (network namespaces and FUSE mounts need it).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

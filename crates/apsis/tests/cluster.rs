@@ -201,17 +201,9 @@ async fn three_groups_pause_a_node_serving_two_groups() {
     .await;
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_groups_partition_a_node_in_namespaces() {
-    if !is_root() {
+    if !apsis_testkit::process::is_root() {
         eprintln!("SKIPPED: network namespaces need root");
         return;
     }

@@ -101,6 +101,22 @@ async fn recovery_stats(s: &Session, addr: std::net::SocketAddr) -> serde_json::
         .clone()
 }
 
+/// Runs `apsis ARGS -r REMOTE`; the command must succeed. Returns what it printed.
+fn cli(remote: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["-r", remote])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -215,20 +231,7 @@ async fn merge_hands_keys_to_a_new_node_with_dry_run_first() {
     c.add_node(vec![1]).unwrap();
     let client = c.client().await;
     let remote = c.nodes[0].addr.to_string();
-    let cli = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["-r", &remote, "-g", "1"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{args:?}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let cli = |args: &[&str]| cli(&remote, &[args, &["-g", "1"]].concat());
     let dry = cli(&["recovery", "merge", "--node", &remote, "--dry-run"]);
     assert!(dry.contains("would copy"), "{dry}");
     let would: u64 = dry
@@ -300,12 +303,7 @@ async fn a_corrupt_replica_is_repaired_by_verify_and_prepared_leftovers_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healed_partition_converges_with_writes_from_both_sides() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false);
-    if !is_root {
+    if !apsis_testkit::process::is_root() {
         eprintln!("SKIPPED: network namespaces need root");
         return;
     }
@@ -462,4 +460,170 @@ async fn an_interrupted_job_resumes_where_it_stopped() {
     assert!(done_before > 0, "{resumed}");
     assert!(!state.exists(), "a finished job removes its state");
     wait_converged(&client, &[1, 2], &ks, &expect, Duration::from_secs(5)).await;
+}
+
+/// Starts `spec`, whose `faulty_disks` need root and FUSE; `None` (the test is skipped) where
+/// they are missing, except under CI, where that is a failure.
+fn start_with_faulty_disks(spec: ClusterSpec) -> Option<Cluster> {
+    if !apsis_testkit::process::is_root() {
+        eprintln!("SKIPPED: faulty disks (FUSE) need root");
+        return None;
+    }
+    match Cluster::start(BIN, spec) {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: faulty disks unavailable: {e}");
+            None
+        }
+        Err(e) => panic!("faulty disks: {e}"),
+    }
+}
+
+/// `(group, errno)` of every group a write did not reach (0 = it did).
+fn group_errors(r: &apsis_client::WriteResult) -> Vec<(u32, i32)> {
+    r.groups
+        .iter()
+        .map(|g| (g.group, g.result.as_ref().err().map_or(0, |e| e.errno())))
+        .collect()
+}
+
+/// A backend's `poisoned` reason from the node's monitor (null while it takes writes).
+async fn poisoned(s: &Session, addr: std::net::SocketAddr) -> serde_json::Value {
+    let v = s
+        .monitor_stat(addr, apsis_proto::MonitorStatRequest::BACKEND)
+        .await
+        .expect("monitor");
+    v["backends"]["1"]["backend"]["global_stats"]["poisoned"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_only_its_group_and_dc_fills_it_once_space_is_freed() {
+    // Node 2 (group 3) keeps its backend on a disk that fills up; small bases, so the disk
+    // fills across base rotations and record-by-record reservations.
+    let Some(c) = start_with_faulty_disks(ClusterSpec {
+        faulty_disks: vec![2],
+        backend_extra: "blob_size = \"2M\"".into(),
+        ..spec(vec![vec![1], vec![2], vec![3]], "auto = false")
+    }) else {
+        return;
+    };
+    let client = c.client().await;
+    let mut s = session(&client, vec![1, 2, 3]);
+    s.checker = Checker::Quorum;
+    let value = |k: &str| k.as_bytes().repeat((64 << 10) / k.len());
+    let ks = keys("full", 160);
+    let mut expect = HashMap::new();
+    for k in &ks[..20] {
+        let r = s.write(k.as_bytes(), &value(k)).await.unwrap();
+        assert_eq!(group_errors(&r), vec![(1, 0), (2, 0), (3, 0)], "{k}");
+        expect.insert(k.clone(), Some(value(k)));
+    }
+    let disk = c.disk(2);
+    disk.set_capacity(Some(disk.used_bytes() + (3 << 20)));
+    let mut refused = Vec::new();
+    for k in &ks[20..] {
+        let r = s
+            .write(k.as_bytes(), &value(k))
+            .await
+            .expect("quorum writes go on while one disk is full");
+        match group_errors(&r)[..] {
+            [(1, 0), (2, 0), (3, 0)] => {}
+            [(1, 0), (2, 0), (3, -28)] => refused.push(k.clone()),
+            ref other => panic!("{k}: {other:?}"),
+        }
+        expect.insert(k.clone(), Some(value(k)));
+    }
+    let took = ks.len() - 20 - refused.len();
+    assert!(took >= 20, "the disk took what it had room for: {took}");
+    assert!(refused.len() >= 60, "then refused: {}", refused.len());
+    assert!(disk.injected_errors() > 0);
+    // A refused write left nothing behind; what the full disk holds it still serves; and
+    // ENOSPC does not fence the backend.
+    let g3 = snapshot(&client, 3, &ks).await;
+    for (k, got) in ks.iter().zip(&g3) {
+        match got {
+            None => assert!(refused.contains(k), "{k} lost in group 3"),
+            Some((_, d)) => assert_eq!(d, &value(k), "{k}"),
+        }
+    }
+    assert!(poisoned(&s, c.nodes[2].addr).await.is_null());
+    // Space is freed: writes reach all three groups again, with no restart or operator step.
+    disk.set_capacity(None);
+    let r = s.write(b"full-after", b"room again").await.unwrap();
+    assert_eq!(group_errors(&r), vec![(1, 0), (2, 0), (3, 0)]);
+    // dc copies what group 3 missed.
+    let out = cli(&c.nodes[2].addr.to_string(), &["recovery", "dc"]);
+    assert!(out.contains("copied"), "{out}");
+    wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_errors_read_from_another_group_and_a_failed_fsync_fences_the_backend() {
+    // Node 0 (group 1) keeps its backend on a disk that fails; every write waits for fsync.
+    let Some(c) = start_with_faulty_disks(ClusterSpec {
+        faulty_disks: vec![0],
+        sync: 0,
+        ..spec(vec![vec![1], vec![2], vec![3]], "auto = false")
+    }) else {
+        return;
+    };
+    let client = c.client().await;
+    let mut s = session(&client, vec![1, 2, 3]);
+    s.checker = Checker::Quorum;
+    let ks = keys("eio", 40);
+    let mut expect = HashMap::new();
+    for k in &ks[..20] {
+        let r = s.write(k.as_bytes(), k.as_bytes()).await.unwrap();
+        assert_eq!(group_errors(&r), vec![(1, 0), (2, 0), (3, 0)], "{k}");
+        expect.insert(k.clone(), Some(k.as_bytes().to_vec()));
+    }
+    let disk = c.disk(0);
+
+    // Read errors: group 1 answers EIO (and keeps serving); the session reads the next group.
+    disk.fail_reads(true);
+    let mut direct = client.session(vec![1]);
+    direct.cflags = cflags::DIRECT;
+    direct.read_repair = false;
+    let e = direct.read(ks[0].as_bytes(), 0, 0).await.unwrap_err();
+    assert_eq!(e.errno(), -5, "{e}");
+    for k in &ks[..20] {
+        let r = s.read(k.as_bytes(), 0, 0).await.expect("read falls back");
+        assert_eq!(r.data, k.as_bytes());
+        assert_ne!(r.group, 1);
+    }
+    disk.fail_reads(false);
+    let r = direct.read(ks[0].as_bytes(), 0, 0).await.unwrap();
+    assert_eq!(r.data, ks[0].as_bytes());
+
+    // A failed fsync: that write fails in group 1 and the backend refuses every later write,
+    // even once the disk answers again, since the kernel may have dropped the unsynced pages.
+    disk.fail_syncs(true);
+    let r = s.write(ks[20].as_bytes(), ks[20].as_bytes()).await.unwrap();
+    assert_eq!(group_errors(&r), vec![(1, -5), (2, 0), (3, 0)]);
+    expect.insert(ks[20].clone(), Some(ks[20].as_bytes().to_vec()));
+    disk.fail_syncs(false);
+    for k in &ks[21..30] {
+        let r = s.write(k.as_bytes(), k.as_bytes()).await.unwrap();
+        assert_eq!(group_errors(&r), vec![(1, -5), (2, 0), (3, 0)], "{k}");
+        expect.insert(k.clone(), Some(k.as_bytes().to_vec()));
+    }
+    let why = poisoned(&s, c.nodes[0].addr).await;
+    assert!(why.as_str().is_some_and(|w| w.contains("fsync")), "{why}");
+    // Reads of what was durable before go on from the fenced backend.
+    let r = direct.read(ks[5].as_bytes(), 0, 0).await.unwrap();
+    assert_eq!(r.data, ks[5].as_bytes());
+
+    // The operator re-opens the backend from what is on disk; writes reach group 1 again.
+    let node = c.nodes[0].addr.to_string();
+    cli(&node, &["backend", "disable", "1"]);
+    cli(&node, &["backend", "enable", "1"]);
+    assert!(poisoned(&s, c.nodes[0].addr).await.is_null());
+    for k in &ks[30..] {
+        let r = s.write(k.as_bytes(), k.as_bytes()).await.unwrap();
+        assert_eq!(group_errors(&r), vec![(1, 0), (2, 0), (3, 0)], "{k}");
+        expect.insert(k.clone(), Some(k.as_bytes().to_vec()));
+    }
+    // dc brings group 1 the writes it refused.
+    cli(&node, &["recovery", "dc"]);
+    wait_converged(&client, &[1, 2, 3], &ks, &expect, Duration::from_secs(10)).await;
 }

@@ -85,12 +85,22 @@ impl Inner {
                 .max(RECORD_HEADER_SIZE)
                 .min(end.saturating_sub(loc.offset()));
             let mut head = vec![0u8; len as usize];
-            if len < RECORD_HEADER_SIZE || self.read_region(&base, loc.offset(), &mut head).is_err()
-            {
-                if moved() {
-                    continue;
+            let read = if len < RECORD_HEADER_SIZE {
+                Err(StorageError::Corrupt(
+                    "the base ends inside the record".into(),
+                ))
+            } else {
+                self.read_region(&base, loc.offset(), &mut head)
+            };
+            match read {
+                Ok(()) => {}
+                Err(_) if moved() => continue,
+                // The disk failed to read (EIO): that is not a damaged record, and the
+                // caller must see the disk's error, not EILSEQ.
+                Err(StorageError::Io(e)) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+                    return Err(StorageError::Io(e))
                 }
-                return Ok(Located::Damaged(loc));
+                Err(_) => return Ok(Located::Damaged(loc)),
             }
             match RecordHeader::decode(&head) {
                 Some(hdr) if hdr.key == *key => {
