@@ -404,6 +404,16 @@ impl Session {
         self.write_all_groups(io, data).await
     }
 
+    /// Elliptics `write_cache`: the object goes to the backends' caches (CACHE) and expires
+    /// after `ttl` (zero: never). Add CACHE_ONLY (never written to disk) or
+    /// CACHE_REMOVE_FROM_DISK (expiry removes it from disk too) through the session's ioflags.
+    /// On a backend without a cache it is an ordinary write.
+    pub async fn write_cache(&self, key: &[u8], data: &[u8], ttl: Duration) -> Result<WriteResult> {
+        let mut io = self.io(self.id(key), ioflags::CACHE, 0, data.len() as u64);
+        io.start = ttl.as_secs();
+        self.write_all_groups(io, data).await
+    }
+
     /// A write with explicit ioflags and offset (APPEND, offset writes, NOCSUM, CAS_TIMESTAMP…).
     pub async fn write_with(
         &self,

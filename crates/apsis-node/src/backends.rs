@@ -5,6 +5,7 @@
 //! does). The local route table maps (group, id) to the backend that owns it: the backend with
 //! the largest ring id ≤ the key, wrapping around.
 
+use crate::cache::Cache;
 use crate::config::BackendConfig;
 use apsis_proto::{backend_state, BackendIds, BackendStatus, Time};
 use apsis_storage::{Backend, BlobBackend, BlobConfig, StorageError};
@@ -31,6 +32,8 @@ pub struct SlotState {
     pub defrag_running: bool,
     /// For `sync = 0`: the group-commit syncer writes wait on before they are acknowledged.
     pub syncer: Option<Arc<Syncer>>,
+    /// The backend's cache (`cache_size` > 0), created with the engine.
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// Group commit driven by the node for `sync = 0` backends.
@@ -88,6 +91,22 @@ impl Slot {
     /// The open engine, or `None` when the backend is not enabled.
     pub fn engine(&self) -> Option<Arc<BlobBackend>> {
         self.state.lock().engine.clone()
+    }
+
+    /// The cache, when the backend has one and is enabled.
+    pub fn cache(&self) -> Option<Arc<Cache>> {
+        self.state.lock().cache.clone()
+    }
+
+    /// Writes back every dirty cache entry (disable, shutdown; blocking).
+    pub fn flush_cache(&self) {
+        let (cache, engine) = {
+            let s = self.state.lock();
+            (s.cache.clone(), s.engine.clone())
+        };
+        if let (Some(c), Some(e)) = (cache, engine) {
+            c.flush(&e, true);
+        }
     }
 
     pub fn status(&self) -> BackendStatus {
@@ -150,6 +169,7 @@ impl Backends {
                     delay_ms: 0,
                     defrag_running: false,
                     syncer: None,
+                    cache: None,
                 }),
             }));
         }
@@ -198,6 +218,12 @@ impl Backends {
                 engine.set_read_only(s.read_only);
                 let engine = Arc::new(engine);
                 s.syncer = (slot.cfg.sync == 0).then(|| Syncer::start(&engine, id));
+                s.cache = (slot.cfg.cache_size > 0).then(|| {
+                    Arc::new(Cache::new(
+                        slot.cfg.cache_size,
+                        std::time::Duration::from_secs(slot.cfg.cache_sync_timeout_secs),
+                    ))
+                });
                 s.engine = Some(engine);
                 s.ids = ids;
                 s.state = backend_state::ENABLED;
@@ -219,6 +245,10 @@ impl Backends {
     /// Closes a backend's engine after syncing it (blocking).
     pub fn disable(&self, id: u32) -> Result<(), i32> {
         let slot = self.get(id).ok_or(-apsis_proto::errno::EINVAL)?.clone();
+        if slot.state.lock().state != backend_state::ENABLED {
+            return Err(-apsis_proto::errno::EALREADY);
+        }
+        slot.flush_cache();
         let engine = {
             let mut s = slot.state.lock();
             if s.state != backend_state::ENABLED {
@@ -226,6 +256,10 @@ impl Backends {
             }
             s.state = backend_state::DEACTIVATING;
             s.syncer = None;
+            // Whatever reached the cache since the flush above is written back here.
+            if let (Some(c), Some(e)) = (s.cache.take(), s.engine.as_ref()) {
+                c.flush(e, true);
+            }
             s.engine.take()
         };
         self.rebuild_routes();
@@ -299,6 +333,7 @@ impl Backends {
     /// Syncs every enabled backend (shutdown).
     pub fn sync_all(&self) {
         for slot in &self.slots {
+            slot.flush_cache();
             if let Some(e) = slot.engine() {
                 if let Err(err) = e.sync() {
                     tracing::error!(backend = slot.cfg.id, %err, "sync failed");
@@ -314,6 +349,9 @@ impl Backends {
                 let mut s = slot.state.lock();
                 s.state = backend_state::DISABLED;
                 s.syncer = None;
+                if let (Some(c), Some(e)) = (s.cache.take(), s.engine.as_ref()) {
+                    c.flush(e, true);
+                }
                 s.engine.take()
             };
             drop(e);

@@ -34,6 +34,8 @@
 //! sync = -1                         # 0 durable per write (group commit), N seconds, -1 never
 //! blob_size = "1G"
 //! records_in_blob = 50000000
+//! cache_size = "0"                  # CACHE / CACHE_ONLY ioflags (see apsis_node::cache), 0 = none
+//! cache_sync_timeout = 30           # seconds before a dirty cache entry is written back
 //! read_only = false
 //! enable = true
 //! ```
@@ -93,6 +95,12 @@ pub struct BackendConfig {
     pub records_in_blob: u64,
     pub size_limit_bytes: u64,
     pub defrag_percentage: u32,
+    /// Bytes of the backend's cache (CACHE / CACHE_ONLY ioflags); 0 = no cache, and those
+    /// flags are served from disk (as Elliptics without a cache does).
+    pub cache_size: u64,
+    /// Seconds a dirty cache entry waits before it is written back (Elliptics
+    /// `cache.sync_timeout`).
+    pub cache_sync_timeout_secs: u64,
     pub read_only: bool,
     pub enable: bool,
 }
@@ -112,6 +120,8 @@ impl BackendConfig {
             records_in_blob: 50_000_000,
             size_limit_bytes: 0,
             defrag_percentage: 25,
+            cache_size: 0,
+            cache_sync_timeout_secs: 30,
             read_only: false,
             enable: true,
         }
@@ -253,6 +263,12 @@ impl NodeConfig {
             if let Some(v) = b.size_limit {
                 bc.size_limit_bytes = parse_size(&v)?;
             }
+            if let Some(v) = b.cache_size {
+                bc.cache_size = parse_size(&v)?;
+            }
+            if let Some(v) = b.cache_sync_timeout {
+                bc.cache_sync_timeout_secs = v;
+            }
             if let Some(v) = b.defrag_percentage {
                 bc.defrag_percentage = v;
             }
@@ -388,6 +404,8 @@ struct TomlBackend {
     records_in_blob: Option<u64>,
     size_limit: Option<String>,
     defrag_percentage: Option<u32>,
+    cache_size: Option<String>,
+    cache_sync_timeout: Option<u64>,
     read_only: Option<bool>,
     enable: Option<bool>,
 }

@@ -7,12 +7,13 @@
 //! Elliptics JSON categories and Prometheus metrics).
 //!
 //! Nodes form a cluster through their remotes ([`cluster`]): each keeps the route table of
-//! every group, forwards what it does not own, and drops peers that fail. It has no cache:
-//! cache ioflags are served from disk.
+//! every group, forwards what it does not own, and drops peers that fail. A backend with
+//! `cache_size` has a [`cache`] for the CACHE / CACHE_ONLY ioflags (write-back, TTL).
 //!
 //! # Layout
 //! - [`config`]: [`NodeConfig`] from Apsis TOML or the Elliptics `dnet_ioserv` JSON.
 //! - [`backends`]: backend slots, engines, ring ids (`ids` files), the local route table.
+//! - [`cache`]: the per-backend cache (LRU shards, write-back, TTL), coherent with the engine.
 //! - [`cluster`]: peers (an embedded `apsis-client`), the cluster route table, forwarding.
 //! - `server` ([`Node`]): listeners, accept loop, graceful shutdown.
 //! - `conn`: one connection: frame checking, a task per request, the batching writer.
@@ -27,6 +28,7 @@
 //! - `locks`: per-key serialisation; `stats`: counters.
 
 pub mod backends;
+pub mod cache;
 pub mod cluster;
 mod cmd;
 pub mod config;

@@ -139,6 +139,9 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
                 if let Some(free) = crate::backends::free_bytes(&slot.cfg.dir) {
                     b["backend"]["vfs"] = json!({"bavail_bytes": free, "timestamp": now_json()});
                 }
+                if let Some(c) = slot.cache() {
+                    b["cache"] = c.json();
+                }
             }
             bs.insert(slot.cfg.id.to_string(), b);
         }
@@ -314,6 +317,22 @@ pub fn prometheus(ctx: &Ctx) -> String {
                 "apsis_backend_poisoned{{{l}}} {}",
                 b.poisoned.is_some() as u8
             );
+        }
+        if let Some(c) = slot.cache() {
+            let v = c.json();
+            for k in [
+                "hits",
+                "misses",
+                "evictions",
+                "expired",
+                "written_back",
+                "writeback_errors",
+            ] {
+                let _ = writeln!(s, "apsis_cache_{k}_total{{{l}}} {}", v[k]);
+            }
+            for k in ["size_bytes", "entries", "dirty"] {
+                let _ = writeln!(s, "apsis_cache_{k}{{{l}}} {}", v[k]);
+            }
         }
     }
     let _ = writeln!(

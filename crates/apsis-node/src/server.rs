@@ -101,7 +101,7 @@ impl Node {
         ctx.cluster.set_local_routes(&ctx);
         ctx.cluster.join_remotes(&ctx.cfg.remotes);
         crate::recovery::start(&ctx);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(cache_flusher(ctx.clone()))];
         let conn_ids = Arc::new(AtomicU64::new(1));
         for (_, l) in listeners {
             tasks.push(tokio::spawn(accept_loop(ctx.clone(), l, conn_ids.clone())));
@@ -182,6 +182,25 @@ async fn accept_loop(ctx: Arc<Ctx>, l: TcpListener, ids: Arc<AtomicU64>) {
                 }
             },
             _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Once a second: every backend cache writes back what has been dirty for its
+/// `cache_sync_timeout` and retires expired entries (off the async workers).
+async fn cache_flusher(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for slot in ctx.backends.slots() {
+            let (cache, engine) = {
+                let s = slot.state.lock();
+                (s.cache.clone(), s.engine.clone())
+            };
+            if let (Some(c), Some(e)) = (cache, engine) {
+                let _ = tokio::task::spawn_blocking(move || c.flush(&e, false)).await;
+            }
         }
     }
 }

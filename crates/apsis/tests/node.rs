@@ -790,3 +790,126 @@ fn cli_object_and_admin_commands() {
     assert!(v["ops"].as_u64().unwrap() > 0);
     assert_eq!(v["errors"], 0);
 }
+
+/// A backend with a cache: CACHE_ONLY never reaches the disk, CACHE writes are written back
+/// after `cache_sync_timeout` (and at shutdown), offset writes and appends patch the cached
+/// object, a write that bypasses the cache sees the newest data, TTL with
+/// CACHE_REMOVE_FROM_DISK removes the object everywhere, and eviction writes back first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_ioflags_write_back_ttl_and_coherence() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
+             dir = \"{}\"\nsync = -1\ncache_size = \"1M\"\ncache_sync_timeout = 1\n",
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let args = vec!["server".into(), "-c".into(), cfg.display().to_string()];
+    let mut srv = Server::spawn(d.path(), args);
+    let s = session(&srv, vec![1]).await;
+    let with = |flags: u32| {
+        let mut x = s.clone();
+        x.ioflags = flags;
+        x
+    };
+    let read = |k: &'static [u8]| {
+        let s = s.clone();
+        async move { s.read(k, 0, 0).await.map(|r| r.data) }
+    };
+
+    // CACHE_ONLY: served from memory (to plain reads too), never on disk.
+    with(ioflags::CACHE_ONLY)
+        .write_cache(b"volatile", b"in memory", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(read(b"volatile").await.unwrap(), b"in memory");
+
+    // CACHE: dirty in the cache; offset writes and APPEND patch the cached object.
+    s.write_cache(b"hot", b"v1", Duration::ZERO).await.unwrap();
+    s.write_with(b"hot", b"2", ioflags::CACHE, 1).await.unwrap();
+    s.write_with(b"hot", b"+", ioflags::CACHE | ioflags::APPEND, 0)
+        .await
+        .unwrap();
+    assert_eq!(read(b"hot").await.unwrap(), b"v2+");
+    let (_, l) = s.lookup(b"hot").await.unwrap();
+    assert_eq!(l.info.size, 3, "lookup sees the cached object");
+
+    // A plain offset write applies to the cached (newest) bytes, not the older disk copy.
+    s.write(b"bypass", b"disk-1").await.unwrap();
+    s.write_cache(b"bypass", b"cache-2", Duration::ZERO)
+        .await
+        .unwrap();
+    s.write_with(b"bypass", b"X", 0, 1).await.unwrap();
+    assert_eq!(read(b"bypass").await.unwrap(), b"cXche-2");
+
+    // TTL with CACHE_REMOVE_FROM_DISK: gone from the cache and from the disk.
+    s.write(b"ephemeral", b"on disk").await.unwrap();
+    with(ioflags::CACHE_REMOVE_FROM_DISK)
+        .write_cache(b"ephemeral", b"short-lived", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(read(b"ephemeral").await.unwrap(), b"short-lived");
+
+    // DEL drops a dirty entry that never reached the disk.
+    s.write_cache(b"gone", b"x", Duration::ZERO).await.unwrap();
+    s.remove(b"gone").await.unwrap();
+    assert_eq!(status(read(b"gone").await.unwrap_err()), -errno::ENOENT);
+
+    // Eviction (1 MiB in 16 shards, 32 KiB objects) writes dirty entries back first.
+    let big = |i: u8| vec![i; 32 << 10];
+    for i in 0..40u8 {
+        s.write_cache(format!("big{i}").as_bytes(), &big(i), Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    for i in 0..40u8 {
+        let r = s.read(format!("big{i}").as_bytes(), 0, 0).await.unwrap();
+        assert_eq!(r.data, big(i), "big{i}");
+    }
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        status(read(b"ephemeral").await.unwrap_err()),
+        -errno::ENOENT
+    );
+    let stats = s
+        .monitor_stat(srv.addr, apsis_proto::MonitorStatRequest::BACKEND)
+        .await
+        .unwrap();
+    let c = &stats["backends"]["1"]["cache"];
+    assert!(c["evictions"].as_u64() > Some(0), "{c}");
+    assert_eq!(
+        c["dirty"].as_u64(),
+        Some(0),
+        "written back after the timeout: {c}"
+    );
+    assert!(c["written_back"].as_u64() > Some(0), "{c}");
+    assert!(c["hits"].as_u64() > Some(0), "{c}");
+
+    // Written at the last moment: SIGTERM writes it back.
+    s.write_cache(b"last", b"flushed at shutdown", Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(srv.stop().success());
+    srv.restart();
+    let s = session(&srv, vec![1]).await;
+    let get = |k: &'static [u8]| {
+        let s = s.clone();
+        async move { s.read(k, 0, 0).await.map(|r| r.data) }
+    };
+    assert_eq!(get(b"hot").await.unwrap(), b"v2+");
+    assert_eq!(get(b"bypass").await.unwrap(), b"cXche-2");
+    assert_eq!(get(b"last").await.unwrap(), b"flushed at shutdown");
+    for k in [&b"volatile"[..], b"ephemeral", b"gone"] {
+        let e = s.read(k, 0, 0).await.unwrap_err();
+        assert_eq!(status(e), -errno::ENOENT, "{}", String::from_utf8_lossy(k));
+    }
+    for i in 0..40u8 {
+        let r = s.read(format!("big{i}").as_bytes(), 0, 0).await.unwrap();
+        assert_eq!(r.data, big(i), "big{i} after restart");
+    }
+}

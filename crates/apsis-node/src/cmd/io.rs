@@ -2,18 +2,21 @@
 //!
 //! READ, WRITE and BULK_READ key off `io_attr.id`; LOOKUP and DEL off `cmd.id`, as Elliptics
 //! does. Writes and deletes on a `sync = 0` backend are acknowledged only after the backend's
-//! group-commit syncer has made them durable (see `backends::Syncer`).
+//! group-commit syncer has made them durable (see `backends::Syncer`). On a backend with a
+//! cache, every command looks in the cache first and the CACHE / CACHE_ONLY ioflags write to
+//! it (see [`crate::cache`]); a mutation that bypasses the cache settles the key's entry first.
 
 use super::HResult;
 use crate::backends::Slot;
+use crate::cache::{patch, Cache, Cached, Put};
 use crate::reply::Out;
 use crate::Ctx;
 use apsis_proto::{
     cflags, errno, ioflags, record_flags, FileInfo, Header, IoAttr, LookupReply, Time,
 };
 use apsis_storage::{
-    data_checksum, Backend, BlobBackend, ReadRequest, RecordInfo, RemoveRequest, StorageError,
-    Timestamp, WriteRequest,
+    data_checksum, read_range, Backend, BlobBackend, Key, ReadRequest, RecordInfo, RemoveRequest,
+    StorageError, Timestamp, WriteRequest,
 };
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -79,6 +82,32 @@ pub(crate) fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
     Ok(())
 }
 
+/// Before a mutation that bypasses the cache: the key's cache entry is written back if dirty
+/// and dropped, so the engine holds the newest data and no stale entry outlives the write.
+pub(crate) fn settle_cache(slot: &Slot, engine: &BlobBackend, key: &Key) -> Result<(), i32> {
+    match slot.cache() {
+        Some(c) => c.settle(key, engine).map_err(storage_errno),
+        None => Ok(()),
+    }
+}
+
+/// A lookup or write reply for an object that lives in the cache (no file: empty path).
+fn cached_reply(ctx: &Ctx, c: &Cached, size: u64) -> Vec<u8> {
+    LookupReply {
+        addr: ctx.first_addr(),
+        info: FileInfo {
+            flen: 0,
+            checksum: [0; 64],
+            record_flags: record_flags::EXTHDR,
+            size,
+            offset: 0,
+            mtime: ts_out(c.timestamp),
+        },
+        path: Vec::new(),
+    }
+    .encode()
+}
+
 /// Runs an engine mutation, then, on a `sync = 0` backend, waits for the group commit that
 /// makes it durable before it is acknowledged.
 pub(crate) async fn run<T>(
@@ -99,6 +128,18 @@ pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
+    if let Some(c) = slot.cache().and_then(|c| c.get(&key, &engine)) {
+        if c.dirty || c.cache_only {
+            let mut p = cached_reply(ctx, &c, c.data.len() as u64);
+            if hdr.flags & cflags::CHECKSUM != 0 {
+                let mut l = LookupReply::decode(&p).map_err(|_| -errno::EINVAL)?;
+                l.info.checksum = data_checksum(&c.data);
+                p = l.encode();
+            }
+            out.data(&[&p], false).await;
+            return Ok(());
+        }
+    }
     let checksum = hdr.flags & cflags::CHECKSUM != 0;
     let info = engine.lookup(&key, checksum).map_err(storage_errno)?;
     if info.is_uncommitted() || info.is_removed() || info.size == 0 {
@@ -128,16 +169,43 @@ fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
     IoAttr::split(payload).map_err(|_| -errno::EINVAL)
 }
 
-/// Reads one key and builds its READ reply payload (io_attr + data).
-fn read_one(engine: &BlobBackend, io: &IoAttr) -> Result<(IoAttr, Vec<u8>), i32> {
+/// The READ reply for a request: from the cache when the key is there (or CACHE asks to
+/// bring it in), else from the engine.
+fn read_one(
+    cache: Option<&Cache>,
+    engine: &BlobBackend,
+    io: &IoAttr,
+) -> Result<(IoAttr, Vec<u8>), i32> {
+    let key = apsis_storage::Key(io.id);
     let req = ReadRequest {
         offset: io.offset,
         size: io.size,
         nocsum: io.flags & ioflags::NOCSUM != 0,
     };
-    let r = engine
-        .read(&apsis_storage::Key(io.id), &req)
-        .map_err(storage_errno)?;
+    if let Some(c) = cache {
+        let hit = match c.get(&key, engine) {
+            Some(h) => Some(h),
+            None if io.flags & ioflags::CACHE_ONLY != 0 => return Err(-errno::ENOENT),
+            None if io.flags & ioflags::CACHE != 0 => cache_in(c, engine, &key)?,
+            None => None,
+        };
+        if let Some(h) = hit {
+            let (off, len) = read_range(h.data.len() as u64, &req).map_err(storage_errno)?;
+            let data = h.data[off as usize..(off + len) as usize].to_vec();
+            let mut rio = *io;
+            if io.flags & ioflags::CHECKSUM != 0 {
+                rio.parent = data_checksum(&data);
+            }
+            rio.offset = off;
+            rio.size = len;
+            rio.total_size = h.data.len() as u64;
+            rio.timestamp = ts_out(h.timestamp);
+            rio.user_flags = h.user_flags;
+            rio.record_flags = record_flags::EXTHDR;
+            return Ok((rio, data));
+        }
+    }
+    let r = engine.read(&key, &req).map_err(storage_errno)?;
     let mut rio = *io;
     if io.flags & ioflags::CHECKSUM != 0 {
         rio.parent = data_checksum(&r.data);
@@ -151,13 +219,51 @@ fn read_one(engine: &BlobBackend, io: &IoAttr) -> Result<(IoAttr, Vec<u8>), i32>
     Ok((rio, r.data))
 }
 
+/// A READ with CACHE that missed: the whole object comes from the engine (verified) and is
+/// cached clean, unless it is too big for the cache (then `None`: read it from disk).
+fn cache_in(c: &Cache, engine: &BlobBackend, key: &Key) -> Result<Option<Cached>, i32> {
+    let info = engine.lookup(key, false).map_err(storage_errno)?;
+    if info.is_uncommitted() || info.is_removed() {
+        return Err(-errno::ENOENT);
+    }
+    if info.size > c.max_object() {
+        return Ok(None);
+    }
+    let r = engine
+        .read(key, &ReadRequest::default())
+        .map_err(storage_errno)?;
+    let data = std::sync::Arc::new(r.data);
+    let cached = Cached {
+        data: data.clone(),
+        timestamp: r.info.timestamp,
+        user_flags: r.info.user_flags,
+        dirty: false,
+        cache_only: false,
+    };
+    c.put(
+        key,
+        Put {
+            data: data.to_vec(),
+            timestamp: r.info.timestamp,
+            user_flags: r.info.user_flags,
+            ttl: None,
+            remove_from_disk: false,
+            cache_only: false,
+            dirty: false,
+        },
+        engine,
+    )
+    .map_err(storage_errno)?;
+    Ok(Some(cached))
+}
+
 pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     out.no_ack();
     let (io, _) = io_attr(payload)?;
     let hdr = out.req;
-    let (_slot, engine) = backend_for(out)?;
+    let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &io.id).await;
-    let (rio, data) = read_one(&engine, &io)?;
+    let (rio, data) = read_one(slot.cache().as_deref(), &engine, &io)?;
     let mut head = Vec::with_capacity(IoAttr::SIZE);
     rio.encode_into(&mut head);
     out.data(&[&head, &data], false).await;
@@ -197,6 +303,40 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     };
     let key = apsis_storage::Key(io.id);
     let _g = lock(ctx, &hdr, &io.id).await;
+    if let Some(c) = slot.cache() {
+        let to_cache = f & (ioflags::CACHE | ioflags::CACHE_ONLY) != 0;
+        let whole_or_patch = req.prepare.is_none()
+            && !req.plain
+            && req.commit.is_none()
+            && req.cas_checksum.is_none()
+            && !req.cas_timestamp;
+        if to_cache && whole_or_patch {
+            if let Some(size) = write_cached(&slot, &engine, &c, &io, data).await? {
+                if f & ioflags::WRITE_NO_FILE_INFO != 0 {
+                    out.data(&[], false).await;
+                } else {
+                    let p = cached_reply(
+                        ctx,
+                        &Cached {
+                            data: Default::default(),
+                            timestamp: req.timestamp,
+                            user_flags: io.user_flags,
+                            dirty: false,
+                            cache_only: false,
+                        },
+                        size,
+                    );
+                    out.data(&[&p], false).await;
+                }
+                return Ok(());
+            }
+        } else if f & ioflags::CACHE_ONLY != 0 {
+            // PREPARE / PLAIN_WRITE / COMMIT / CAS build records on disk; the cache holds
+            // whole objects only.
+            return Err(-errno::ENOTSUP);
+        }
+        c.settle(&key, &engine).map_err(storage_errno)?;
+    }
     let info = run(&slot, || engine.write(&key, &req)).await?;
     if f & ioflags::WRITE_NO_FILE_INFO != 0 {
         out.data(&[], false).await;
@@ -206,6 +346,82 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let p = lookup_reply(ctx, &slot, &info, size);
     out.data(&[&p], false).await;
     Ok(())
+}
+
+/// A WRITE with CACHE or CACHE_ONLY (whole object, offset write or APPEND) into the cache.
+/// Returns the size to report, or `None` when the object is too big for the cache and the
+/// write goes to the engine instead (never for CACHE_ONLY: that is −E2BIG).
+async fn write_cached(
+    slot: &Slot,
+    engine: &BlobBackend,
+    c: &Cache,
+    io: &IoAttr,
+    data: &[u8],
+) -> Result<Option<u64>, i32> {
+    let key = Key(io.id);
+    let f = io.flags;
+    let cache_only = f & ioflags::CACHE_ONLY != 0;
+    let append = f & ioflags::APPEND != 0;
+    let too_big = |end: u64| {
+        if end > c.max_object() {
+            Err(if cache_only { -errno::E2BIG } else { 0 })
+        } else {
+            Ok(())
+        }
+    };
+    let len = data.len() as u64;
+    let checked = too_big(io.offset.saturating_add(len)).and_then(|()| {
+        // An offset write or APPEND applies to the newest bytes: the cache's, else the disk's.
+        if io.offset == 0 && !append {
+            return Ok(Vec::new());
+        }
+        let current = match c.get(&key, engine) {
+            Some(h) => h.data.to_vec(),
+            None if cache_only => Vec::new(),
+            None => match engine.read(&key, &ReadRequest::default()) {
+                Ok(r) => r.data,
+                Err(StorageError::NotFound) => Vec::new(),
+                Err(e) => return Err(storage_errno(e)),
+            },
+        };
+        if append {
+            too_big(current.len() as u64 + len)?;
+        }
+        Ok(current)
+    });
+    let current = match checked {
+        Ok(v) => v,
+        Err(0) => {
+            c.settle(&key, engine).map_err(storage_errno)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let new = patch(current, data, io.offset, append);
+    let size = if append { len } else { new.len() as u64 };
+    let timestamp = ts_in(io.timestamp);
+    // `sync = 0` promises durability at acknowledgement: write through, cache clean.
+    let through = !cache_only && slot.cfg.sync == 0;
+    if through {
+        let req = WriteRequest {
+            data: &new,
+            timestamp,
+            user_flags: io.user_flags,
+            ..Default::default()
+        };
+        run(slot, || engine.write(&key, &req)).await?;
+    }
+    let put = Put {
+        data: new,
+        timestamp,
+        user_flags: io.user_flags,
+        ttl: (io.start > 0).then(|| std::time::Duration::from_secs(io.start)),
+        remove_from_disk: f & ioflags::CACHE_REMOVE_FROM_DISK != 0,
+        cache_only,
+        dirty: !through && !cache_only,
+    };
+    c.put(&key, put, engine).map_err(storage_errno)?;
+    Ok(Some(size))
 }
 
 pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
@@ -219,14 +435,29 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     // at the request's timestamp even where the key is missing, unless something newer is
     // stored (−EBADFD).
     let cas = io.flags & ioflags::CAS_TIMESTAMP != 0;
+    let mut cached = false;
+    if let Some(c) = slot.cache() {
+        if cas {
+            // A conditional delete compares with the newest data: write it back first.
+            c.settle(&key, &engine).map_err(storage_errno)?;
+        } else {
+            cached = c.discard(&key);
+            if io.flags & ioflags::CACHE_ONLY != 0 {
+                return if cached { Ok(()) } else { Err(-errno::ENOENT) };
+            }
+        }
+    }
     let req = RemoveRequest {
         timestamp: ts_in(io.timestamp),
         always_record: cas,
         cas_timestamp: cas,
         expect: None,
     };
-    run(&slot, move || engine.remove(&key, &req)).await?;
-    Ok(())
+    match run(&slot, move || engine.remove(&key, &req)).await {
+        // It lived only in the cache (CACHE_ONLY, or dirty and never written back).
+        Err(e) if e == -errno::ENOENT && cached => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
@@ -238,9 +469,9 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
     let backend = backend_for(out);
     for k in &req.keys {
         let r = match &backend {
-            Ok((_slot, engine)) => {
+            Ok((slot, engine)) => {
                 let _g = lock(ctx, &hdr, &k.id).await;
-                read_one(engine, k)
+                read_one(slot.cache().as_deref(), engine, k)
             }
             Err(e) => Err(*e),
         };

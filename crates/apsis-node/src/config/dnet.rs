@@ -64,6 +64,14 @@ pub fn from_json(text: &str) -> Result<NodeConfig, ConfigError> {
     let mut cfg = walk.options(options)?;
     cfg.log_level = log_level;
     cfg.backends = walk.backends(backends)?;
+    if let Some((size, sync_timeout)) = walk.node_cache {
+        for b in cfg.backends.iter_mut().filter(|b| b.cache_size == 0) {
+            b.cache_size = size;
+            if let Some(t) = sync_timeout {
+                b.cache_sync_timeout_secs = t;
+            }
+        }
+    }
     cfg.ignored_keys = walk.ignored;
     Ok(cfg)
 }
@@ -72,6 +80,8 @@ pub fn from_json(text: &str) -> Result<NodeConfig, ConfigError> {
 #[derive(Default)]
 struct Walk {
     ignored: Vec<String>,
+    /// `options.cache`: (size, sync_timeout) for every backend without a cache of its own.
+    node_cache: Option<(u64, Option<u64>)>,
 }
 
 impl Walk {
@@ -176,7 +186,7 @@ impl Walk {
                     self.no_effect(&path);
                 }
                 "monitor" => monitor_port = self.monitor(value, &path)?,
-                "cache" => self.cache(value, &path)?,
+                "cache" => self.node_cache = Some(self.cache(value, &path)?),
                 _ => self.unknown(&path),
             }
         }
@@ -234,29 +244,34 @@ impl Walk {
         Ok(port)
     }
 
-    /// `options.cache` or `backends[i].cache`: checked as Elliptics checks it, then set aside.
-    fn cache(&mut self, cache: &Value, path: &str) -> Result<(), ConfigError> {
+    /// `options.cache` or `backends[i].cache`: (size, sync_timeout). Apsis keeps one LRU per
+    /// shard, so `pages_proportions` (Elliptics' segments) is checked and noted.
+    fn cache(&mut self, cache: &Value, path: &str) -> Result<(u64, Option<u64>), ConfigError> {
         let mut size = None;
+        let mut sync_timeout = None;
         for (key, value) in object(cache, path)? {
             let key_path = format!("{path}.{key}");
             match key.as_str() {
                 "size" => size = Some(uint(value, &key_path)?),
-                "shards" | "sync_timeout" => {
+                "sync_timeout" => sync_timeout = Some(uint(value, &key_path)?),
+                "shards" => {
                     uint(value, &key_path)?;
+                    self.note(&key_path, "Apsis uses 16 shards");
                 }
                 "pages_proportions" => {
                     for (i, item) in array(value, &key_path)?.iter().enumerate() {
                         uint_in::<u32>(item, &format!("{key_path}[{i}]"))?;
                     }
+                    self.note(&key_path, "Apsis uses one LRU per shard");
                 }
                 _ => self.unknown(&key_path),
             }
         }
-        if required(size, &format!("{path}.size"))? == 0 {
+        let size = required(size, &format!("{path}.size"))?;
+        if size == 0 {
             return Err(ConfigError(format!("{path}.size: must be above 0")));
         }
-        self.note(path, "Apsis has no cache yet");
-        Ok(())
+        Ok((size, sync_timeout))
     }
 
     fn backends(&mut self, backends: &Value) -> Result<Vec<BackendConfig>, ConfigError> {
@@ -284,6 +299,7 @@ impl Walk {
         let mut size_limit_bytes = None;
         let mut records_in_blob = None;
         let mut defrag_percentage = None;
+        let mut cache = None;
 
         for (key, value) in object(backend, path)? {
             let path = format!("{path}.{key}");
@@ -294,7 +310,7 @@ impl Walk {
                 "history" => history = Some(PathBuf::from(string(value, &path)?)),
                 "enable" => enable = boolean(value, &path)?,
                 "read_only" => read_only = boolean(value, &path)?,
-                "cache" => self.cache(value, &path)?,
+                "cache" => cache = Some(self.cache(value, &path)?),
                 "io_thread_num" | "nonblocking_io_thread_num" => {
                     uint(value, &path)?;
                     self.no_effect(&path);
@@ -362,6 +378,12 @@ impl Walk {
         }
         if let Some(v) = defrag_percentage {
             b.defrag_percentage = v;
+        }
+        if let Some((size, sync_timeout)) = cache {
+            b.cache_size = size;
+            if let Some(t) = sync_timeout {
+                b.cache_sync_timeout_secs = t;
+            }
         }
         Ok(b)
     }
@@ -665,10 +687,11 @@ mod tests {
         assert_eq!(b.blob_size, 10 << 30);
         assert_eq!(b.records_in_blob, 1_000_000);
         assert_eq!((b.size_limit_bytes, b.defrag_percentage), (0, 25));
+        // options.cache applies to every backend without a cache of its own.
+        assert_eq!((b.cache_size, b.cache_sync_timeout_secs), (16 << 20, 30));
         assert!(b.enable && !b.read_only);
         for expected in [
             "logger.root (Apsis logs to stderr)",
-            "options.cache (Apsis has no cache yet)",
             "options.io_thread_num (no effect in Apsis)",
             "options.nonblocking_io_thread_num (no effect in Apsis)",
             "options.net_thread_num (no effect in Apsis)",
