@@ -38,6 +38,9 @@ REMOTES=(-r "${ADDRS[0]}" -r "${ADDRS[1]}" -r "${ADDRS[2]}")
 echo "## 1K writes, 1 connection (latency-bound: parallel fan-out costs one round trip, not three)"
 run "${REMOTES[@]}" -g 1 --checker all --connections 1 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 run "${REMOTES[@]}" -g 1,2,3 --checker all --connections 1 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+echo "## 1K writes, 1 connection with 50 requests in flight (multiplexed: fewer system calls per write)"
+run "${REMOTES[@]}" -g 1 --checker all --connections 1 --inflight 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+run "${REMOTES[@]}" -g 1,2,3 --checker all --connections 1 --inflight 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 for size in 1K 1M; do
     if [ "$size" = 1K ]; then CONNS=50; KEYS=10000; else CONNS=8; KEYS=200; fi
     echo "## $size writes, $CONNS connections: 1 group vs 3 groups (checker all)"
