@@ -98,14 +98,10 @@ impl Slot {
         self.state.lock().cache.clone()
     }
 
-    /// Writes back every dirty cache entry (disable, shutdown; blocking).
+    /// Writes back every dirty cache entry (shutdown; blocking).
     pub fn flush_cache(&self) {
-        let (cache, engine) = {
-            let s = self.state.lock();
-            (s.cache.clone(), s.engine.clone())
-        };
-        if let (Some(c), Some(e)) = (cache, engine) {
-            c.flush(&e, true);
+        if let Some(c) = self.cache() {
+            c.flush(true);
         }
     }
 
@@ -220,6 +216,7 @@ impl Backends {
                 s.syncer = (slot.cfg.sync == 0).then(|| Syncer::start(&engine, id));
                 s.cache = (slot.cfg.cache_size > 0).then(|| {
                     Arc::new(Cache::new(
+                        engine.clone(),
                         slot.cfg.cache_size,
                         std::time::Duration::from_secs(slot.cfg.cache_sync_timeout_secs),
                     ))
@@ -245,10 +242,6 @@ impl Backends {
     /// Closes a backend's engine after syncing it (blocking).
     pub fn disable(&self, id: u32) -> Result<(), i32> {
         let slot = self.get(id).ok_or(-apsis_proto::errno::EINVAL)?.clone();
-        if slot.state.lock().state != backend_state::ENABLED {
-            return Err(-apsis_proto::errno::EALREADY);
-        }
-        slot.flush_cache();
         let engine = {
             let mut s = slot.state.lock();
             if s.state != backend_state::ENABLED {
@@ -256,10 +249,8 @@ impl Backends {
             }
             s.state = backend_state::DEACTIVATING;
             s.syncer = None;
-            // Whatever reached the cache since the flush above is written back here.
-            if let (Some(c), Some(e)) = (s.cache.take(), s.engine.as_ref()) {
-                c.flush(e, true);
-            }
+            // The cache writes back what is dirty when its last user drops it.
+            drop(s.cache.take());
             s.engine.take()
         };
         self.rebuild_routes();
@@ -349,9 +340,7 @@ impl Backends {
                 let mut s = slot.state.lock();
                 s.state = backend_state::DISABLED;
                 s.syncer = None;
-                if let (Some(c), Some(e)) = (s.cache.take(), s.engine.as_ref()) {
-                    c.flush(e, true);
-                }
+                drop(s.cache.take());
                 s.engine.take()
             };
             drop(e);

@@ -44,7 +44,7 @@ pub struct Cached {
 
 /// What a write puts in the cache.
 pub struct Put {
-    pub data: Vec<u8>,
+    pub data: Arc<Vec<u8>>,
     pub timestamp: Timestamp,
     pub user_flags: u64,
     pub ttl: Option<Duration>,
@@ -108,7 +108,11 @@ pub struct CacheStats {
     pub writeback_errors: AtomicU64,
 }
 
+/// A backend's cache. It holds the backend's engine, so whatever is dirty when the last
+/// reference goes (the backend was disabled while requests were in flight) is written back
+/// on drop.
 pub struct Cache {
+    engine: Arc<BlobBackend>,
     shards: Vec<Mutex<Shard>>,
     shard_bytes: u64,
     sync_timeout: Duration,
@@ -137,9 +141,11 @@ fn write_back(engine: &BlobBackend, key: &Key, c: &Cached) -> Result<(), Storage
 }
 
 impl Cache {
-    /// A cache of `size` bytes whose dirty entries are written back after `sync_timeout`.
-    pub fn new(size: u64, sync_timeout: Duration) -> Cache {
+    /// A cache of `size` bytes in front of `engine`, whose dirty entries are written back
+    /// after `sync_timeout`.
+    pub fn new(engine: Arc<BlobBackend>, size: u64, sync_timeout: Duration) -> Cache {
         Cache {
+            engine,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_bytes: (size / SHARDS as u64).max(ENTRY_OVERHEAD),
             sync_timeout,
@@ -159,7 +165,8 @@ impl Cache {
 
     /// Writes back (if dirty) and forgets an entry that left the cache; with
     /// `remove_from_disk` (an expired CACHE_REMOVE_FROM_DISK entry) removes the object too.
-    fn retire(&self, engine: &BlobBackend, key: &Key, e: &Entry, drop_from_disk: bool) {
+    fn retire(&self, key: &Key, e: &Entry, drop_from_disk: bool) {
+        let engine = &*self.engine;
         let r = if drop_from_disk && !e.c.cache_only {
             engine
                 .remove(
@@ -190,7 +197,7 @@ impl Cache {
     }
 
     /// The key's cached object; an expired entry is retired on the way and reads as absent.
-    pub fn get(&self, key: &Key, engine: &BlobBackend) -> Option<Cached> {
+    pub fn get(&self, key: &Key) -> Option<Cached> {
         let mut s = self.shard(key).lock();
         match s.map.get(key) {
             None => {
@@ -200,7 +207,7 @@ impl Cache {
             Some(e) if e.expires.is_some_and(|t| t <= Instant::now()) => {
                 let e = s.remove(key).expect("present");
                 self.stats.expired.fetch_add(1, Relaxed);
-                self.retire(engine, key, &e, e.remove_from_disk);
+                self.retire(key, &e, e.remove_from_disk);
                 self.stats.misses.fetch_add(1, Relaxed);
                 None
             }
@@ -216,11 +223,11 @@ impl Cache {
     /// Puts an object in the cache (replacing the key's entry), evicting least recently used
     /// entries to make room; evicted dirty entries are written back first. An object larger
     /// than a shard is not cached: a dirty one is written to the backend at once instead.
-    pub fn put(&self, key: &Key, p: Put, engine: &BlobBackend) -> Result<(), StorageError> {
+    pub fn put(&self, key: &Key, p: Put) -> Result<(), StorageError> {
         let now = Instant::now();
         let mut e = Entry {
             c: Cached {
-                data: Arc::new(p.data),
+                data: p.data,
                 timestamp: p.timestamp,
                 user_flags: p.user_flags,
                 dirty: p.dirty && !p.cache_only,
@@ -236,7 +243,7 @@ impl Cache {
         if e.cost() > self.shard_bytes {
             drop(s);
             if e.c.dirty {
-                write_back(engine, key, &e.c)?;
+                write_back(&self.engine, key, &e.c)?;
             }
             return Ok(());
         }
@@ -247,7 +254,7 @@ impl Cache {
             if let Some(v) = s.map.remove(&victim) {
                 s.bytes -= v.cost();
                 self.stats.evictions.fetch_add(1, Relaxed);
-                self.retire(engine, &victim, &v, false);
+                self.retire(&victim, &v, false);
             }
         }
         s.tick += 1;
@@ -266,11 +273,11 @@ impl Cache {
 
     /// Before a write that bypasses the cache: a dirty entry is written back (so an offset
     /// write or append applies to the newest data), then the entry is dropped.
-    pub fn settle(&self, key: &Key, engine: &BlobBackend) -> Result<(), StorageError> {
+    pub fn settle(&self, key: &Key) -> Result<(), StorageError> {
         let mut s = self.shard(key).lock();
         if let Some(e) = s.remove(key) {
             if e.c.dirty && !e.c.cache_only {
-                if let Err(err) = write_back(engine, key, &e.c) {
+                if let Err(err) = write_back(&self.engine, key, &e.c) {
                     // Keep it: nothing is lost, and the write that wanted to pass fails.
                     let t = e.tick;
                     s.bytes += e.cost();
@@ -286,7 +293,7 @@ impl Cache {
 
     /// Background pass: writes back entries dirty for `sync_timeout` and retires expired ones
     /// (`all`: writes back every dirty entry, for disable and shutdown).
-    pub fn flush(&self, engine: &BlobBackend, all: bool) {
+    pub fn flush(&self, all: bool) {
         let now = Instant::now();
         for shard in &self.shards {
             let mut s = shard.lock();
@@ -299,7 +306,7 @@ impl Cache {
             for k in expired {
                 if let Some(e) = s.remove(&k) {
                     self.stats.expired.fetch_add(1, Relaxed);
-                    self.retire(engine, &k, &e, e.remove_from_disk);
+                    self.retire(&k, &e, e.remove_from_disk);
                 }
             }
             let due: Vec<Key> = s
@@ -313,7 +320,7 @@ impl Cache {
                 .collect();
             for k in due {
                 let Some(e) = s.map.get_mut(&k) else { continue };
-                match write_back(engine, &k, &e.c) {
+                match write_back(&self.engine, &k, &e.c) {
                     Ok(()) => {
                         e.dirty_since = None;
                         e.c.dirty = false;
@@ -359,6 +366,12 @@ impl Cache {
     }
 }
 
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.flush(true);
+    }
+}
+
 /// Applies a write at `offset` (or appended) to an object's current bytes.
 pub fn patch(mut base: Vec<u8>, data: &[u8], offset: u64, append: bool) -> Vec<u8> {
     let at = if append { base.len() } else { offset as usize };
@@ -374,12 +387,12 @@ mod tests {
     use super::*;
     use apsis_storage::{BlobConfig, ReadRequest, SimDir};
 
-    fn engine() -> BlobBackend {
+    fn engine() -> Arc<BlobBackend> {
         let cfg = BlobConfig {
             blob_size: 1 << 20,
             ..BlobConfig::default()
         };
-        BlobBackend::open(Arc::new(SimDir::new()), cfg).unwrap().0
+        Arc::new(BlobBackend::open(Arc::new(SimDir::new()), cfg).unwrap().0)
     }
 
     /// Keys that land in the same shard (byte 7 decides).
@@ -391,7 +404,7 @@ mod tests {
 
     fn put(data: &[u8], dirty: bool, ttl: Option<Duration>) -> Put {
         Put {
-            data: data.to_vec(),
+            data: Arc::new(data.to_vec()),
             timestamp: Timestamp::new(1, 0),
             user_flags: 0,
             ttl,
@@ -405,15 +418,19 @@ mod tests {
     fn evicts_the_least_recently_used_and_writes_it_back() {
         let e = engine();
         // Room for three 1000-byte entries per shard.
-        let c = Cache::new(16 * 3 * (1000 + ENTRY_OVERHEAD), Duration::from_secs(60));
+        let c = Cache::new(
+            e.clone(),
+            16 * 3 * (1000 + ENTRY_OVERHEAD),
+            Duration::from_secs(60),
+        );
         for i in 0..3 {
-            c.put(&key(i), put(&[i; 1000], true, None), &e).unwrap();
+            c.put(&key(i), put(&[i; 1000], true, None)).unwrap();
         }
-        assert!(c.get(&key(0), &e).is_some()); // 0 is now the most recent; 1 the least
-        c.put(&key(3), put(&[3; 1000], true, None), &e).unwrap();
-        assert!(c.get(&key(1), &e).is_none(), "1 was evicted");
+        assert!(c.get(&key(0)).is_some()); // 0 is now the most recent; 1 the least
+        c.put(&key(3), put(&[3; 1000], true, None)).unwrap();
+        assert!(c.get(&key(1)).is_none(), "1 was evicted");
         for i in [0, 2, 3] {
-            assert!(c.get(&key(i), &e).is_some(), "{i} stays");
+            assert!(c.get(&key(i)).is_some(), "{i} stays");
         }
         // The evicted dirty entry reached the engine.
         let r = e.read(&key(1), &ReadRequest::default()).unwrap();
@@ -425,26 +442,26 @@ mod tests {
     #[test]
     fn expiry_writes_back_dirty_data_and_too_big_goes_to_disk() {
         let e = engine();
-        let c = Cache::new(16 << 10, Duration::from_secs(60));
-        c.put(&key(1), put(b"short", true, Some(Duration::ZERO)), &e)
+        let c = Cache::new(e.clone(), 16 << 10, Duration::from_secs(60));
+        c.put(&key(1), put(b"short", true, Some(Duration::ZERO)))
             .unwrap();
-        assert!(c.get(&key(1), &e).is_none(), "expired");
+        assert!(c.get(&key(1)).is_none(), "expired");
         let r = e.read(&key(1), &ReadRequest::default()).unwrap();
         assert_eq!(
             r.data, b"short",
             "a dirty entry is written back when it expires"
         );
         // Larger than a shard: written to the engine at once, not cached.
-        c.put(&key(2), put(&[7; 2048], true, None), &e).unwrap();
-        assert!(c.get(&key(2), &e).is_none());
+        c.put(&key(2), put(&[7; 2048], true, None)).unwrap();
+        assert!(c.get(&key(2)).is_none());
         assert_eq!(
             e.read(&key(2), &ReadRequest::default()).unwrap().data,
             vec![7; 2048]
         );
         // flush(all) writes back and keeps the entry, clean.
-        c.put(&key(3), put(b"dirty", true, None), &e).unwrap();
-        c.flush(&e, true);
-        let h = c.get(&key(3), &e).unwrap();
+        c.put(&key(3), put(b"dirty", true, None)).unwrap();
+        c.flush(true);
+        let h = c.get(&key(3)).unwrap();
         assert!(!h.dirty);
         assert_eq!(
             e.read(&key(3), &ReadRequest::default()).unwrap().data,

@@ -194,12 +194,8 @@ async fn cache_flusher(ctx: Arc<Ctx>) {
     loop {
         tick.tick().await;
         for slot in ctx.backends.slots() {
-            let (cache, engine) = {
-                let s = slot.state.lock();
-                (s.cache.clone(), s.engine.clone())
-            };
-            if let (Some(c), Some(e)) = (cache, engine) {
-                let _ = tokio::task::spawn_blocking(move || c.flush(&e, false)).await;
+            if let Some(c) = slot.cache() {
+                let _ = tokio::task::spawn_blocking(move || c.flush(false)).await;
             }
         }
     }

@@ -84,24 +84,24 @@ pub(crate) fn node_writable(ctx: &Ctx, slot: &Slot) -> Result<(), i32> {
 
 /// Before a mutation that bypasses the cache: the key's cache entry is written back if dirty
 /// and dropped, so the engine holds the newest data and no stale entry outlives the write.
-pub(crate) fn settle_cache(slot: &Slot, engine: &BlobBackend, key: &Key) -> Result<(), i32> {
+pub(crate) fn settle_cache(slot: &Slot, key: &Key) -> Result<(), i32> {
     match slot.cache() {
-        Some(c) => c.settle(key, engine).map_err(storage_errno),
+        Some(c) => c.settle(key).map_err(storage_errno),
         None => Ok(()),
     }
 }
 
 /// A lookup or write reply for an object that lives in the cache (no file: empty path).
-fn cached_reply(ctx: &Ctx, c: &Cached, size: u64) -> Vec<u8> {
+fn cached_reply(ctx: &Ctx, timestamp: Timestamp, size: u64, checksum: [u8; 64]) -> Vec<u8> {
     LookupReply {
         addr: ctx.first_addr(),
         info: FileInfo {
             flen: 0,
-            checksum: [0; 64],
+            checksum,
             record_flags: record_flags::EXTHDR,
             size,
             offset: 0,
-            mtime: ts_out(c.timestamp),
+            mtime: ts_out(timestamp),
         },
         path: Vec::new(),
     }
@@ -128,19 +128,19 @@ pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
-    if let Some(c) = slot.cache().and_then(|c| c.get(&key, &engine)) {
+    let checksum = hdr.flags & cflags::CHECKSUM != 0;
+    if let Some(c) = slot.cache().and_then(|c| c.get(&key)) {
         if c.dirty || c.cache_only {
-            let mut p = cached_reply(ctx, &c, c.data.len() as u64);
-            if hdr.flags & cflags::CHECKSUM != 0 {
-                let mut l = LookupReply::decode(&p).map_err(|_| -errno::EINVAL)?;
-                l.info.checksum = data_checksum(&c.data);
-                p = l.encode();
-            }
+            let sum = if checksum {
+                data_checksum(&c.data)
+            } else {
+                [0; 64]
+            };
+            let p = cached_reply(ctx, c.timestamp, c.data.len() as u64, sum);
             out.data(&[&p], false).await;
             return Ok(());
         }
     }
-    let checksum = hdr.flags & cflags::CHECKSUM != 0;
     let info = engine.lookup(&key, checksum).map_err(storage_errno)?;
     if info.is_uncommitted() || info.is_removed() || info.size == 0 {
         return Err(-errno::ENOENT);
@@ -182,41 +182,54 @@ fn read_one(
         size: io.size,
         nocsum: io.flags & ioflags::NOCSUM != 0,
     };
-    if let Some(c) = cache {
-        let hit = match c.get(&key, engine) {
+    let hit = match cache {
+        Some(c) => match c.get(&key) {
             Some(h) => Some(h),
             None if io.flags & ioflags::CACHE_ONLY != 0 => return Err(-errno::ENOENT),
             None if io.flags & ioflags::CACHE != 0 => cache_in(c, engine, &key)?,
             None => None,
-        };
-        if let Some(h) = hit {
+        },
+        None => None,
+    };
+    // (data, offset, total size, timestamp, user flags, record flags) from either source.
+    let (data, offset, total, timestamp, user_flags, rflags) = match hit {
+        Some(h) => {
             let (off, len) = read_range(h.data.len() as u64, &req).map_err(storage_errno)?;
             let data = h.data[off as usize..(off + len) as usize].to_vec();
-            let mut rio = *io;
-            if io.flags & ioflags::CHECKSUM != 0 {
-                rio.parent = data_checksum(&data);
-            }
-            rio.offset = off;
-            rio.size = len;
-            rio.total_size = h.data.len() as u64;
-            rio.timestamp = ts_out(h.timestamp);
-            rio.user_flags = h.user_flags;
-            rio.record_flags = record_flags::EXTHDR;
-            return Ok((rio, data));
+            let total = h.data.len() as u64;
+            (
+                data,
+                off,
+                total,
+                h.timestamp,
+                h.user_flags,
+                record_flags::EXTHDR,
+            )
         }
-    }
-    let r = engine.read(&key, &req).map_err(storage_errno)?;
+        None => {
+            let r = engine.read(&key, &req).map_err(storage_errno)?;
+            let rf = wire_flags(&r.info);
+            (
+                r.data,
+                r.offset,
+                r.info.size,
+                r.info.timestamp,
+                r.info.user_flags,
+                rf,
+            )
+        }
+    };
     let mut rio = *io;
     if io.flags & ioflags::CHECKSUM != 0 {
-        rio.parent = data_checksum(&r.data);
+        rio.parent = data_checksum(&data);
     }
-    rio.offset = r.offset;
-    rio.size = r.data.len() as u64;
-    rio.total_size = r.info.size;
-    rio.timestamp = ts_out(r.info.timestamp);
-    rio.user_flags = r.info.user_flags;
-    rio.record_flags = wire_flags(&r.info);
-    Ok((rio, r.data))
+    rio.offset = offset;
+    rio.size = data.len() as u64;
+    rio.total_size = total;
+    rio.timestamp = ts_out(timestamp);
+    rio.user_flags = user_flags;
+    rio.record_flags = rflags;
+    Ok((rio, data))
 }
 
 /// A READ with CACHE that missed: the whole object comes from the engine (verified) and is
@@ -233,28 +246,23 @@ fn cache_in(c: &Cache, engine: &BlobBackend, key: &Key) -> Result<Option<Cached>
         .read(key, &ReadRequest::default())
         .map_err(storage_errno)?;
     let data = std::sync::Arc::new(r.data);
-    let cached = Cached {
+    let put = Put {
         data: data.clone(),
+        timestamp: r.info.timestamp,
+        user_flags: r.info.user_flags,
+        ttl: None,
+        remove_from_disk: false,
+        cache_only: false,
+        dirty: false,
+    };
+    c.put(key, put).map_err(storage_errno)?;
+    Ok(Some(Cached {
+        data,
         timestamp: r.info.timestamp,
         user_flags: r.info.user_flags,
         dirty: false,
         cache_only: false,
-    };
-    c.put(
-        key,
-        Put {
-            data: data.to_vec(),
-            timestamp: r.info.timestamp,
-            user_flags: r.info.user_flags,
-            ttl: None,
-            remove_from_disk: false,
-            cache_only: false,
-            dirty: false,
-        },
-        engine,
-    )
-    .map_err(storage_errno)?;
-    Ok(Some(cached))
+    }))
 }
 
 pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
@@ -315,17 +323,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 if f & ioflags::WRITE_NO_FILE_INFO != 0 {
                     out.data(&[], false).await;
                 } else {
-                    let p = cached_reply(
-                        ctx,
-                        &Cached {
-                            data: Default::default(),
-                            timestamp: req.timestamp,
-                            user_flags: io.user_flags,
-                            dirty: false,
-                            cache_only: false,
-                        },
-                        size,
-                    );
+                    let p = cached_reply(ctx, req.timestamp, size, [0; 64]);
                     out.data(&[&p], false).await;
                 }
                 return Ok(());
@@ -335,7 +333,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
             // whole objects only.
             return Err(-errno::ENOTSUP);
         }
-        c.settle(&key, &engine).map_err(storage_errno)?;
+        c.settle(&key).map_err(storage_errno)?;
     }
     let info = run(&slot, || engine.write(&key, &req)).await?;
     if f & ioflags::WRITE_NO_FILE_INFO != 0 {
@@ -375,7 +373,7 @@ async fn write_cached(
         if io.offset == 0 && !append {
             return Ok(Vec::new());
         }
-        let current = match c.get(&key, engine) {
+        let current = match c.get(&key) {
             Some(h) => h.data.to_vec(),
             None if cache_only => Vec::new(),
             None => match engine.read(&key, &ReadRequest::default()) {
@@ -392,7 +390,7 @@ async fn write_cached(
     let current = match checked {
         Ok(v) => v,
         Err(0) => {
-            c.settle(&key, engine).map_err(storage_errno)?;
+            c.settle(&key).map_err(storage_errno)?;
             return Ok(None);
         }
         Err(e) => return Err(e),
@@ -412,7 +410,7 @@ async fn write_cached(
         run(slot, || engine.write(&key, &req)).await?;
     }
     let put = Put {
-        data: new,
+        data: std::sync::Arc::new(new),
         timestamp,
         user_flags: io.user_flags,
         ttl: (io.start > 0).then(|| std::time::Duration::from_secs(io.start)),
@@ -420,7 +418,7 @@ async fn write_cached(
         cache_only,
         dirty: !through && !cache_only,
     };
-    c.put(&key, put, engine).map_err(storage_errno)?;
+    c.put(&key, put).map_err(storage_errno)?;
     Ok(Some(size))
 }
 
@@ -439,7 +437,7 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     if let Some(c) = slot.cache() {
         if cas {
             // A conditional delete compares with the newest data: write it back first.
-            c.settle(&key, &engine).map_err(storage_errno)?;
+            c.settle(&key).map_err(storage_errno)?;
         } else {
             cached = c.discard(&key);
             if io.flags & ioflags::CACHE_ONLY != 0 {

@@ -277,7 +277,7 @@ impl Side {
                 let engine = Self::engine(slot)?;
                 crate::cmd::io::node_writable(ctx, slot)?;
                 let _g = ctx.locks.lock(&id, slot.cfg.group).await;
-                crate::cmd::io::settle_cache(slot, &engine, &apsis_storage::Key(id))?;
+                crate::cmd::io::settle_cache(slot, &apsis_storage::Key(id))?;
                 let req = WriteRequest {
                     data: &o.data,
                     timestamp: ts_in(o.ts),
@@ -314,7 +314,7 @@ impl Side {
                 let engine = Self::engine(slot)?;
                 crate::cmd::io::node_writable(ctx, slot)?;
                 let _g = ctx.locks.lock(&id, slot.cfg.group).await;
-                crate::cmd::io::settle_cache(slot, &engine, &apsis_storage::Key(id))?;
+                crate::cmd::io::settle_cache(slot, &apsis_storage::Key(id))?;
                 let req = RemoveRequest {
                     timestamp: ts_in(ts),
                     always_record: true,
@@ -372,7 +372,7 @@ pub async fn hand_off_drop(
     let engine = slot.engine().ok_or(-errno::ENOTSUP)?;
     crate::cmd::io::node_writable(ctx, slot)?;
     let _g = ctx.locks.lock(&id, slot.cfg.group).await;
-    crate::cmd::io::settle_cache(slot, &engine, &apsis_storage::Key(id))?;
+    crate::cmd::io::settle_cache(slot, &apsis_storage::Key(id))?;
     let req = RemoveRequest {
         timestamp: Timestamp::new(0, 0),
         always_record: true,

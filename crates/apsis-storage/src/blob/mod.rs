@@ -890,8 +890,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Closes the open base (its index is written by the background thread or the next
-    /// maintenance call) and opens a new one.
     /// Reserves disk space for the open base `dev`, whose records end at `tail`: the whole
     /// base (`blob_size`) when the disk has room, else as much as the next record needs
     /// ([`Inner::reserve_for`] grows it then). A disk too full for a whole base still takes
@@ -929,6 +927,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Closes the open base (its index is written by the background thread or the next
+    /// maintenance call) and opens a new one.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         self.flush_buffer(w)?;
         let old = w.open.clone();
