@@ -344,6 +344,9 @@ pub struct DefragReport {
     pub bytes_reclaimed: u64,
     pub records_copied: u64,
     pub tombstones_dropped: u64,
+    /// The pass was stopped (`BlobBackend::stop_defrag`) before it had gone through every
+    /// base; the base being rewritten then was left as it was.
+    pub stopped: bool,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use apsis_storage::*;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn key(i: u64) -> Key {
     Key::from_name(b"faults", format!("k{i}").as_bytes())
@@ -411,6 +412,66 @@ fn defrag_reclaims_space_while_writers_go_on() {
         disk_after < disk_before,
         "defrag must shrink the files: {disk_before} -> {disk_after}"
     );
+}
+
+#[test]
+fn a_stopped_defrag_leaves_every_base_whole() {
+    // 200 KB/s: the first base takes seconds, so the stop lands inside it.
+    let cfg = BlobConfig {
+        blob_size: 256 << 10,
+        defrag_rate_bytes: 200_000,
+        ..quiet(-1)
+    };
+    let (dir, b) = sim(cfg.clone());
+    let b = Arc::new(b);
+    assert!(!b.stop_defrag(), "nothing to stop");
+    for i in 0..400 {
+        put(&*b, i, &value(i, 2000)).unwrap();
+    }
+    for i in (0..400).step_by(2) {
+        put(&*b, i, &value(i + 1, 2000)).unwrap();
+    }
+    b.rotate().unwrap();
+    let pass = {
+        let b = b.clone();
+        std::thread::spawn(move || b.defrag_with_threshold(0.1))
+    };
+    let t = std::time::Instant::now();
+    while !b.stats().defrag_running {
+        assert!(t.elapsed() < Duration::from_secs(5), "defrag never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.stop_defrag());
+    let report = pass.join().unwrap().unwrap();
+    assert!(report.stopped, "{report:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the stop must not wait for the pass"
+    );
+    assert!(!b.stats().defrag_running);
+    let expect = |i: u64| value(if i % 2 == 0 { i + 1 } else { i }, 2000);
+    for i in 0..400 {
+        assert_eq!(get(&*b, i).unwrap(), expect(i), "key {i}");
+    }
+    assert!(
+        !dir.files().iter().any(|f| f.0.ends_with(".tmp")),
+        "the partial copy is removed: {:?}",
+        dir.files()
+    );
+    // A later pass runs to its end, and a restart finds everything.
+    let b = Arc::try_unwrap(b).ok().expect("one owner");
+    drop(b);
+    let fast = BlobConfig {
+        defrag_rate_bytes: 0,
+        ..cfg
+    };
+    let b = BlobBackend::open(Arc::new(dir.clone()), fast).unwrap().0;
+    let report = b.defrag_with_threshold(0.1).unwrap();
+    assert!(!report.stopped && report.bases_rewritten >= 1, "{report:?}");
+    for i in 0..400 {
+        assert_eq!(get(&b, i).unwrap(), expect(i), "key {i} after restart");
+    }
 }
 
 /// A directory that counts fsyncs, over real files.

@@ -63,6 +63,9 @@ impl Inner {
             return Err(StorageError::AlreadyRunning("defrag"));
         };
         self.check_writable()?;
+        // A stop asked for before this pass began does not cancel it (cleared before the
+        // pass shows as running, so a stop that sees it running is never lost).
+        self.defrag_stop.store(false, Ordering::Release);
         self.defrag_running.store(true, Ordering::Release);
         let _running = Flag(&self.defrag_running);
         // Closed bases need their index files (the tombstone rule reads them).
@@ -90,7 +93,14 @@ impl Inner {
             {
                 continue;
             }
+            if self.defrag_stop.load(Ordering::Acquire) {
+                report.stopped = true;
+                break;
+            }
             self.defrag_base(&b, now, &mut report)?;
+            if report.stopped {
+                break;
+            }
         }
         self.defrag_completed.fetch_add(1, Ordering::Relaxed);
         Ok(report)
@@ -115,7 +125,8 @@ impl Inner {
         let tmp = format!("{}.tmp", base_name(old.number));
         let dev = self.dir.open(&tmp, true)?;
         let generation = random_u64();
-        let result = (|| -> Result<(Vec<Moved>, u64)> {
+        // `Ok(None)`: stopped part way; the old base stays as it was.
+        let result = (|| -> Result<Option<(Vec<Moved>, u64)>> {
             dev.set_len(0)?;
             dev.allocate(live + BASE_HEADER_SIZE)
                 .map_err(|e| StorageError::from_io(e, "defrag"))?;
@@ -138,6 +149,9 @@ impl Inner {
             let end = old.end.load(Ordering::Acquire);
             let mut sc = Scanner::new(&*old.dev, BASE_HEADER_SIZE, end);
             while let Some((off, h)) = sc.next_record()? {
+                if self.defrag_stop.load(Ordering::Acquire) {
+                    return Ok(None);
+                }
                 let loc = Loc::new(old.slot, off);
                 let _g = self.key_lock(&h.key).read();
                 let pending = self.pending.lock().get(&h.key) == Some(&loc);
@@ -176,10 +190,15 @@ impl Inner {
                 throttle.consume(2 * rec.len() as u64);
             }
             dev.sync()?;
-            Ok((moves, out))
+            Ok(Some((moves, out)))
         })();
         let (moves, new_end) = match result {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                report.stopped = true;
+                let _ = self.dir.remove(&tmp);
+                return Ok(());
+            }
             Err(e) => {
                 let _ = self.dir.remove(&tmp);
                 return Err(e);

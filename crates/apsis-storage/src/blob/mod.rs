@@ -227,6 +227,8 @@ pub(crate) struct Inner {
     index_queue: Mutex<Vec<Arc<Base>>>,
     defrag_lock: Mutex<()>,
     defrag_running: AtomicBool,
+    /// Asks the running defrag pass to stop (checked between records).
+    defrag_stop: AtomicBool,
     defrag_completed: AtomicU64,
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
@@ -308,6 +310,17 @@ impl BlobBackend {
     /// have anything dead).
     pub fn defrag_with_threshold(&self, threshold: f64) -> Result<DefragReport> {
         self.inner.defrag(threshold)
+    }
+
+    /// Stops a running defrag pass at its next record: the base it is rewriting stays as it
+    /// was (its partial copy is deleted), bases already rewritten stay rewritten. Returns
+    /// whether a pass was running.
+    pub fn stop_defrag(&self) -> bool {
+        let running = self.inner.defrag_running.load(Ordering::Acquire);
+        if running {
+            self.inner.defrag_stop.store(true, Ordering::Release);
+        }
+        running
     }
 }
 
@@ -561,6 +574,7 @@ impl Inner {
             index_queue: Mutex::new(Vec::new()),
             defrag_lock: Mutex::new(()),
             defrag_running: AtomicBool::new(false),
+            defrag_stop: AtomicBool::new(false),
             defrag_completed: AtomicU64::new(0),
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
