@@ -1,4 +1,4 @@
-//! ITERATOR request and response, and the BULK_READ request.
+//! ITERATOR request and response, the BULK_READ request and the SEND (server_send) request.
 
 use crate::io::{IoAttr, Time};
 use crate::wire::{Put, Reader};
@@ -10,6 +10,8 @@ pub const RANGES_MAX: usize = 65536;
 pub const GROUPS_MAX: usize = 4096;
 /// Most keys accepted in one BULK_READ request.
 pub const BULK_KEYS_MAX: usize = 1 << 20;
+/// Most keys accepted in one SEND request.
+pub const SEND_KEYS_MAX: usize = 1 << 20;
 
 /// Iterator actions.
 pub mod action {
@@ -229,6 +231,81 @@ impl BulkRead {
         head.encode_into(&mut out);
         for k in &self.keys {
             k.encode_into(&mut out);
+        }
+        out
+    }
+}
+
+/// SEND (server_send): the 96-byte `dnet_server_send_request` (id_num i32, group_num i32,
+/// timeout i32, a reserved i32, iflags u64, 72 reserved bytes), then id_num ids and
+/// group_num target groups. The size must match exactly; no keys or no groups is invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSend {
+    pub ids: Vec<[u8; ID_SIZE]>,
+    pub groups: Vec<u32>,
+    /// Seconds each copy may take.
+    pub timeout_secs: u32,
+    /// [`iflags::MOVE`] (remove the local copy once every target has it) and
+    /// [`iflags::OVERWRITE`] (replace newer copies there too).
+    pub flags: u64,
+}
+
+impl ServerSend {
+    pub const HEAD_SIZE: usize = 96;
+    pub fn decode(payload: &[u8]) -> Result<ServerSend, ProtoError> {
+        let mut r = Reader::new(payload, "server send request");
+        let id_num = r.i32()?;
+        let group_num = r.i32()?;
+        let timeout_secs = r.u32()?;
+        r.skip(4)?;
+        let flags = r.u64()?;
+        r.skip(72)?;
+        if id_num <= 0
+            || group_num <= 0
+            || id_num as usize > SEND_KEYS_MAX
+            || group_num as usize > GROUPS_MAX
+        {
+            return Err(ProtoError::Invalid(format!(
+                "server send: {id_num} keys, {group_num} groups"
+            )));
+        }
+        let want = id_num as usize * ID_SIZE + group_num as usize * 4;
+        if r.remaining() != want {
+            return Err(ProtoError::Size {
+                what: "server send ids and groups",
+                want,
+                got: r.remaining(),
+            });
+        }
+        let mut ids = Vec::with_capacity(id_num as usize);
+        for _ in 0..id_num {
+            ids.push(r.array()?);
+        }
+        let mut groups = Vec::with_capacity(group_num as usize);
+        for _ in 0..group_num {
+            groups.push(r.u32()?);
+        }
+        Ok(ServerSend {
+            ids,
+            groups,
+            timeout_secs,
+            flags,
+        })
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(Self::HEAD_SIZE + self.ids.len() * ID_SIZE + self.groups.len() * 4);
+        out.put_u32(self.ids.len() as u32);
+        out.put_u32(self.groups.len() as u32);
+        out.put_u32(self.timeout_secs);
+        out.put_u32(0);
+        out.put_u64(self.flags);
+        out.zeros(72);
+        for id in &self.ids {
+            out.put(id);
+        }
+        for g in &self.groups {
+            out.put_u32(*g);
         }
         out
     }

@@ -12,7 +12,7 @@
 //! - [`io`]: [`Time`], [`IoAttr`] (208 bytes), [`Addr`] (32), [`FileInfo`] (112), [`LookupReply`].
 //! - [`control`]: [`NodeInfo`] (REVERSE_LOOKUP / JOIN), [`RouteList`], [`Auth`], [`NodeStatus`],
 //!   [`MonitorStatRequest`], [`BackendControl`], [`BackendStatus`], [`BackendStatusList`].
-//! - [`iterator`]: [`IteratorRequest`], [`IteratorResponse`], [`BulkRead`].
+//! - [`iterator`]: [`IteratorRequest`], [`IteratorResponse`], [`BulkRead`], [`ServerSend`].
 //! - [`recovery`]: Apsis' recovery commands (new numbers): range digests, version lists, SYNC, JOB.
 //! - [`wire`]: the little-endian [`wire::Reader`] and [`wire::Put`] every decoder uses.
 //!
@@ -34,7 +34,9 @@ pub use control::{
 };
 pub use header::{check_frame, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE};
 pub use io::{Addr, FileInfo, IoAttr, LookupReply, Time};
-pub use iterator::{action, iflags, itype, BulkRead, IdRange, IteratorRequest, IteratorResponse};
+pub use iterator::{
+    action, iflags, itype, BulkRead, IdRange, IteratorRequest, IteratorResponse, ServerSend,
+};
 
 /// Decoding failures. Any of them means the peer sent something this side will not act on;
 /// a framing error ([`ProtoError::TooLarge`]) means the connection must be closed.

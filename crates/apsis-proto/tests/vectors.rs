@@ -915,6 +915,24 @@ fn server_send_25() {
         "id = backend_id"
     );
     assert_eq!(resp.key, v.msg(8).1.header.id);
+    // The request: one key, group 2, timeout 5; the reserved bytes carry the 3.0 client's
+    // stack garbage, so the encoding is compared after the 24 meaningful head bytes.
+    let req = &v.msg(8).1.payload;
+    let ss = ServerSend::decode(req).unwrap();
+    assert_eq!(
+        (ss.ids.clone(), ss.groups.clone(), ss.timeout_secs, ss.flags),
+        (vec![v.msg(8).1.header.id], vec![2], 5, 0)
+    );
+    let enc = ss.encode();
+    assert_eq!(enc.len(), req.len());
+    assert_eq!(enc[..24], req[..24]);
+    assert_eq!(enc[96..], req[96..]);
+    assert_eq!(ServerSend::decode(&enc).unwrap(), ss);
+    // Sizes that do not match, and empty lists, are refused.
+    assert!(ServerSend::decode(&req[..req.len() - 1]).is_err());
+    let mut none = ss.clone();
+    none.groups.clear();
+    assert!(ServerSend::decode(&none.encode()).is_err());
 }
 
 #[test]

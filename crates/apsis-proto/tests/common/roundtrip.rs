@@ -172,6 +172,14 @@ fn payloads(data: &[u8]) {
         assert_eq!(&br.encode()[IoAttr::SIZE..], &data[IoAttr::SIZE..]);
         idempotent!(br, BulkRead::encode, BulkRead::decode);
     }
+    if let Ok(ss) = ServerSend::decode(data) {
+        // Ids and groups are kept byte for byte; the reserved head bytes are zeroed.
+        assert_eq!(
+            &ss.encode()[ServerSend::HEAD_SIZE..],
+            &data[ServerSend::HEAD_SIZE..]
+        );
+        idempotent!(ss, ServerSend::encode, ServerSend::decode);
+    }
 }
 
 fn enc_addr(a: &Addr) -> Vec<u8> {
