@@ -26,7 +26,8 @@ pub mod session;
 
 pub use error::{ClientError, Result};
 pub use session::{
-    Checker, GroupResult, IterItem, IterOptions, JobStream, ReadResult, Session, WriteResult,
+    Checker, GroupResult, IterItem, IterOptions, JobStream, RangeOptions, RangeReply, ReadResult,
+    Session, WriteResult,
 };
 
 use apsis_proto::{cflags, cmd, Addr, Header, NodeInfo, RouteList, VERSION};

@@ -99,6 +99,36 @@ pub struct IterOptions {
     pub ranges: Vec<IdRange>,
     pub time: Option<(Time, Time)>,
     pub data: bool,
+    /// A SERVER_SEND iterator: the node copies every record it walks to these groups (as
+    /// [`Session::server_send`] does) and reports each copy's status; empty = a plain one.
+    pub send_to: Vec<u32>,
+    /// With `send_to`: `iflags::MOVE` and / or `iflags::OVERWRITE`.
+    pub send_flags: u64,
+}
+
+/// What READ_RANGE / DEL_RANGE cover inside their id range (see [`Session::read_range`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RangeOptions {
+    /// Keys of the range (in id order) passed over first.
+    pub skip: u64,
+    /// Most keys read or removed; 0 = all.
+    pub limit: u64,
+    /// Each object is read from `offset`, `size` bytes (0 = to its end).
+    pub offset: u64,
+    pub size: u64,
+    /// READ_RANGE counts the keys without reading them.
+    pub nodata: bool,
+}
+
+/// The answer to a range command.
+#[derive(Clone, Debug, Default)]
+pub struct RangeReply {
+    /// The objects read, in id order (empty for DEL_RANGE and NODATA).
+    pub items: Vec<ReadResult>,
+    /// Keys read, counted or removed.
+    pub count: u64,
+    /// Keys the node could not read (a damaged record), with the status.
+    pub errors: Vec<([u8; 64], i32)>,
 }
 
 /// Request settings and the operations.
@@ -775,6 +805,188 @@ impl Session {
         out
     }
 
+    /// READ_RANGE: the objects of `group` whose ids lie in `begin ..= end`, in id order. The
+    /// range is split at the route table's boundaries and each backend is asked in turn, the
+    /// skip and limit carried from one to the next.
+    pub async fn read_range(
+        &self,
+        group: u32,
+        begin: [u8; 64],
+        end: [u8; 64],
+        opts: RangeOptions,
+    ) -> Result<RangeReply> {
+        self.range_command(cmd::READ_RANGE, group, begin, end, opts)
+            .await
+    }
+
+    /// DEL_RANGE: removes the objects of `group` whose ids lie in `begin ..= end` (after
+    /// `opts.skip`, at most `opts.limit`); returns how many were removed.
+    pub async fn remove_range(
+        &self,
+        group: u32,
+        begin: [u8; 64],
+        end: [u8; 64],
+        opts: RangeOptions,
+    ) -> Result<u64> {
+        self.range_command(cmd::DEL_RANGE, group, begin, end, opts)
+            .await
+            .map(|r| r.count)
+    }
+
+    async fn range_command(
+        &self,
+        c: i32,
+        group: u32,
+        begin: [u8; 64],
+        end: [u8; 64],
+        opts: RangeOptions,
+    ) -> Result<RangeReply> {
+        if begin > end {
+            return Err(ClientError::Status {
+                status: -errno::ERANGE,
+            });
+        }
+        // One request per stretch of the range a backend owns: adjacent pieces of one backend
+        // (a single backend's wrapped range) go together, as Elliptics sends them.
+        let mut parts: Vec<(IdRange, Route)> = Vec::new();
+        for (r, route) in self.client.with_routes(|t| t.ranges(group)) {
+            let (lo, hi) = (r.begin.max(begin), r.end.min(end));
+            if lo > hi {
+                continue;
+            }
+            match parts.last_mut() {
+                Some((prev, pr)) if *pr == route && apsis_ring::next_id(&prev.end) == Some(lo) => {
+                    prev.end = hi
+                }
+                _ => parts.push((IdRange { begin: lo, end: hi }, route)),
+            }
+        }
+        if parts.is_empty() {
+            return Err(ClientError::NoRoute { group });
+        }
+        let mut out = RangeReply::default();
+        let mut skip = opts.skip;
+        for (r, route) in parts {
+            let left = match opts.limit {
+                0 => 0,
+                l if out.count >= l => break,
+                l => l - out.count,
+            };
+            let io = IoAttr {
+                id: r.begin,
+                parent: r.end,
+                start: skip,
+                num: left,
+                offset: opts.offset,
+                size: opts.size,
+                flags: self.ioflags | if opts.nodata { ioflags::NODATA } else { 0 },
+                timestamp: Time::EMPTY,
+                ..IoAttr::default()
+            };
+            let mut p = Vec::with_capacity(IoAttr::SIZE);
+            io.encode_into(&mut p);
+            let h = self.header(c, group, r.begin, route.backend_id);
+            let frames = self.transact(route.addr, h, &p).await?;
+            // Per-key READ replies, then the summary (the last READ reply), then the ack.
+            let mut reads: Vec<&Frame> = frames
+                .iter()
+                .filter(|f| f.header.cmd == cmd::READ)
+                .collect();
+            let summary = reads
+                .pop()
+                .ok_or_else(|| ClientError::Protocol("range reply without a summary".into()))?;
+            let (sum, _) = IoAttr::split(&summary.payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            out.count += sum.num;
+            skip = sum.start;
+            for f in reads {
+                if f.header.status < 0 {
+                    out.errors.push((f.header.id, f.header.status));
+                    continue;
+                }
+                let (io, data) =
+                    IoAttr::split(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                out.items.push(ReadResult {
+                    group,
+                    io,
+                    data: data.to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// SEND (server_send): the nodes holding `keys` in the session's first group copy them to
+    /// `groups` themselves (`flags`: `iflags::MOVE` removes the source copies,
+    /// `iflags::OVERWRITE` replaces newer copies at the targets). One request per owning
+    /// backend; one response per key, whose `status` says how its copy went.
+    pub async fn server_send(
+        &self,
+        keys: &[Vec<u8>],
+        groups: &[u32],
+        flags: u64,
+    ) -> Result<Vec<IteratorResponse>> {
+        let ids: Vec<[u8; 64]> = keys.iter().map(|k| self.id(k)).collect();
+        self.server_send_ids(&ids, groups, flags).await
+    }
+
+    pub async fn server_send_ids(
+        &self,
+        ids: &[[u8; 64]],
+        groups: &[u32],
+        flags: u64,
+    ) -> Result<Vec<IteratorResponse>> {
+        let g = *self
+            .groups
+            .first()
+            .ok_or(ClientError::NoRoute { group: 0 })?;
+        let mut by_owner: std::collections::BTreeMap<(SocketAddr, i32), Vec<[u8; 64]>> =
+            Default::default();
+        for id in ids {
+            let r = self.route(g, id)?;
+            by_owner
+                .entry((r.addr, r.backend_id))
+                .or_default()
+                .push(*id);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for ((addr, _), batch) in by_owner {
+            let req = apsis_proto::ServerSend {
+                ids: batch,
+                groups: groups.to_vec(),
+                timeout_secs: self.timeout.as_secs().clamp(1, u32::MAX as u64) as u32,
+                flags,
+            };
+            let mut h = Header::new(cmd::SEND, cflags::NEED_ACK | cflags::NOLOCK);
+            h.group = g;
+            h.id = req.ids[0];
+            // The node copies the keys one after another: give it time for all of them.
+            let frames = self
+                .client
+                .request(
+                    addr,
+                    h,
+                    &req.encode(),
+                    self.timeout * req.ids.len().max(1) as u32,
+                )
+                .await?;
+            if let Some(last) = frames.last() {
+                status_err(last)?;
+            }
+            for f in frames
+                .iter()
+                .filter(|f| f.payload.len() >= IteratorResponse::SIZE)
+            {
+                let mut r = apsis_proto::wire::Reader::new(&f.payload, "send response");
+                out.push(
+                    IteratorResponse::decode(&mut r)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts an iterator on the backend that owns `route_id` in `group`; records arrive on
     /// the returned stream (ended by `None`; an error ends it early).
     pub async fn iterator(
@@ -798,16 +1010,24 @@ impl Session {
             }
             None => (Time::default(), Time::default()),
         };
+        let send = !opts.send_to.is_empty();
+        if send {
+            flags |= opts.send_flags & (iflags::MOVE | iflags::OVERWRITE);
+        }
         let req = IteratorRequest {
             id: 0,
             action: action::START,
             time_begin: tb,
             time_end: te,
-            itype: itype::NETWORK,
+            itype: if send {
+                itype::SERVER_SEND
+            } else {
+                itype::NETWORK
+            },
             flags,
             timeout_secs: self.timeout.as_secs() as u32,
             ranges: opts.ranges,
-            groups: vec![],
+            groups: opts.send_to,
         };
         let conn = self.client.conn(r.addr).await?;
         let mut h = Header::new(cmd::ITERATOR, cflags::NEED_ACK | cflags::NOLOCK);
@@ -1006,6 +1226,7 @@ impl Session {
             "enable" => backend_command::ENABLE,
             "disable" => backend_command::DISABLE,
             "defrag" => backend_command::START_DEFRAG,
+            "stop-defrag" => backend_command::STOP_DEFRAG,
             "read-only" | "ro" => backend_command::READ_ONLY,
             "writable" | "writeable" | "rw" => backend_command::WRITEABLE,
             "set-ids" => backend_command::SET_IDS,

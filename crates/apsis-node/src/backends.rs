@@ -358,6 +358,7 @@ fn engine_config(cfg: &BackendConfig) -> BlobConfig {
         sync: if cfg.sync == 0 { -1 } else { cfg.sync },
         defrag_threshold: (cfg.defrag_percentage.clamp(1, 100) as f64) / 100.0,
         size_limit_bytes: cfg.size_limit_bytes,
+        defrag_rate_bytes: cfg.defrag_rate_bytes,
         ..BlobConfig::default()
     }
 }

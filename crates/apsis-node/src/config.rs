@@ -34,6 +34,9 @@
 //! sync = -1                         # 0 durable per write (group commit), N seconds, -1 never
 //! blob_size = "1G"
 //! records_in_blob = 50000000
+//! size_limit = "0"                 # most bytes the backend's files may take, 0 = the disk
+//! defrag_percentage = 25            # defrag a closed base once this much of it is dead
+//! defrag_rate = "128M"              # defrag I/O budget per second, 0 = unthrottled
 //! cache_size = "0"                  # CACHE / CACHE_ONLY ioflags (see apsis_node::cache), 0 = none
 //! cache_sync_timeout = 30           # seconds before a dirty cache entry is written back
 //! read_only = false
@@ -95,6 +98,8 @@ pub struct BackendConfig {
     pub records_in_blob: u64,
     pub size_limit_bytes: u64,
     pub defrag_percentage: u32,
+    /// Defrag's I/O budget in bytes per second (reads plus writes); 0 = unthrottled.
+    pub defrag_rate_bytes: u64,
     /// Bytes of the backend's cache (CACHE / CACHE_ONLY ioflags); 0 = no cache, and those
     /// flags are served from disk (as Elliptics without a cache does).
     pub cache_size: u64,
@@ -120,6 +125,7 @@ impl BackendConfig {
             records_in_blob: 50_000_000,
             size_limit_bytes: 0,
             defrag_percentage: 25,
+            defrag_rate_bytes: 128 << 20,
             cache_size: 0,
             cache_sync_timeout_secs: 30,
             read_only: false,
@@ -272,6 +278,9 @@ impl NodeConfig {
             if let Some(v) = b.defrag_percentage {
                 bc.defrag_percentage = v;
             }
+            if let Some(v) = b.defrag_rate {
+                bc.defrag_rate_bytes = parse_size(&v)?;
+            }
             if let Some(v) = b.read_only {
                 bc.read_only = v;
             }
@@ -404,6 +413,7 @@ struct TomlBackend {
     records_in_blob: Option<u64>,
     size_limit: Option<String>,
     defrag_percentage: Option<u32>,
+    defrag_rate: Option<String>,
     cache_size: Option<String>,
     cache_sync_timeout: Option<u64>,
     read_only: Option<bool>,

@@ -2,8 +2,9 @@
 //!
 //! A node listens on TCP, serves one or more backends (each a blob engine in one group with
 //! its ring ids), and answers the Elliptics commands: the handshake and route list, LOOKUP,
-//! READ, WRITE (every ioflag of the data semantics), DEL, BULK_READ, ITERATOR, STATUS,
-//! BACKEND_CONTROL, BACKEND_STATUS and MONITOR_STAT. It also serves monitoring over HTTP (the
+//! READ, WRITE (every ioflag of the data semantics), DEL, BULK_READ, READ_RANGE, DEL_RANGE,
+//! ITERATOR (network and server-send), SEND, STATUS, BACKEND_CONTROL, BACKEND_STATUS and
+//! MONITOR_STAT. It also serves monitoring over HTTP (the
 //! Elliptics JSON categories and Prometheus metrics).
 //!
 //! Nodes form a cluster through their remotes ([`cluster`]): each keeps the route table of
@@ -19,7 +20,8 @@
 //! - `conn`: one connection: frame checking, a task per request, the batching writer.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack).
 //! - `cmd`: dispatch (one `match` on the command) and one module per command family:
-//!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::iterator`, `cmd::system`
+//!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::range` (READ_RANGE, DEL_RANGE),
+//!   `cmd::iterator`, `cmd::send` (SEND, and the server-send iterator's copies), `cmd::system`
 //!   (REVERSE_LOOKUP, JOIN, ROUTE_LIST, AUTH, STATUS), `cmd::backend` (BACKEND_CONTROL,
 //!   BACKEND_STATUS), `cmd::monitor` (MONITOR_STAT).
 //! - [`recovery`]: merge and dc, in the background and as jobs (`apsis recovery`), with the

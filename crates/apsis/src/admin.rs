@@ -52,6 +52,8 @@ enum BackendAction {
     Disable(BackendId),
     /// Start a defrag (compaction) pass.
     Defrag(BackendId),
+    /// Stop a running defrag pass (the base it is rewriting stays as it was).
+    StopDefrag(BackendId),
     ReadOnly(BackendId),
     Writable(BackendId),
 }
@@ -185,6 +187,7 @@ pub async fn backend(a: BackendArgs) -> anyhow::Result<()> {
             BackendAction::Enable(b) => ("enable", b.id),
             BackendAction::Disable(b) => ("disable", b.id),
             BackendAction::Defrag(b) => ("defrag", b.id),
+            BackendAction::StopDefrag(b) => ("stop-defrag", b.id),
             BackendAction::ReadOnly(b) => ("read-only", b.id),
             BackendAction::Writable(b) => ("writable", b.id),
         };

@@ -4,14 +4,15 @@
 //! apsis server [-c FILE.toml|FILE.json] [--listen ADDR] [--data DIR]   run a node (defaults: 127.0.0.1:1025, one backend in group 1)
 //! apsis write KEY FILE|-      apsis read KEY [-o FILE]     apsis lookup KEY     apsis remove KEY
 //! apsis ls [--group G]        list keys through the iterator
-//! apsis stat | routes | status [--ro|--rw] [--log-level L] | backend status|enable|disable|defrag|read-only|writable
+//! apsis range [--from ID] [--to ID] [--skip N] [--limit N] [--count|--remove]   READ_RANGE / DEL_RANGE
+//! apsis stat | routes | status [--ro|--rw] [--log-level L] | backend status|enable|disable|defrag|stop-defrag|read-only|writable
 //! apsis bench [...]           load generator against an Apsis node or a Redis server
 //! apsis recovery merge|dc [--node A [--backend B]] [--dry-run] [--since T] [--resume] [--verify]
 //! ```
 //!
 //! # Layout
 //! - `server`: `apsis server` (config, logging with a runtime-settable level, signals).
-//! - `objects`: write, read, lookup, remove, ls.
+//! - `objects`: write, read, lookup, remove, ls, range.
 //! - `admin`: stat, routes, status, backend.
 //! - `bench`: the load generator (Apsis and Redis).
 
@@ -119,6 +120,8 @@ enum Cmd {
     Remove(objects::KeyArgs),
     /// List keys (through the iterator).
     Ls(objects::LsArgs),
+    /// Read, count or remove the objects of an id range, in id order (READ_RANGE / DEL_RANGE).
+    Range(objects::RangeArgs),
     /// Node statistics (MONITOR_STAT).
     Stat(admin::StatArgs),
     /// The route table.
@@ -150,6 +153,7 @@ fn main() {
                     Cmd::Lookup(a) => objects::lookup(a).await,
                     Cmd::Remove(a) => objects::remove(a).await,
                     Cmd::Ls(a) => objects::ls(a).await,
+                    Cmd::Range(a) => objects::range(a).await,
                     Cmd::Stat(a) => admin::stat(a).await,
                     Cmd::Routes(a) => admin::routes(a).await,
                     Cmd::Status(a) => admin::status(a).await,

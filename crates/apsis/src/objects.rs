@@ -1,4 +1,4 @@
-//! Object commands: write, read, lookup, remove, ls.
+//! Object commands: write, read, lookup, remove, ls, range.
 
 use crate::ClientOpts;
 use apsis_proto::{ioflags, IdRange, LookupReply};
@@ -58,6 +58,47 @@ pub struct LsArgs {
     group: Option<u32>,
     #[command(flatten)]
     pub c: ClientOpts,
+}
+
+#[derive(Args)]
+pub struct RangeArgs {
+    /// First id of the range in hex (shorter is padded with 0s); default: the lowest id.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last id of the range in hex (shorter is padded with fs); default: the highest id.
+    #[arg(long)]
+    to: Option<String>,
+    /// Group to read (default: the first of --groups).
+    #[arg(long)]
+    group: Option<u32>,
+    /// Keys of the range passed over first.
+    #[arg(long, default_value_t = 0)]
+    skip: u64,
+    /// Most keys (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    /// Only count the keys (READ_RANGE with NODATA).
+    #[arg(long)]
+    count: bool,
+    /// Remove the keys (DEL_RANGE) instead of reading them.
+    #[arg(long)]
+    remove: bool,
+    #[command(flatten)]
+    pub c: ClientOpts,
+}
+
+/// A hex id, padded to 64 bytes with `pad`.
+fn parse_id(s: &str, pad: u8) -> anyhow::Result<[u8; 64]> {
+    let s = s.trim();
+    if s.len() > 128 || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("an id is up to 128 hex digits, in pairs: {s:?}");
+    }
+    let mut id = [pad; 64];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair)?;
+        id[i] = u8::from_str_radix(hex, 16)?;
+    }
+    Ok(id)
 }
 
 fn bar(total: u64) -> ProgressBar {
@@ -234,40 +275,24 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
     let s = a.c.session().await?;
     let group = a.group.unwrap_or(a.c.groups[0]);
     // One iterator per backend of the group, restricted to the ranges it owns.
-    let entries: Vec<_> = s
-        .client()
-        .routes()
-        .entries()
-        .into_iter()
-        .filter(|(g, _, _)| *g == group)
-        .collect();
-    if entries.is_empty() {
+    let mut by_backend: std::collections::BTreeMap<_, Vec<IdRange>> = Default::default();
+    for (r, route) in s.client().routes().ranges(group) {
+        by_backend.entry(route).or_default().push(r);
+    }
+    if by_backend.is_empty() {
         anyhow::bail!("no route to group {group}");
     }
     let mut seen = std::collections::HashSet::new();
     let mut n = 0u64;
-    for (i, (_, id, _)) in entries.iter().enumerate() {
-        // The range this ring point owns: [id, next id - 1], the last one wrapping to the start.
-        let end = match entries.get(i + 1) {
-            Some((_, next, _)) => dec(next),
-            None => [0xff; 64],
-        };
-        let mut ranges = vec![IdRange { begin: *id, end }];
-        // Keys below the first point belong to the last point's backend (the ring wraps).
-        if i + 1 == entries.len() && entries[0].1 != [0; 64] {
-            ranges.push(IdRange {
-                begin: [0; 64],
-                end: dec(&entries[0].1),
-            });
-        }
+    for ranges in by_backend.into_values() {
+        let first = ranges[0].begin;
         let mut it = s
             .iterator(
                 group,
-                *id,
+                first,
                 apsis_client::IterOptions {
                     ranges,
-                    time: None,
-                    data: false,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -301,15 +326,53 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// id − 1 (big-endian), saturating at zero.
-fn dec(id: &[u8; 64]) -> [u8; 64] {
-    let mut r = *id;
-    for b in r.iter_mut().rev() {
-        if *b > 0 {
-            *b -= 1;
-            return r;
+pub async fn range(a: RangeArgs) -> anyhow::Result<()> {
+    let s = a.c.session().await?;
+    let group = a.group.unwrap_or(a.c.groups[0]);
+    let from = parse_id(a.from.as_deref().unwrap_or(""), 0)?;
+    let to = parse_id(a.to.as_deref().unwrap_or(""), 0xff)?;
+    let opts = apsis_client::RangeOptions {
+        skip: a.skip,
+        limit: a.limit,
+        nodata: a.count,
+        ..Default::default()
+    };
+    if a.remove {
+        let n = s.remove_range(group, from, to, opts).await?;
+        if a.c.json {
+            println!("{}", json!({"group": group, "removed": n}));
+        } else {
+            println!("{n} keys removed");
         }
-        *b = 0xff;
+        return Ok(());
     }
-    [0; 64]
+    let r = s.read_range(group, from, to, opts).await?;
+    for item in &r.items {
+        let io = &item.io;
+        if a.c.json {
+            println!(
+                "{}",
+                json!({"id": apsis_proto::hex(&io.id), "size": io.total_size,
+                       "timestamp": {"sec": io.timestamp.sec, "nsec": io.timestamp.nsec},
+                       "user_flags": io.user_flags})
+            );
+        } else {
+            println!(
+                "{}  {:>12}  {}.{:09}",
+                apsis_proto::hex(&io.id),
+                io.total_size,
+                io.timestamp.sec,
+                io.timestamp.nsec
+            );
+        }
+    }
+    for (id, status) in &r.errors {
+        eprintln!("{}: error {status}", apsis_proto::hex(id));
+    }
+    if a.c.json && a.count {
+        println!("{}", json!({"group": group, "count": r.count}));
+    } else if !a.c.json {
+        eprintln!("{} keys", r.count);
+    }
+    Ok(())
 }

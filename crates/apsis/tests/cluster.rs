@@ -509,3 +509,160 @@ async fn cli_against_a_cluster() {
     let out = apsis(&["read", "cli-key", "--latest", "-g", "1,2,3"], b"");
     assert_eq!(out, "three copies");
 }
+
+/// SEND: a node copies its keys to other groups itself — timestamps and user flags kept, a
+/// newer copy there kept unless OVERWRITE, MOVE removes the source; per-key statuses for a
+/// key it does not hold and a group with no route. READ_RANGE and DEL_RANGE over a group of
+/// two nodes: the client splits the range at the route boundaries and carries skip and limit
+/// from one backend to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_send_and_ranges_across_nodes() {
+    let cluster = Cluster::start(
+        BIN,
+        ClusterSpec::new(vec![vec![1], vec![1], vec![2], vec![3]], Net::Loopback),
+    )
+    .unwrap();
+    let c = cluster.client().await;
+    cluster.wait_mesh(&c, Duration::from_secs(20)).await;
+    let mut s1 = session(&c, vec![1], Checker::All);
+    s1.timeout = Duration::from_secs(5);
+    let s2 = session(&c, vec![2], Checker::All);
+    let s3 = session(&c, vec![3], Checker::All);
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("send-{i}").into_bytes()).collect();
+    for k in &keys {
+        s1.write(k, k).await.unwrap();
+    }
+    // Ranges across the two backends of group 1.
+    let mut ids: Vec<[u8; 64]> = keys.iter().map(|k| s1.id(k)).collect();
+    ids.sort();
+    let whole = s1
+        .read_range(1, [0; 64], [0xff; 64], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(whole.count, 200);
+    let got: Vec<[u8; 64]> = whole.items.iter().map(|x| x.io.id).collect();
+    assert!(got == ids, "every key once, in id order, from both nodes");
+    let owners: std::collections::HashSet<_> = ids
+        .iter()
+        .map(|id| c.with_routes(|t| t.owner(1, id)).unwrap().addr)
+        .collect();
+    assert_eq!(owners.len(), 2, "group 1's keys live on two nodes");
+    for (skip, limit) in [(0, 150), (90, 20), (150, 0), (199, 5)] {
+        let r = s1
+            .read_range(
+                1,
+                [0; 64],
+                [0xff; 64],
+                apsis_client::RangeOptions {
+                    skip,
+                    limit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let end = if limit == 0 {
+            200
+        } else {
+            (skip + limit).min(200)
+        } as usize;
+        let got: Vec<[u8; 64]> = r.items.iter().map(|x| x.io.id).collect();
+        assert!(got == ids[skip as usize..end], "skip {skip} limit {limit}");
+    }
+
+    // SEND the first 50 keys to groups 2 and 3.
+    let first: Vec<Vec<u8>> = keys[..50].to_vec();
+    let resp = s1.server_send(&first, &[2, 3], 0).await.unwrap();
+    assert_eq!(resp.len(), 50);
+    assert!(resp.iter().all(|r| r.status == 0), "{resp:?}");
+    for k in &first {
+        let src = s1.read(k, 0, 0).await.unwrap();
+        for s in [&s2, &s3] {
+            let r = s.read(k, 0, 0).await.unwrap();
+            assert_eq!(r.data, *k);
+            assert_eq!(
+                r.io.timestamp, src.io.timestamp,
+                "the copy keeps its timestamp"
+            );
+        }
+    }
+    // A newer copy at the target wins, unless OVERWRITE.
+    s2.write(&keys[0], b"newer in group 2").await.unwrap();
+    let r = s1.server_send(&keys[..1], &[2], 0).await.unwrap();
+    assert_eq!(r[0].status, -errno::EBADFD);
+    assert_eq!(
+        s2.read(&keys[0], 0, 0).await.unwrap().data,
+        b"newer in group 2"
+    );
+    let r = s1
+        .server_send(&keys[..1], &[2], apsis_proto::iflags::OVERWRITE)
+        .await
+        .unwrap();
+    assert_eq!(r[0].status, 0);
+    assert_eq!(s2.read(&keys[0], 0, 0).await.unwrap().data, keys[0]);
+    // MOVE: the source copies are removed.
+    let moved: Vec<Vec<u8>> = keys[50..60].to_vec();
+    let r = s1
+        .server_send(&moved, &[3], apsis_proto::iflags::MOVE)
+        .await
+        .unwrap();
+    assert!(r.iter().all(|r| r.status == 0), "{r:?}");
+    for k in &moved {
+        assert_eq!(s3.read(k, 0, 0).await.unwrap().data, *k);
+        assert_eq!(s1.read(k, 0, 0).await.unwrap_err().errno(), -errno::ENOENT);
+    }
+    // A key the source does not hold; a group nobody serves.
+    let r = s1.server_send(&[b"never".to_vec()], &[2], 0).await.unwrap();
+    assert_eq!(r[0].status, -errno::ENOENT);
+    let r = s1.server_send(&keys[60..61], &[9], 0).await.unwrap();
+    assert_eq!(r[0].status, -errno::ENXIO);
+
+    // A SERVER_SEND iterator over one backend of group 1 copies what it walks to group 3.
+    let route = c.with_routes(|t| t.owner(1, &ids[150])).unwrap();
+    let owned: Vec<apsis_proto::IdRange> = c
+        .routes()
+        .ranges(1)
+        .into_iter()
+        .filter(|(_, r)| *r == route)
+        .map(|(r, _)| r)
+        .collect();
+    let mut it = s1
+        .iterator(
+            1,
+            ids[150],
+            apsis_client::IterOptions {
+                ranges: owned,
+                send_to: vec![3],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    while let Some(item) = it.next().await {
+        let item = item.unwrap();
+        assert_eq!(item.resp.status, 0, "{:?}", item.resp);
+        sent.push(item.resp.key);
+    }
+    let on_backend = keys
+        .iter()
+        .filter(|k| c.with_routes(|t| t.owner(1, &s1.id(k))).unwrap() == route)
+        .filter(|k| !moved.contains(k))
+        .count();
+    assert_eq!(sent.len(), on_backend);
+    for k in keys.iter().filter(|k| sent.contains(&s1.id(k))) {
+        assert_eq!(s3.read(k, 0, 0).await.unwrap().data, *k);
+    }
+
+    // DEL_RANGE over both backends.
+    let n = s1
+        .remove_range(1, [0; 64], [0xff; 64], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(n, 190, "everything but the 10 moved keys");
+    let r = s1
+        .read_range(1, [0; 64], [0xff; 64], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.count, 0);
+}

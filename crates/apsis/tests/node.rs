@@ -243,6 +243,7 @@ async fn iterator_ranges_and_control() {
         ranges: vec![all],
         time: None,
         data: true,
+        ..Default::default()
     })
     .await;
     assert_eq!(items.len(), n);
@@ -255,6 +256,7 @@ async fn iterator_ranges_and_control() {
         ranges: vec![],
         time: Some(t),
         data: false,
+        ..Default::default()
     })
     .await;
     assert_eq!(items.len(), 50);
@@ -269,6 +271,7 @@ async fn iterator_ranges_and_control() {
         }],
         time: None,
         data: false,
+        ..Default::default()
     })
     .await;
     assert!(!items.is_empty() && items.len() < n);
@@ -291,6 +294,7 @@ async fn iterator_ranges_and_control() {
         ranges: vec![],
         time: None,
         data: true,
+        ..Default::default()
     };
     let mut it = s.iterator(1, route, opts).await.unwrap();
     let first = it.next().await.unwrap().unwrap();
@@ -733,6 +737,19 @@ fn cli_object_and_admin_commands() {
     assert_eq!(v["size"], 100_000);
     let o = run(&["ls", "--json"], None);
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let o = run(&["range", "--json"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1], "in id order: {ids:?}");
+    let o = run(&["range", "--count", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["count"], 2);
+    let o = run(&["range", "--to", "00", "--json"], None);
+    assert!(o.stdout.is_empty(), "no id lies in 00..=00ff..ff here");
     let o = run(&["remove", "obj"], None);
     assert!(o.status.success());
     let o = run(&["read", "obj"], None);
@@ -912,4 +929,211 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
         let r = s.read(format!("big{i}").as_bytes(), 0, 0).await.unwrap();
         assert_eq!(r.data, big(i), "big{i} after restart");
     }
+}
+
+/// READ_RANGE and DEL_RANGE through the client: id order, skip and limit, offset and size,
+/// NODATA counts, a removed range is gone and its neighbours stay, a sub-range boundary is
+/// inclusive, and a cache's dirty objects are part of the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_range_and_del_range() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
+             dir = \"{}\"\ncache_size = \"1M\"\ncache_sync_timeout = 600\n",
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let srv = Server::spawn(
+        d.path(),
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let s = session(&srv, vec![1]).await;
+    let mut ids = Vec::new();
+    for i in 0..300u32 {
+        let key = format!("range-{i}");
+        s.write(key.as_bytes(), format!("value-{i:04}").as_bytes())
+            .await
+            .unwrap();
+        ids.push((sha(key.as_bytes()), i));
+    }
+    // One more, dirty in the cache only (written back after 600 s).
+    s.write_cache(b"range-cached", b"value-cach", Duration::ZERO)
+        .await
+        .unwrap();
+    ids.push((sha(b"range-cached"), 9999));
+    ids.sort();
+    let all = |o: apsis_client::RangeOptions| {
+        let s = s.clone();
+        async move { s.read_range(1, [0; 64], [0xff; 64], o).await.unwrap() }
+    };
+    let r = all(Default::default()).await;
+    assert_eq!(r.count, 301);
+    let got: Vec<[u8; 64]> = r.items.iter().map(|x| x.io.id).collect();
+    let want: Vec<[u8; 64]> = ids.iter().map(|x| x.0).collect();
+    assert!(got == want, "every object, in id order");
+    for (item, (_, i)) in r.items.iter().zip(&ids) {
+        let v = if *i == 9999 {
+            "value-cach".to_string()
+        } else {
+            format!("value-{i:04}")
+        };
+        assert_eq!(item.data, v.as_bytes());
+        assert_eq!(item.io.total_size, 10);
+    }
+    // Skip and limit; offset and size apply to every object.
+    let r = all(apsis_client::RangeOptions {
+        skip: 10,
+        limit: 5,
+        offset: 6,
+        size: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(r.count, 5);
+    let got: Vec<[u8; 64]> = r.items.iter().map(|x| x.io.id).collect();
+    assert!(got == want[10..15], "keys 10..15 of the range");
+    assert!(r
+        .items
+        .iter()
+        .all(|x| x.data.len() == 2 && x.io.offset == 6));
+    // NODATA counts; an offset past every object passes them all over.
+    let r = all(apsis_client::RangeOptions {
+        nodata: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((r.count, r.items.len()), (301, 0));
+    let r = all(apsis_client::RangeOptions {
+        offset: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(r.count, 0);
+    // Bounds are inclusive.
+    let r = s
+        .read_range(1, want[3], want[7], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(r.count, 5);
+    // DEL_RANGE removes exactly its range (after the skip, up to the limit).
+    let n = s
+        .remove_range(
+            1,
+            want[100],
+            want[199],
+            apsis_client::RangeOptions {
+                skip: 1,
+                limit: 98,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 98);
+    let r = all(Default::default()).await;
+    assert_eq!(r.count, 301 - 98);
+    let left: Vec<[u8; 64]> = r.items.iter().map(|x| x.io.id).collect();
+    let mut expect = want.clone();
+    expect.drain(101..199);
+    assert!(left == expect, "101..199 removed, 100 and 199 kept");
+    let gone = ids.iter().position(|x| x.0 == want[150]).unwrap();
+    let key = format!("range-{}", ids[gone].1);
+    assert_eq!(
+        status(s.read(key.as_bytes(), 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+    // Begin after end.
+    assert_eq!(
+        status(
+            s.read_range(1, [1; 64], [0; 64], Default::default())
+                .await
+                .unwrap_err()
+        ),
+        -errno::ERANGE
+    );
+}
+
+/// BACKEND_CONTROL STOP_DEFRAG stops a throttled pass part way; nothing is lost, a second
+/// stop is −EALREADY, and a new pass can start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_defrag_stops_a_running_pass() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
+             dir = \"{}\"\nblob_size = \"1M\"\ndefrag_percentage = 10\ndefrag_rate = \"100k\"\n",
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let srv = Server::spawn(
+        d.path(),
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let s = session(&srv, vec![1]).await;
+    let value = |i: u32, round: u32| vec![(i + round) as u8; 4000];
+    for i in 0..600 {
+        s.write(format!("d{i}").as_bytes(), &value(i, 0))
+            .await
+            .unwrap();
+    }
+    for i in (0..600).step_by(2) {
+        s.write(format!("d{i}").as_bytes(), &value(i, 1))
+            .await
+            .unwrap();
+    }
+    let cmd = |name| apsis_client::Session::backend_command(name).unwrap();
+    let stop = cmd("stop-defrag");
+    assert_eq!(
+        status(
+            s.backend_control(srv.addr, 1, stop, vec![])
+                .await
+                .unwrap_err()
+        ),
+        -errno::EALREADY,
+        "nothing to stop"
+    );
+    let st = s
+        .backend_control(srv.addr, 1, cmd("defrag"), vec![])
+        .await
+        .unwrap();
+    assert_eq!(st.defrag_state, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.backend_control(srv.addr, 1, stop, vec![]).await.unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let st = s.backend_status(srv.addr).await.unwrap();
+        if st[0].defrag_state == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "defrag did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..600 {
+        let want = value(i, (i % 2 == 0) as u32);
+        assert_eq!(
+            s.read(format!("d{i}").as_bytes(), 0, 0).await.unwrap().data,
+            want
+        );
+    }
+    let tmp = std::fs::read_dir(d.path().join("b1"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(tmp, 0, "the partial copy is removed");
+    s.backend_control(srv.addr, 1, cmd("defrag"), vec![])
+        .await
+        .unwrap();
 }

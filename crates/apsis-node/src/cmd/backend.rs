@@ -73,7 +73,12 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 Ok(())
             }
         },
-        bc::STOP_DEFRAG => Err(-errno::ENOTSUP),
+        // The pass stops at its next record; BACKEND_STATUS shows it when it has.
+        bc::STOP_DEFRAG => match slot.engine() {
+            None => Err(-errno::ENOTSUP),
+            Some(engine) if engine.stop_defrag() => Ok(()),
+            Some(_) => Err(-errno::EALREADY),
+        },
         bc::SET_IDS => {
             let r = ctx.backends.set_ids(id, req.ids.clone());
             if r.is_ok() {

@@ -98,7 +98,8 @@ fn cached_reply(ctx: &Ctx, timestamp: Timestamp, size: u64, checksum: [u8; 64]) 
         info: FileInfo {
             flen: 0,
             checksum,
-            record_flags: record_flags::EXTHDR,
+            // Not a blob record: no flags, as Elliptics' cache answers (vector 27).
+            record_flags: 0,
             size,
             offset: 0,
             mtime: ts_out(timestamp),
@@ -115,11 +116,18 @@ pub(crate) async fn run<T>(
     f: impl FnOnce() -> Result<T, StorageError>,
 ) -> Result<T, i32> {
     let r = f().map_err(storage_errno)?;
-    let syncer = slot.state.lock().syncer.clone();
-    if let Some(s) = syncer {
-        s.wait().await?;
-    }
+    durable(slot).await?;
     Ok(r)
+}
+
+/// On a `sync = 0` backend, waits for the group commit that makes every mutation made so far
+/// durable; at once elsewhere.
+pub(crate) async fn durable(slot: &Slot) -> Result<(), i32> {
+    let syncer = slot.state.lock().syncer.clone();
+    match syncer {
+        Some(s) => s.wait().await,
+        None => Ok(()),
+    }
 }
 
 pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
@@ -150,7 +158,7 @@ pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     Ok(())
 }
 
-async fn lock<'a>(
+pub(crate) async fn lock<'a>(
     ctx: &'a Ctx,
     hdr: &Header,
     key: &[u8; 64],
@@ -162,7 +170,7 @@ async fn lock<'a>(
     }
 }
 
-fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
+pub(crate) fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
     if payload.len() < IoAttr::SIZE {
         return Err(-errno::EINVAL);
     }
@@ -171,7 +179,7 @@ fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
 
 /// The READ reply for a request: from the cache when the key is there (or CACHE asks to
 /// bring it in), else from the engine.
-fn read_one(
+pub(crate) fn read_one(
     cache: Option<&Cache>,
     engine: &BlobBackend,
     io: &IoAttr,
@@ -197,14 +205,7 @@ fn read_one(
             let (off, len) = read_range(h.data.len() as u64, &req).map_err(storage_errno)?;
             let data = h.data[off as usize..(off + len) as usize].to_vec();
             let total = h.data.len() as u64;
-            (
-                data,
-                off,
-                total,
-                h.timestamp,
-                h.user_flags,
-                record_flags::EXTHDR,
-            )
+            (data, off, total, h.timestamp, h.user_flags, 0)
         }
         None => {
             let r = engine.read(&key, &req).map_err(storage_errno)?;

@@ -1,11 +1,14 @@
 //! ITERATOR: stream a backend's records (key and time ranges, with or without data), with
-//! pause, continue and cancel by iterator id.
+//! pause, continue and cancel by iterator id. The SERVER_SEND type copies each record it
+//! walks to the request's groups instead (as SEND does, see [`super::send`]; MOVE and
+//! OVERWRITE apply) and answers each with the copy's status.
 //!
 //! Records come from the engine in bounded batches read on the blocking pool, so an iterator
 //! over any number of keys holds at most one batch in memory; the connection's bounded reply
 //! queue paces it to the client's reading speed.
 
 use super::HResult;
+use crate::backends::Slot;
 use crate::reply::Out;
 use crate::Ctx;
 use apsis_proto::{action, errno, iflags, itype, IteratorRequest, IteratorResponse, Time};
@@ -89,12 +92,13 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     if req.flags & !iflags::ALL != 0 {
         return Err(-errno::ENOTSUP);
     }
-    match req.itype {
-        itype::NETWORK => {}
+    let send = match req.itype {
+        itype::NETWORK => false,
+        itype::SERVER_SEND => true,
         // DISK iterators write to a server-side file in Elliptics and are not supported
-        // there either; SERVER_SEND copies to other groups and needs the cluster layer.
+        // there either.
         _ => return Err(-errno::ENOTSUP),
-    }
+    };
     let mut key_ranges = Vec::with_capacity(req.ranges.len());
     for r in &req.ranges {
         if r.begin > r.end {
@@ -113,23 +117,43 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     } else {
         None
     };
-    let (_slot, engine) = super::io::backend_for(out)?;
-    let with_data = req.flags & iflags::DATA != 0;
+    let (slot, engine) = super::io::backend_for(out)?;
+    let mut with_data = req.flags & iflags::DATA != 0;
+    if send {
+        if req.groups.is_empty() || req.groups.contains(&slot.cfg.group) {
+            return Err(-errno::EINVAL);
+        }
+        if req.flags & iflags::MOVE != 0 {
+            super::io::node_writable(ctx, &slot)?;
+        }
+        // The copies carry the data; the responses do not.
+        with_data = false;
+    }
     let ireq = IterRequest {
         key_ranges,
         time_range,
         with_data,
         include_removed: false,
-        include_uncommitted: true,
+        // A prepared record cannot be copied until it is committed.
+        include_uncommitted: !send,
         batch_records: 256,
         batch_bytes: 4 << 20,
     };
     let total = engine.stats().records;
     let (id, mut state) = ctx.iterators.start();
-    let r = stream(out, engine, ireq, id, total, &mut state).await;
+    let targets = send.then(|| super::send::Targets {
+        groups: &req.groups,
+        flags: req.flags & (iflags::MOVE | iflags::OVERWRITE),
+        timeout: std::time::Duration::from_secs(req.timeout_secs.clamp(1, 3600).into()),
+    });
+    let sender = targets.as_ref().map(|t| (ctx, &*slot, t));
+    let r = stream(out, engine, ireq, id, total, &mut state, sender).await;
     ctx.iterators.remove(id);
     r
 }
+
+/// Where a SERVER_SEND iterator copies what it walks.
+type Sender<'a> = (&'a Arc<Ctx>, &'a Slot, &'a super::send::Targets<'a>);
 
 async fn stream(
     out: &Out,
@@ -138,6 +162,7 @@ async fn stream(
     id: u64,
     total: u64,
     state: &mut watch::Receiver<IterState>,
+    sender: Option<Sender<'_>>,
 ) -> HResult {
     let ireq = Arc::new(ireq);
     let mut cursor: Option<IterCursor> = None;
@@ -163,10 +188,15 @@ async fn stream(
             }
             n += 1;
             let info = &item.info;
+            let mut status = if item.corrupt { -errno::EILSEQ } else { 0 };
+            if let (Some((ctx, slot, to)), 0) = (sender, status) {
+                let r = super::send::send_one(ctx, slot, &engine, info.key.0, to).await;
+                status = r.err().map_or(0, |(e, _)| e);
+            }
             let resp = IteratorResponse {
                 id,
                 key: info.key.0,
-                status: if item.corrupt { -errno::EILSEQ } else { 0 },
+                status,
                 timestamp: Time {
                     sec: info.timestamp.sec,
                     nsec: info.timestamp.nsec as u64,

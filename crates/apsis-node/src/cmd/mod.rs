@@ -8,7 +8,9 @@ pub mod backend;
 pub mod io;
 pub mod iterator;
 pub mod monitor;
+pub mod range;
 pub mod recovery;
+pub mod send;
 pub mod system;
 
 use crate::backends::Slot;
@@ -113,6 +115,8 @@ async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> 
         cmd::WRITE => io::write(ctx, out, payload).await,
         cmd::DEL => io::del(ctx, out, payload).await,
         cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
+        cmd::READ_RANGE | cmd::DEL_RANGE => range::handle(ctx, out, payload).await,
+        cmd::SEND => send::handle(ctx, out, payload).await,
         cmd::ITERATOR => iterator::handle(ctx, out, payload).await,
         cmd::ROUTE_LIST => system::route_list(ctx, out, conn_id).await,
         cmd::AUTH => system::auth(ctx, out, payload).await,

@@ -272,6 +272,18 @@ impl Side {
 
     /// Writes a copy under CAS_TIMESTAMP: a newer record there wins (−EBADFD).
     pub async fn write(&self, ctx: &Arc<Ctx>, id: [u8; 64], o: &Object) -> Result<(), i32> {
+        self.write_with(ctx, id, o, true).await
+    }
+
+    /// Writes a copy with the object's timestamp and user flags; with `cas` (CAS_TIMESTAMP)
+    /// a newer record there wins (−EBADFD), without it the copy replaces whatever is there.
+    pub async fn write_with(
+        &self,
+        ctx: &Arc<Ctx>,
+        id: [u8; 64],
+        o: &Object,
+        cas: bool,
+    ) -> Result<(), i32> {
         match self {
             Side::Local(slot) => {
                 let engine = Self::engine(slot)?;
@@ -282,7 +294,7 @@ impl Side {
                     data: &o.data,
                     timestamp: ts_in(o.ts),
                     user_flags: o.user_flags,
-                    cas_timestamp: true,
+                    cas_timestamp: cas,
                     ..Default::default()
                 };
                 crate::cmd::io::run(slot, || engine.write(&apsis_storage::Key(id), &req)).await?;
@@ -293,7 +305,8 @@ impl Side {
                     id,
                     timestamp: o.ts,
                     user_flags: o.user_flags,
-                    flags: ioflags::CAS_TIMESTAMP | ioflags::WRITE_NO_FILE_INFO,
+                    flags: if cas { ioflags::CAS_TIMESTAMP } else { 0 }
+                        | ioflags::WRITE_NO_FILE_INFO,
                     size: o.data.len() as u64,
                     ..Default::default()
                 };
