@@ -616,6 +616,9 @@ async fn server_send_and_ranges_across_nodes() {
     assert_eq!(r[0].status, -errno::ENOENT);
     let r = s1.server_send(&keys[60..61], &[9], 0).await.unwrap();
     assert_eq!(r[0].status, -errno::ENXIO);
+    // A copy onto the source's own group is refused outright.
+    let e = s1.server_send(&keys[60..61], &[1], 0).await.unwrap_err();
+    assert_eq!(e.errno(), -errno::EINVAL);
 
     // A SERVER_SEND iterator over one backend of group 1 copies what it walks to group 3.
     let route = c.with_routes(|t| t.owner(1, &ids[150])).unwrap();

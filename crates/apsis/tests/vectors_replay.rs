@@ -17,10 +17,8 @@
 //!   gets a ROUTE_LIST sentinel, so a reply Apsis sends that the capture does not have is caught.
 //!   Where Apsis differs on purpose (a settable log level, MONITOR_STAT always answered, the
 //!   size in a cached object's LOOKUP, a single node where the capture had two, the garbage
-//!   3.0 left in READ_RANGE replies), and for the few known
-//!   mismatches not fixed yet (marked KNOWN MISMATCH), the test lists the exact difference with
-//!   its reason, so anything else fails, and fixing a known mismatch fails it too (update the
-//!   list then).
+//!   3.0 left in READ_RANGE replies), the test lists the exact difference with its reason, so
+//!   anything else fails.
 //! * **Client**: `apsis_client` runs the vector's operations against a fake server that answers
 //!   with the captured replies; its requests must be byte-identical to the captured ones except
 //!   trans, io_attr timestamps and (noted) backend_id, and it must understand the answers.

@@ -66,7 +66,10 @@ fn smallest_keys(
             None => break,
         }
     }
-    Ok((heap.into_sorted_vec(), more))
+    // A key rewritten while the scan ran can be met twice (its old record, then its new one).
+    let mut keys = heap.into_sorted_vec();
+    keys.dedup();
+    Ok((keys, more))
 }
 
 pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
