@@ -78,3 +78,37 @@ pub fn hex_prefix(id: &[u8]) -> String {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// An id from up to 128 hex digits (in pairs), the bytes not given set to `pad`; `None` for
+/// anything else.
+pub fn id_from_hex(s: &str, pad: u8) -> Option<[u8; ID_SIZE]> {
+    if s.len() > 2 * ID_SIZE || s.len() % 2 != 0 {
+        return None;
+    }
+    let mut id = [pad; ID_SIZE];
+    for (i, o) in id.iter_mut().take(s.len() / 2).enumerate() {
+        let pair = s.get(2 * i..2 * i + 2)?;
+        if !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *o = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_from_hex() {
+        let full = "ab".repeat(64);
+        assert_eq!(super::id_from_hex(&full, 0), Some([0xab; 64]));
+        let mut short = [0xff; 64];
+        short[..2].copy_from_slice(&[0x01, 0xfe]);
+        assert_eq!(super::id_from_hex("01FE", 0xff), Some(short));
+        assert_eq!(super::id_from_hex("", 7), Some([7; 64]));
+        for bad in ["0", "zz", "+1", &"00".repeat(65)] {
+            assert_eq!(super::id_from_hex(bad, 0), None, "{bad:?}");
+        }
+        assert_eq!(super::hex(&super::id_from_hex(&full, 0).unwrap()), full);
+    }
+}

@@ -89,16 +89,8 @@ pub struct RangeArgs {
 
 /// A hex id, padded to 64 bytes with `pad`.
 fn parse_id(s: &str, pad: u8) -> anyhow::Result<[u8; 64]> {
-    let s = s.trim();
-    if s.len() > 128 || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("an id is up to 128 hex digits, in pairs: {s:?}");
-    }
-    let mut id = [pad; 64];
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        let hex = std::str::from_utf8(pair)?;
-        id[i] = u8::from_str_radix(hex, 16)?;
-    }
-    Ok(id)
+    apsis_proto::id_from_hex(s.trim(), pad)
+        .ok_or_else(|| anyhow::anyhow!("an id is up to 128 hex digits, in pairs: {s:?}"))
 }
 
 fn bar(total: u64) -> ProgressBar {

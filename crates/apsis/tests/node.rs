@@ -18,6 +18,25 @@ fn status(e: apsis_client::ClientError) -> i32 {
     e.errno()
 }
 
+/// `apsis server -c` with one backend (id 1, group 1, in `<d>/b1`) whose section also has
+/// `backend_extra` (TOML lines).
+fn one_backend_server(d: &std::path::Path, backend_extra: &str) -> Server {
+    let cfg = d.join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
+             dir = \"{}\"\n{backend_extra}\n",
+            d.join("b1").display()
+        ),
+    )
+    .unwrap();
+    Server::spawn(
+        d,
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_semantics() {
     let d = tempfile::tempdir().unwrap();
@@ -815,18 +834,10 @@ fn cli_object_and_admin_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_ioflags_write_back_ttl_and_coherence() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("apsis.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
-             dir = \"{}\"\nsync = -1\ncache_size = \"1M\"\ncache_sync_timeout = 1\n",
-            d.path().join("b1").display()
-        ),
-    )
-    .unwrap();
-    let args = vec!["server".into(), "-c".into(), cfg.display().to_string()];
-    let mut srv = Server::spawn(d.path(), args);
+    let mut srv = one_backend_server(
+        d.path(),
+        "sync = -1\ncache_size = \"1M\"\ncache_sync_timeout = 1",
+    );
     let s = session(&srv, vec![1]).await;
     let with = |flags: u32| {
         let mut x = s.clone();
@@ -937,20 +948,7 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_range_and_del_range() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("apsis.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
-             dir = \"{}\"\ncache_size = \"1M\"\ncache_sync_timeout = 600\n",
-            d.path().join("b1").display()
-        ),
-    )
-    .unwrap();
-    let srv = Server::spawn(
-        d.path(),
-        vec!["server".into(), "-c".into(), cfg.display().to_string()],
-    );
+    let srv = one_backend_server(d.path(), "cache_size = \"1M\"\ncache_sync_timeout = 600");
     let s = session(&srv, vec![1]).await;
     let mut ids = Vec::new();
     for i in 0..300u32 {
@@ -1062,19 +1060,9 @@ async fn read_range_and_del_range() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_defrag_stops_a_running_pass() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("apsis.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\naddresses = [\"127.0.0.1:0\"]\n\n[[backend]]\nid = 1\ngroup = 1\n\
-             dir = \"{}\"\nblob_size = \"1M\"\ndefrag_percentage = 10\ndefrag_rate = \"100k\"\n",
-            d.path().join("b1").display()
-        ),
-    )
-    .unwrap();
-    let srv = Server::spawn(
+    let srv = one_backend_server(
         d.path(),
-        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+        "blob_size = \"1M\"\ndefrag_percentage = 10\ndefrag_rate = \"100k\"",
     );
     let s = session(&srv, vec![1]).await;
     let value = |i: u32, round: u32| vec![(i + round) as u8; 4000];

@@ -606,6 +606,27 @@ fn captured(prefix: &str, n: usize) -> Vec<u8> {
     vector(prefix).msgs[n].bytes.clone()
 }
 
+/// A WRITE frame (group 1, backend 1) recreating an object exactly: id, data, timestamp and
+/// user flags.
+fn seed_write(id: [u8; 64], data: &[u8], timestamp: Time, user_flags: u64, trans: u64) -> Vec<u8> {
+    let mut h = Header::new(cmd::WRITE, cflags::NEED_ACK);
+    h.id = id;
+    h.group = 1;
+    h.backend_id = 1;
+    h.trans = trans;
+    let io = IoAttr {
+        id,
+        timestamp,
+        user_flags,
+        size: data.len() as u64,
+        ..IoAttr::default()
+    };
+    let mut payload = Vec::new();
+    io.encode_into(&mut payload);
+    payload.extend_from_slice(data);
+    Frame::new(h, payload).encode()
+}
+
 /// WRITEs recreating b1, b2, b3 as vector 11 found them (its backend was wiped and written
 /// outside the capture): key, data, timestamp and user flags from its iterator replies. 10b,
 /// 11, 21, 24 and 26 ran against this state.
@@ -616,23 +637,13 @@ fn b123() -> Vec<Vec<u8>> {
             let p = &v.msgs[n].frame.payload;
             let mut r = Reader::new(p, "iterator response");
             let it = IteratorResponse::decode(&mut r).unwrap();
-            let data = r.rest();
-            let mut h = Header::new(cmd::WRITE, cflags::NEED_ACK);
-            h.id = it.key;
-            h.group = 1;
-            h.backend_id = 1;
-            h.trans = 900 + n as u64;
-            let io = IoAttr {
-                id: it.key,
-                timestamp: it.timestamp,
-                user_flags: it.user_flags,
-                size: data.len() as u64,
-                ..IoAttr::default()
-            };
-            let mut payload = Vec::new();
-            io.encode_into(&mut payload);
-            payload.extend_from_slice(data);
-            Frame::new(h, payload).encode()
+            seed_write(
+                it.key,
+                r.rest(),
+                it.timestamp,
+                it.user_flags,
+                900 + n as u64,
+            )
         })
         .collect()
 }
@@ -822,22 +833,13 @@ fn range20_objects() -> Vec<Vec<u8>> {
         .map(|n| {
             let f = &v.msgs[n].frame;
             let (rio, data) = IoAttr::split(&f.payload).unwrap();
-            let mut h = Header::new(cmd::WRITE, cflags::NEED_ACK);
-            h.id = f.header.id;
-            h.group = 1;
-            h.backend_id = 1;
-            h.trans = 900 + n as u64;
-            let io = IoAttr {
-                id: f.header.id,
-                timestamp: rio.timestamp,
-                user_flags: rio.user_flags,
-                size: data.len() as u64,
-                ..IoAttr::default()
-            };
-            let mut payload = Vec::new();
-            io.encode_into(&mut payload);
-            payload.extend_from_slice(data);
-            Frame::new(h, payload).encode()
+            seed_write(
+                f.header.id,
+                data,
+                rio.timestamp,
+                rio.user_flags,
+                900 + n as u64,
+            )
         })
         .collect()
 }

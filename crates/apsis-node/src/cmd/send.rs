@@ -76,17 +76,6 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-/// The owner of `id` in `group` as a place to write to: a local backend or a peer's.
-fn target(ctx: &Ctx, group: u32, id: &[u8; 64]) -> Option<Side> {
-    let route = ctx.cluster.client.with_routes(|t| t.owner(group, id))?;
-    if ctx.cluster.is_local(route.addr) {
-        let s = ctx.backends.get(route.backend_id as u32)?;
-        Some(Side::Local(s.clone()))
-    } else {
-        Some(Side::Remote { route, group })
-    }
-}
-
 /// Where SEND (and the SERVER_SEND iterator) copy keys.
 pub(crate) struct Targets<'a> {
     pub groups: &'a [u32],
@@ -120,7 +109,10 @@ pub(crate) async fn send_one(
     let cas = req.flags & iflags::OVERWRITE == 0;
     let o = &o;
     let copies = req.groups.iter().map(|&g| async move {
-        let side = target(ctx, g, &id).ok_or(-errno::ENXIO)?;
+        let route = ctx.cluster.client.with_routes(|t| t.owner(g, &id));
+        let side = route
+            .and_then(|r| Side::at(ctx, r, g))
+            .ok_or(-errno::ENXIO)?;
         match tokio::time::timeout(timeout, side.write_with(ctx, id, o, cas)).await {
             Ok(r) => r,
             Err(_) => Err(-errno::ETIMEDOUT),

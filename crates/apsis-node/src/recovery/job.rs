@@ -89,11 +89,7 @@ fn unhex(s: &str) -> Option<[u8; 64]> {
     if s.len() != 128 {
         return None;
     }
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    apsis_proto::id_from_hex(s, 0)
 }
 
 /// Runs `spec` on one backend.
@@ -159,12 +155,7 @@ impl Run<'_> {
     }
 
     fn side(&self, route: Route, group: u32) -> Option<Side> {
-        if self.ctx.cluster.is_local(route.addr) {
-            let s = self.ctx.backends.get(route.backend_id as u32)?;
-            Some(Side::Local(s.clone()))
-        } else {
-            Some(Side::Remote { route, group })
-        }
+        Side::at(self.ctx, route, group)
     }
 
     /// The ranges this backend owns in its group now (empty when it is not in the table).

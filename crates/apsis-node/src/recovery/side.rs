@@ -143,6 +143,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Side {
+    /// The backend `route` points at in `group`: one of ours (None when it is gone), or a
+    /// peer's.
+    pub fn at(ctx: &Ctx, route: Route, group: u32) -> Option<Side> {
+        if ctx.cluster.is_local(route.addr) {
+            let s = ctx.backends.get(route.backend_id as u32)?;
+            Some(Side::Local(s.clone()))
+        } else {
+            Some(Side::Remote { route, group })
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Side::Local(s) => format!("local backend {}", s.cfg.id),
