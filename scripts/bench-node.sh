@@ -3,6 +3,8 @@
 # same tool, same load. Figures go to docs/benchmarks.md.
 #
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
+#   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis and redis alternate ROUNDS times,
+#                                          default 3; the medians and their ratio are printed)
 #
 # Needs redis-server (installed here with apt-get when missing).
 source "$(dirname "$0")/bench-lib.sh"
@@ -34,18 +36,36 @@ start_redis() { # $1 = appendfsync policy or "off"
 }
 stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
 
+ROUNDS=${ROUNDS:-3}
+# One run; prints its line and appends its ops/s to the file $1.
+run_ops() {
+    local into=$1; shift
+    local out; out=$(run "$@")
+    echo "$out"
+    grep -o '[0-9.]* ops/s' <<<"$out" | cut -d' ' -f1 >>"$into"
+}
+median() { sort -n "$1" | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+# The same load on both targets, alternating ROUNDS times (the machine's noise moves both
+# alike within a pair); prints the medians and the ratio.
+pair() {
+    rm -f "$WORK/a" "$WORK/r"
+    for _ in $(seq "$ROUNDS"); do
+        run_ops "$WORK/a" --target apsis -r "$APSIS_ADDR" "$@"
+        run_ops "$WORK/r" --target redis --redis "$REDIS_ADDR" "$@"
+    done
+    local a r; a=$(median "$WORK/a"); r=$(median "$WORK/r")
+    awk -v a="$a" -v r="$r" -v n="$ROUNDS" 'BEGIN {printf "median of %d: apsis %.0f ops/s, redis %.0f ops/s, ratio %.2fx\n", n, a, r, a/r}'
+}
+
 echo "## 50 connections, 1 KiB values, sync=-1 vs Redis without persistence"
 start_apsis -1; start_redis off
-run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
-run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
-run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
-run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+pair --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
+pair --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 stop_apsis; stop_redis
 
 echo "## 50 connections, 1 KiB SET, durable: sync=0 vs Redis appendfsync always"
 start_apsis 0; start_redis always
-run --target apsis -r "$APSIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
-run --target redis --redis "$REDIS_ADDR" --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+pair --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 stop_apsis; stop_redis
 
 echo "## 1 MiB values over loopback"

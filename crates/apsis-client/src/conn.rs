@@ -14,10 +14,11 @@ use crate::error::{ClientError, Result};
 use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header, HEADER_SIZE};
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -25,7 +26,67 @@ use tokio::sync::mpsc;
 /// Largest reply payload accepted (a bigger one closes the connection).
 pub const MAX_REPLY_BYTES: u64 = 1 << 30;
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>;
+type Pending = Arc<Mutex<HashMap<u64, ReplyTx>>>;
+
+/// One request's reply queue: the reader pushes frames, the request takes them. A plain
+/// mutex-guarded queue with one waker; lighter than a channel per request (no block
+/// allocation), which matters at one request per few microseconds.
+#[derive(Default)]
+struct ReplyQueue {
+    frames: VecDeque<Frame>,
+    /// The reader dropped its end: no more frames will come.
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// The reader's end of a request's replies; dropping it (the final reply, or the
+/// connection ending) closes the queue and wakes the request.
+struct ReplyTx(Arc<Mutex<ReplyQueue>>);
+
+impl ReplyTx {
+    fn push(&self, f: Frame) {
+        let mut q = self.0.lock();
+        q.frames.push_back(f);
+        if let Some(w) = q.waker.take() {
+            drop(q);
+            w.wake();
+        }
+    }
+}
+
+impl Drop for ReplyTx {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        q.closed = true;
+        if let Some(w) = q.waker.take() {
+            drop(q);
+            w.wake();
+        }
+    }
+}
+
+/// The request's end of its replies.
+pub struct Replies(Arc<Mutex<ReplyQueue>>);
+
+impl Replies {
+    /// The next reply frame; `None` once the connection ended (or every reply was taken).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| {
+            let mut q = self.0.lock();
+            if let Some(f) = q.frames.pop_front() {
+                return Poll::Ready(Some(f));
+            }
+            if q.closed {
+                return Poll::Ready(None);
+            }
+            if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
 
 /// A live connection.
 pub struct Conn {
@@ -55,8 +116,10 @@ struct ReaderGuard {
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
         self.alive.store(false, Relaxed);
-        // Dropping the senders ends every waiting request with a connection error.
-        self.pending.lock().clear();
+        // Dropping the senders ends every waiting request with a connection error (outside
+        // the lock: each drop wakes its request).
+        let all = std::mem::take(&mut *self.pending.lock());
+        drop(all);
     }
 }
 
@@ -109,10 +172,12 @@ impl Conn {
                             let last = !h.has_more();
                             let mut p = p2.lock();
                             if let Some(s) = p.get(&h.trans) {
-                                let _ = s.send(frame);
+                                s.push(frame);
                             }
                             if last {
-                                p.remove(&h.trans);
+                                let done = p.remove(&h.trans);
+                                drop(p);
+                                drop(done);
                             }
                         }
                         Ok(None) => {
@@ -170,16 +235,12 @@ impl Conn {
 
     /// Sends a request and returns the channel its replies arrive on. `trans` 0 (handshake)
     /// is keyed as 0.
-    pub async fn send(
-        &self,
-        mut h: Header,
-        payload: &[u8],
-    ) -> Result<mpsc::UnboundedReceiver<Frame>> {
+    pub async fn send(&self, mut h: Header, payload: &[u8]) -> Result<Replies> {
         if !self.is_alive() {
             return Err(self.closed());
         }
-        let (stx, srx) = mpsc::unbounded_channel();
-        self.pending.lock().insert(h.trans, stx);
+        let q = Arc::new(Mutex::new(ReplyQueue::default()));
+        self.pending.lock().insert(h.trans, ReplyTx(q.clone()));
         h.size = payload.len() as u64;
         let mut head = Vec::with_capacity(HEADER_SIZE + payload.len().min(64 << 10));
         h.encode_into(&mut head);
@@ -192,16 +253,18 @@ impl Conn {
             w.write_all(&head).await.is_ok() && (small || w.write_all(payload).await.is_ok())
         };
         if !ok {
-            self.pending.lock().remove(&h.trans);
+            let gone = self.pending.lock().remove(&h.trans);
+            drop(gone);
             self.alive.store(false, Relaxed);
             return Err(self.closed());
         }
-        Ok(srx)
+        Ok(Replies(q))
     }
 
     /// Forgets a request (after a timeout): late replies are dropped.
     pub fn forget(&self, trans: u64) {
-        self.pending.lock().remove(&trans);
+        let gone = self.pending.lock().remove(&trans);
+        drop(gone);
     }
 
     pub fn closed(&self) -> ClientError {
@@ -216,7 +279,7 @@ impl Conn {
 pub async fn collect(
     conn: &Conn,
     trans: u64,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut rx: Replies,
     timeout: std::time::Duration,
 ) -> Result<Vec<Frame>> {
     let mut out = Vec::new();

@@ -23,7 +23,6 @@ use sha2::{Digest, Sha512};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// How many per-group successes make a write or remove succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1238,7 +1237,7 @@ impl Session {
 /// The records of a running iterator.
 /// The progress reports of a recovery job running on a node (see [`Session::recovery_job`]).
 pub struct JobStream {
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: crate::conn::Replies,
     done: bool,
     pub addr: SocketAddr,
 }
@@ -1274,7 +1273,7 @@ impl JobStream {
 }
 
 pub struct IterStream {
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: crate::conn::Replies,
     timeout: Duration,
     done: bool,
     pub addr: SocketAddr,

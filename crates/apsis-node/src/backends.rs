@@ -41,14 +41,21 @@ pub struct SlotState {
 /// The engine runs without a per-write fsync; every acknowledged write or delete waits on
 /// this syncer, whose thread takes every waiter that has queued, calls the engine's `sync()`
 /// (which makes everything written before it durable), and answers them all. Waiters are
-/// async tasks, so hundreds of concurrent writers cost no thread each and share one fsync.
+/// async tasks or held replies, so hundreds of concurrent writers cost no thread each and
+/// share one fsync. The held replies of one sync go out from one task on the runtime (one
+/// wake-up per sync, not one per request) while the thread starts the next sync.
 pub struct Syncer {
-    tx: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), i32>>>,
+    tx: std::sync::mpsc::Sender<Waiter>,
+}
+
+enum Waiter {
+    Task(tokio::sync::oneshot::Sender<Result<(), i32>>),
+    Reply(crate::reply::Deferred),
 }
 
 impl Syncer {
     fn start(engine: &Arc<BlobBackend>, backend: u32) -> Arc<Syncer> {
-        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), i32>>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
         let weak = Arc::downgrade(engine);
         let spawned = std::thread::Builder::new()
             .name(format!("apsis-sync-{backend}"))
@@ -62,8 +69,18 @@ impl Syncer {
                         Some(e) => e.sync().map_err(|e| e.errno()),
                         None => Err(-apsis_proto::errno::EIO),
                     };
+                    let mut replies = Vec::new();
                     for w in batch {
-                        let _ = w.send(r);
+                        match w {
+                            Waiter::Task(t) => {
+                                let _ = t.send(r);
+                            }
+                            Waiter::Reply(d) => replies.push(d),
+                        }
+                    }
+                    if let Some(d) = replies.first() {
+                        let rt = d.runtime().clone();
+                        rt.spawn(async move { crate::reply::send_settled(replies, r) });
                     }
                 }
             });
@@ -76,8 +93,16 @@ impl Syncer {
     /// Waits until everything written before this call is durable.
     pub async fn wait(&self) -> Result<(), i32> {
         let (t, r) = tokio::sync::oneshot::channel();
-        self.tx.send(t).map_err(|_| -apsis_proto::errno::EIO)?;
+        self.tx
+            .send(Waiter::Task(t))
+            .map_err(|_| -apsis_proto::errno::EIO)?;
         r.await.unwrap_or(Err(-apsis_proto::errno::EIO))
+    }
+
+    /// Sends held replies once everything written before this call is durable (the error
+    /// instead if the sync fails; a syncer that is gone drops them, which answers −EIO).
+    pub fn defer(&self, d: crate::reply::Deferred) {
+        let _ = self.tx.send(Waiter::Reply(d));
     }
 }
 

@@ -30,11 +30,14 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let cw = Arc::new(ConnWriter::new(wr, ctx.clone()));
     let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
     let writer = tokio::spawn(write_loop(cw.clone(), rx));
-    // Requests that never wait on fsync are answered inline by this task: no task spawn and
-    // no hand-off to the writer, the way a single-threaded server answers.
-    let inline_writes = !ctx.backends.slots().iter().any(|s| s.cfg.sync == 0);
+    // Quick requests are answered inline by this task: no task spawn and no hand-off to the
+    // writer, the way a single-threaded server answers. A mutation on a `sync = 0` backend is
+    // inline too; its reply waits for the group commit in the connection's durable-reply
+    // task, not here.
     let inflight = Arc::new(Semaphore::new(ctx.cfg.max_inflight_per_connection.max(1)));
     let mut shutdown = ctx.shutdown_rx();
+    // One wait for shutdown, polled with every read (not a new waiter per read).
+    let mut stop = std::pin::pin!(shutdown.changed());
     let mut buf = BytesMut::with_capacity(64 << 10);
     let max = ctx.cfg.max_frame_bytes;
     'conn: loop {
@@ -66,7 +69,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                         }
                         _ => {}
                     }
-                    if inline_ok(hdr.cmd, inline_writes) {
+                    if inline_ok(hdr.cmd) {
                         let sink = Sink::Direct(cw.clone());
                         crate::cmd::dispatch(&ctx, hdr, payload, sink, conn_id).await;
                         continue;
@@ -106,11 +109,13 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 Ok(0) | Err(_) => break 'conn,
                 Ok(_) => {}
             },
-            _ = shutdown.changed() => break 'conn,
+            _ = &mut stop => break 'conn,
         }
     }
     ctx.peers.lock().remove(&conn_id);
     ctx.joined.lock().remove(&conn_id);
+    // Replies waiting for a group commit go out before the socket closes.
+    cw.drain_deferred().await;
     drop(tx);
     // Let the requests in flight finish and their replies drain before closing.
     let _ = inflight
@@ -122,13 +127,18 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
 }
 
 /// Whether a command is answered inline by the reader: quick commands that never wait for
-/// an fsync, a defrag or a long stream.
-fn inline_ok(c: i32, inline_writes: bool) -> bool {
-    match c {
-        cmd::READ | cmd::LOOKUP | cmd::ROUTE_LIST | cmd::BACKEND_STATUS | cmd::AUTH => true,
-        cmd::WRITE | cmd::DEL => inline_writes,
-        _ => false,
-    }
+/// a defrag, a long stream or another node (a `sync = 0` fsync is waited for elsewhere).
+fn inline_ok(c: i32) -> bool {
+    matches!(
+        c,
+        cmd::READ
+            | cmd::LOOKUP
+            | cmd::WRITE
+            | cmd::DEL
+            | cmd::ROUTE_LIST
+            | cmd::BACKEND_STATUS
+            | cmd::AUTH
+    )
 }
 
 async fn write_loop(cw: Arc<ConnWriter>, mut rx: mpsc::Receiver<Vec<u8>>) {

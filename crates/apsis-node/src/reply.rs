@@ -5,9 +5,17 @@
 //! exactly one reply (READ, WRITE, LOOKUP, ROUTE_LIST) first calls [`Out::no_ack`]. The final
 //! ack is the request header with size 0, the status, REPLY set and NEED_ACK and MORE cleared;
 //! it goes out if NEED_ACK is still set, and always on error.
+//!
+//! A mutation answered inline on a `sync = 0` backend is acknowledged only once it is durable,
+//! without holding up the reader: its replies are held ([`Out::hold_until`]) and handed to the
+//! backend's syncer ([`Deferred`]). After each group commit one task sends every reply it
+//! covers (the error instead when the sync failed), writing to each socket without waiting;
+//! a socket that cannot take them at once gets a task of its own.
 
+use crate::backends::Syncer;
 use apsis_proto::{cflags, Header, HEADER_SIZE};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -26,16 +34,188 @@ const PENDING_FLUSH: usize = 256 << 10;
 /// from their own tasks).
 pub struct ConnWriter {
     pending: parking_lot::Mutex<Vec<u8>>,
-    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     ctx: Arc<crate::Ctx>,
+    /// The runtime, for flushes started off it (held replies settled by a syncer thread).
+    rt: tokio::runtime::Handle,
+    /// Held replies not yet settled, and a wake-up for [`ConnWriter::drain_deferred`].
+    deferred: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+/// A request's replies held until its mutation is durable. Dropped unanswered (the syncer is
+/// gone), it answers −EIO.
+pub struct Deferred {
+    cw: Arc<ConnWriter>,
+    replies: Vec<u8>,
+    req: Header,
+    started: Instant,
+    size: u64,
+    answered: bool,
+    /// The request's key lock, released with the reply.
+    _key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Deferred {
+    /// The runtime of the request's connection.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.cw.rt
+    }
+
+    /// Adds the replies (or the error) to the connection's pending buffer.
+    fn settle(&mut self, r: Result<(), i32>) {
+        {
+            let mut p = self.cw.pending.lock();
+            match r {
+                Ok(()) => p.extend_from_slice(&self.replies),
+                Err(status) => self.req.reply(status, 0, false).encode_into(&mut p),
+            }
+        }
+        self.answered = true;
+        self.cw.ctx.stats.record(
+            self.req.cmd,
+            r.is_ok(),
+            self.started.elapsed().as_micros() as u64,
+            self.size,
+        );
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.settle(Err(-apsis_proto::errno::EIO));
+            self.cw.flush_nowait();
+        }
+        if self
+            .cw
+            .deferred
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.cw.settled.notify_waiters();
+        }
+    }
+}
+
+/// Answers the held replies one sync covered (on the syncer's thread): each goes into its
+/// connection's pending buffer, then each connection is written once.
+pub fn send_settled(mut replies: Vec<Deferred>, r: Result<(), i32>) {
+    for d in &mut replies {
+        d.settle(r);
+    }
+    let mut flushed: Vec<*const ConnWriter> = Vec::with_capacity(replies.len());
+    for d in &replies {
+        let p = Arc::as_ptr(&d.cw);
+        if !flushed.contains(&p) {
+            flushed.push(p);
+            d.cw.flush_nowait();
+        }
+    }
 }
 
 impl ConnWriter {
+    /// Must be called on the runtime.
     pub fn new(wr: OwnedWriteHalf, ctx: Arc<crate::Ctx>) -> ConnWriter {
         ConnWriter {
             pending: parking_lot::Mutex::new(Vec::with_capacity(64 << 10)),
-            wr: tokio::sync::Mutex::new(wr),
+            wr: Arc::new(tokio::sync::Mutex::new(wr)),
             ctx,
+            rt: tokio::runtime::Handle::current(),
+            deferred: std::sync::atomic::AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Holds a request's replies until `syncer` has made its mutation durable.
+    fn defer(
+        self: &Arc<Self>,
+        syncer: &Syncer,
+        replies: Vec<u8>,
+        req: Header,
+        started: Instant,
+        size: u64,
+        key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) {
+        self.deferred
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        syncer.defer(Deferred {
+            cw: self.clone(),
+            replies,
+            req,
+            started,
+            size,
+            answered: false,
+            _key_lock: key_lock,
+        });
+    }
+
+    /// Waits until every held reply of this connection is settled (connection closing).
+    pub async fn drain_deferred(&self) {
+        loop {
+            let n = self.settled.notified();
+            if self.deferred.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Writes what is pending without waiting, from any thread: as much as the socket takes
+    /// now; the rest (or everything, when another write is under way) is written by a task.
+    pub fn flush_nowait(self: &Arc<Self>) {
+        let Ok(w) = self.wr.clone().try_lock_owned() else {
+            let me = self.clone();
+            self.rt.spawn(async move {
+                me.flush().await;
+            });
+            return;
+        };
+        let mut buf = {
+            let mut p = self.pending.lock();
+            if p.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *p)
+        };
+        let mut off = 0;
+        while off < buf.len() {
+            match w.try_write(&buf[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // The socket failed: the reader sees it too and closes the connection.
+                Err(_) => return,
+            }
+        }
+        self.count(off);
+        if off < buf.len() {
+            // The rest of a frame must be the next bytes on the socket: the task keeps the
+            // lock until it is written.
+            let me = self.clone();
+            self.rt.spawn(async move {
+                let mut w = w;
+                let rest = buf.split_off(off);
+                if w.write_all(&rest).await.is_ok() {
+                    me.count(rest.len());
+                    drop(w);
+                    me.flush().await;
+                }
+            });
+            return;
+        }
+        drop(w);
+        self.give_back(buf);
+    }
+
+    /// Returns a written buffer for the next batch (no allocation per flush) unless replies
+    /// were gathered meanwhile into a new one, or it grew past a large reply.
+    fn give_back(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() <= 1 << 20 {
+            let mut p = self.pending.lock();
+            if p.capacity() == 0 {
+                *p = buf;
+            }
         }
     }
 
@@ -53,10 +233,12 @@ impl ConnWriter {
             if p.is_empty() {
                 return true;
             }
-            std::mem::replace(&mut *p, Vec::with_capacity(64 << 10))
+            std::mem::take(&mut *p)
         };
         self.count(buf.len());
-        self.wr.lock().await.write_all(&buf).await.is_ok()
+        let ok = lock_fast(&self.wr).await.write_all(&buf).await.is_ok();
+        self.give_back(buf);
+        ok
     }
 
     /// Writes whole buffers (the writer task's batches, large replies).
@@ -64,7 +246,7 @@ impl ConnWriter {
         if !self.flush().await {
             return false;
         }
-        let mut w = self.wr.lock().await;
+        let mut w = lock_fast(&self.wr).await;
         for p in parts {
             if w.write_all(p).await.is_err() {
                 return false;
@@ -77,6 +259,15 @@ impl ConnWriter {
     pub async fn shutdown(&self) {
         let _ = self.flush().await;
         let _ = self.wr.lock().await.shutdown().await;
+    }
+}
+
+/// Locks a tokio mutex, trying first without building a waiter: nearly every lock on a hot
+/// path is uncontended, and the try costs one atomic operation.
+pub async fn lock_fast<T>(m: &tokio::sync::Mutex<T>) -> tokio::sync::MutexGuard<'_, T> {
+    match m.try_lock() {
+        Ok(g) => g,
+        Err(_) => m.lock().await,
     }
 }
 
@@ -103,6 +294,11 @@ pub struct Out {
     /// it from `cmd.id` and `cmd.group`, or `backend_id` with DIRECT_BACKEND).
     pub slot: Option<Arc<crate::backends::Slot>>,
     need_ack: bool,
+    /// Replies held until a sync answers ([`Out::hold_until`]).
+    held: parking_lot::Mutex<Option<(Arc<Syncer>, Vec<u8>)>>,
+    /// The request's key lock, when a mutation keeps it until its reply goes out (for a held
+    /// reply: until the mutation is durable, so nobody reads it before).
+    pub key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Out {
@@ -112,7 +308,33 @@ impl Out {
             slot: None,
             need_ack: req.flags & cflags::NEED_ACK != 0,
             req,
+            held: parking_lot::Mutex::new(None),
+            key_lock: None,
         }
+    }
+
+    /// Whether the request is answered inline by the connection's reader.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.tx, Sink::Direct(_))
+    }
+
+    /// From now on the replies are held until `syncer` has made everything written so far
+    /// durable; [`Out::release`] hands them over.
+    pub fn hold_until(&self, syncer: Arc<Syncer>) {
+        *self.held.lock() = Some((syncer, Vec::new()));
+    }
+
+    /// Hands held replies to the syncer; false when nothing was held (the replies went out
+    /// already).
+    pub fn release(&mut self, started: Instant, size: u64) -> bool {
+        let Some((syncer, replies)) = self.held.lock().take() else {
+            return false;
+        };
+        if let Sink::Direct(w) = &self.tx {
+            let key_lock = self.key_lock.take();
+            w.defer(&syncer, replies, self.req, started, size, key_lock);
+        }
+        true
     }
 
     /// This request is answered by one reply and no ack.
@@ -124,6 +346,13 @@ impl Out {
     pub async fn send(&self, mut h: Header, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
+        if let Some((_, held)) = self.held.lock().as_mut() {
+            h.encode_into(held);
+            for p in parts {
+                held.extend_from_slice(p);
+            }
+            return true;
+        }
         match &self.tx {
             Sink::Chan(tx) => {
                 let mut buf = Vec::with_capacity(HEADER_SIZE + len);

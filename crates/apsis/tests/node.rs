@@ -546,6 +546,62 @@ async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_requests_in_flight_on_one_connection_share_fsyncs() {
+    // sync = 0: the connection's reader applies each write and reads on; the replies go out
+    // after the group commit. 300 requests in flight on one connection must not cost an
+    // fsync each, and each is acknowledged only once it is durable.
+    let d = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(d.path(), &["--sync", "0"]);
+    let s = session(&srv, vec![1]).await;
+    let fsyncs = |v: serde_json::Value| {
+        v["backends"]["1"]["backend"]["global_stats"]["fsyncs"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = fsyncs(s.monitor_stat(srv.addr, 0x10).await.unwrap());
+    let writes = (0..300).map(|i| {
+        let s = s.clone();
+        async move {
+            let k = format!("m{i}");
+            s.write(k.as_bytes(), k.as_bytes()).await.map(|_| k)
+        }
+    });
+    let acked: Vec<String> = apsis_client::session::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("durable write"))
+        .collect();
+    let used = fsyncs(s.monitor_stat(srv.addr, 0x10).await.unwrap()) - before;
+    assert!(
+        (1..150).contains(&used),
+        "{used} fsyncs for 300 writes in flight on one connection"
+    );
+    // Writes and deletes of one key, back to back on the one connection: each waits for the
+    // one before (the key lock is held until the reply), and a read sees the last.
+    for round in 0..20 {
+        let v = format!("v{round}");
+        s.write(b"m0", v.as_bytes()).await.unwrap();
+        assert_eq!(s.read(b"m0", 0, 0).await.unwrap().data, v.as_bytes());
+    }
+    s.remove(b"m1").await.unwrap();
+    assert_eq!(
+        status(s.read(b"m1", 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+    srv.kill9();
+    srv.restart();
+    let s = session(&srv, vec![1]).await;
+    for k in &acked[2..] {
+        assert_eq!(s.read(k.as_bytes(), 0, 0).await.unwrap().data, k.as_bytes());
+    }
+    assert_eq!(s.read(b"m0", 0, 0).await.unwrap().data, b"v19");
+    assert_eq!(
+        status(s.read(b"m1", 0, 0).await.unwrap_err()),
+        -errno::ENOENT
+    );
+}
+
 fn raw_request(c: i32, flags: u64, payload: &[u8]) -> Vec<u8> {
     let mut h = apsis_proto::Header::new(c, flags);
     h.trans = 77;

@@ -110,7 +110,7 @@ fn cached_reply(ctx: &Ctx, timestamp: Timestamp, size: u64, checksum: [u8; 64]) 
 }
 
 /// Runs an engine mutation, then, on a `sync = 0` backend, waits for the group commit that
-/// makes it durable before it is acknowledged.
+/// makes it durable.
 pub(crate) async fn run<T>(
     slot: &Slot,
     f: impl FnOnce() -> Result<T, StorageError>,
@@ -118,6 +118,25 @@ pub(crate) async fn run<T>(
     let r = f().map_err(storage_errno)?;
     durable(slot).await?;
     Ok(r)
+}
+
+/// [`run`] for a request's own mutation: its acknowledgement waits for the group commit. A
+/// request answered inline by the connection's reader does not wait here: it holds its
+/// replies ([`Out::hold_until`]) and the reader moves on.
+pub(crate) async fn run_acked<T>(
+    out: &Out,
+    slot: &Slot,
+    f: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, i32> {
+    let syncer = slot.state.lock().syncer.clone();
+    match syncer {
+        Some(s) if out.is_inline() => {
+            let r = f().map_err(storage_errno)?;
+            out.hold_until(s);
+            Ok(r)
+        }
+        _ => run(slot, f).await,
+    }
 }
 
 /// On a `sync = 0` backend, waits for the group commit that makes every mutation made so far
@@ -158,11 +177,11 @@ pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     Ok(())
 }
 
-pub(crate) async fn lock<'a>(
-    ctx: &'a Ctx,
+pub(crate) async fn lock(
+    ctx: &Ctx,
     hdr: &Header,
     key: &[u8; 64],
-) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+) -> Option<tokio::sync::OwnedMutexGuard<()>> {
     if hdr.flags & cflags::NOLOCK != 0 {
         None
     } else {
@@ -311,7 +330,8 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         nocsum: f & ioflags::NOCSUM != 0,
     };
     let key = apsis_storage::Key(io.id);
-    let _g = lock(ctx, &hdr, &io.id).await;
+    // Held until the reply goes out: under `sync = 0`, until the write is durable.
+    out.key_lock = lock(ctx, &hdr, &io.id).await;
     if let Some(c) = slot.cache() {
         let to_cache = f & (ioflags::CACHE | ioflags::CACHE_ONLY) != 0;
         let whole_or_patch = req.prepare.is_none()
@@ -320,7 +340,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
             && req.cas_checksum.is_none()
             && !req.cas_timestamp;
         if to_cache && whole_or_patch {
-            if let Some(size) = write_cached(&slot, &engine, &c, &io, data).await? {
+            if let Some(size) = write_cached(out, &slot, &engine, &c, &io, data).await? {
                 if f & ioflags::WRITE_NO_FILE_INFO != 0 {
                     out.data(&[], false).await;
                 } else {
@@ -336,7 +356,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         }
         c.settle(&key).map_err(storage_errno)?;
     }
-    let info = run(&slot, || engine.write(&key, &req)).await?;
+    let info = run_acked(out, &slot, || engine.write(&key, &req)).await?;
     if f & ioflags::WRITE_NO_FILE_INFO != 0 {
         out.data(&[], false).await;
         return Ok(());
@@ -351,6 +371,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
 /// Returns the size to report, or `None` when the object is too big for the cache and the
 /// write goes to the engine instead (never for CACHE_ONLY: that is −E2BIG).
 async fn write_cached(
+    out: &Out,
     slot: &Slot,
     engine: &BlobBackend,
     c: &Cache,
@@ -408,7 +429,7 @@ async fn write_cached(
             user_flags: io.user_flags,
             ..Default::default()
         };
-        run(slot, || engine.write(&key, &req)).await?;
+        run_acked(out, slot, || engine.write(&key, &req)).await?;
     }
     let put = Put {
         data: std::sync::Arc::new(new),
@@ -428,7 +449,7 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
     node_writable(ctx, &slot)?;
-    let _g = lock(ctx, &hdr, &hdr.id).await;
+    out.key_lock = lock(ctx, &hdr, &hdr.id).await;
     let key = apsis_storage::Key(hdr.id);
     // CAS_TIMESTAMP on DEL (an Apsis extension, what recovery sends): record the tombstone
     // at the request's timestamp even where the key is missing, unless something newer is
@@ -452,7 +473,7 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         cas_timestamp: cas,
         expect: None,
     };
-    match run(&slot, move || engine.remove(&key, &req)).await {
+    match run_acked(out, &slot, move || engine.remove(&key, &req)).await {
         // It lived only in the cache (CACHE_ONLY, or dirty and never written back).
         Err(e) if e == -errno::ENOENT && cached => Ok(()),
         r => r.map(|_| ()),

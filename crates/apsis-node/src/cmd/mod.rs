@@ -70,12 +70,15 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, con
         Err(e) => e,
     };
     out.finish(status).await;
-    ctx.stats.record(
-        hdr.cmd,
-        status == 0,
-        started.elapsed().as_micros() as u64,
-        size,
-    );
+    // Replies held for a group commit are counted when they go out.
+    if !out.release(started, size) {
+        ctx.stats.record(
+            hdr.cmd,
+            status == 0,
+            started.elapsed().as_micros() as u64,
+            size,
+        );
+    }
 }
 
 /// Sends a request on to the node at `addr` and relays its replies. From the reader (a

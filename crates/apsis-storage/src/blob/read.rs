@@ -83,14 +83,12 @@ impl Inner {
             (off, off + len)
         };
         let region = |start: u64, n: u64| -> Result<Vec<u8>> {
-            let mut b = vec![0u8; n as usize];
             let s = start - rec;
             if s + n <= c.head.len() as u64 {
-                b.copy_from_slice(&c.head[s as usize..(s + n) as usize]);
+                Ok(c.head[s as usize..(s + n) as usize].to_vec())
             } else {
-                self.read_region(&c.base, start, &mut b)?;
+                self.read_vec(&c.base, start, n as usize)
             }
-            Ok(b)
         };
         let data = region(rec + h.data_start() + from, to - from)?;
         if verify {

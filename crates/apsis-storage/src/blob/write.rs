@@ -84,16 +84,15 @@ impl Inner {
             let len = prefetch
                 .max(RECORD_HEADER_SIZE)
                 .min(end.saturating_sub(loc.offset()));
-            let mut head = vec![0u8; len as usize];
             let read = if len < RECORD_HEADER_SIZE {
                 Err(StorageError::Corrupt(
                     "the base ends inside the record".into(),
                 ))
             } else {
-                self.read_region(&base, loc.offset(), &mut head)
+                self.read_vec(&base, loc.offset(), len as usize)
             };
-            match read {
-                Ok(()) => {}
+            let head = match read {
+                Ok(h) => h,
                 Err(_) if moved() => continue,
                 // The disk failed to read (EIO): that is not a damaged record, and the
                 // caller must see the disk's error, not EILSEQ.
@@ -101,7 +100,7 @@ impl Inner {
                     return Err(StorageError::Io(e))
                 }
                 Err(_) => return Ok(Located::Damaged(loc)),
-            }
+            };
             match RecordHeader::decode(&head) {
                 Some(hdr) if hdr.key == *key => {
                     return Ok(Located::Found(Current {
@@ -125,11 +124,7 @@ impl Inner {
     pub(crate) fn read_region(&self, base: &Base, off: u64, buf: &mut [u8]) -> Result<()> {
         let end = off + buf.len() as u64;
         if !base.open.load(Ordering::Acquire) || end <= base.flushed.load(Ordering::Acquire) {
-            if let Some(src) = base
-                .map
-                .as_ref()
-                .and_then(|m| m.get(off as usize..end as usize))
-            {
+            if let Some(src) = Self::mapped(base, off, buf.len()) {
                 buf.copy_from_slice(src);
                 return Ok(());
             }
@@ -137,6 +132,27 @@ impl Inner {
         }
         let w = self.writer.lock();
         read_region_locked(&w, base, off, buf)
+    }
+
+    /// `len` bytes at `off` straight from the base's read map, when they are on the device
+    /// (a closed base, or the flushed part of the open one) and the base is mapped.
+    pub(crate) fn mapped(base: &Base, off: u64, len: usize) -> Option<&[u8]> {
+        let end = off.checked_add(len as u64)?;
+        if base.open.load(Ordering::Acquire) && end > base.flushed.load(Ordering::Acquire) {
+            return None;
+        }
+        base.map.as_ref()?.get(off as usize..end as usize)
+    }
+
+    /// [`Inner::read_region`] into a new buffer: copied once from the map when it can be
+    /// (no zero-fill first).
+    pub(crate) fn read_vec(&self, base: &Base, off: u64, len: usize) -> Result<Vec<u8>> {
+        if let Some(src) = Self::mapped(base, off, len) {
+            return Ok(src.to_vec());
+        }
+        let mut b = vec![0u8; len];
+        self.read_region(base, off, &mut b)?;
+        Ok(b)
     }
 
     /// Writes a whole-or-part request (see [`WriteOp`]); waits for durability under `sync = 0`.
