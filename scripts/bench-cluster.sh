@@ -38,6 +38,12 @@ REMOTES=(-r "${ADDRS[0]}" -r "${ADDRS[1]}" -r "${ADDRS[2]}")
 echo "## 1K writes, 1 connection (latency-bound: parallel fan-out costs one round trip, not three)"
 run "${REMOTES[@]}" -g 1 --checker all --connections 1 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 run "${REMOTES[@]}" -g 1,2,3 --checker all --connections 1 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+echo "## 1K writes, 8 connections, every backend 1 ms slower (BACKEND_CONTROL delay: a fan-out"
+echo "## that went one group after another would take 3 ms a write; in parallel it takes 1 ms)"
+for a in "${ADDRS[@]}"; do $APSIS backend -r "$a" delay 1 1 >/dev/null; done
+run "${REMOTES[@]}" -g 1 --checker all --connections 8 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+run "${REMOTES[@]}" -g 1,2,3 --checker all --connections 8 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
+for a in "${ADDRS[@]}"; do $APSIS backend -r "$a" delay 1 0 >/dev/null; done
 echo "## 1K writes, 1 connection with 50 requests in flight (multiplexed: fewer system calls per write)"
 run "${REMOTES[@]}" -g 1 --checker all --connections 1 --inflight 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 run "${REMOTES[@]}" -g 1,2,3 --checker all --connections 1 --inflight 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"

@@ -1,5 +1,5 @@
-//! One client or peer connection: a reader that checks and splits frames, a task per request,
-//! and a writer that batches replies.
+//! One client or peer connection: a reader that checks and splits frames and answers quick
+//! commands itself, a task per longer request, and a writer that batches replies.
 //!
 //! A frame larger than `max_frame_bytes` (or a REVERSE_LOOKUP from an incompatible version, or
 //! a bad JOIN) closes this connection only. Requests in flight per connection are bounded by

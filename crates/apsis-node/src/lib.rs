@@ -17,8 +17,10 @@
 //! - [`cache`]: the per-backend cache (LRU shards, write-back, TTL), coherent with the engine.
 //! - [`cluster`]: peers (an embedded `apsis-client`), the cluster route table, forwarding.
 //! - `server` ([`Node`]): listeners, accept loop, graceful shutdown.
-//! - `conn`: one connection: frame checking, a task per request, the batching writer.
-//! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack).
+//! - `conn`: one connection: frame checking, quick commands answered inline by the reader, a
+//!   task per longer request, the batching writer.
+//! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack), and replies held for a
+//!   `sync = 0` group commit.
 //! - `cmd`: dispatch (one `match` on the command) and one module per command family:
 //!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::range` (READ_RANGE, DEL_RANGE),
 //!   `cmd::iterator`, `cmd::send` (SEND, and the server-send iterator's copies), `cmd::system`

@@ -56,6 +56,17 @@ enum BackendAction {
     StopDefrag(BackendId),
     ReadOnly(BackendId),
     Writable(BackendId),
+    /// Make every command the backend serves wait first (Elliptics' backend delay: latency
+    /// and timeout testing, e.g. `scripts/bench-cluster.sh`); 0 turns it off.
+    Delay(BackendDelay),
+}
+
+#[derive(Args)]
+struct BackendDelay {
+    /// Backend id.
+    id: u32,
+    /// Milliseconds each command waits.
+    ms: u32,
 }
 
 #[derive(Args)]
@@ -153,13 +164,18 @@ fn print_status(addr: SocketAddr, b: &BackendStatus, as_json: bool) {
         println!(
             "{}",
             json!({"node": addr.to_string(), "backend": b.backend_id, "state": state, "read_only": b.read_only,
-                   "defrag": b.defrag_state, "last_start_err": b.last_start_err})
+                   "defrag": b.defrag_state, "delay_ms": b.delay_ms, "last_start_err": b.last_start_err})
         );
     } else {
         println!(
-            "{addr} backend {}: {state}{}{}{}",
+            "{addr} backend {}: {state}{}{}{}{}",
             b.backend_id,
             if b.read_only { ", read-only" } else { "" },
+            if b.delay_ms != 0 {
+                format!(", delay {} ms", b.delay_ms)
+            } else {
+                String::new()
+            },
             if b.defrag_state != 0 {
                 ", defrag running"
             } else {
@@ -182,6 +198,11 @@ pub async fn backend(a: BackendArgs) -> anyhow::Result<()> {
                 for b in s.backend_status(addr).await? {
                     print_status(addr, &b, a.c.json);
                 }
+                continue;
+            }
+            BackendAction::Delay(d) => {
+                let st = s.backend_delay(addr, d.id, d.ms).await?;
+                print_status(addr, &st, a.c.json);
                 continue;
             }
             BackendAction::Enable(b) => ("enable", b.id),

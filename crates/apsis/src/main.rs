@@ -5,7 +5,7 @@
 //! apsis write KEY FILE|-      apsis read KEY [-o FILE]     apsis lookup KEY     apsis remove KEY
 //! apsis ls [--group G]        list keys through the iterator
 //! apsis range [--from ID] [--to ID] [--skip N] [--limit N] [--count|--remove]   READ_RANGE / DEL_RANGE
-//! apsis stat | routes | status [--ro|--rw] [--log-level L] | backend status|enable|disable|defrag|stop-defrag|read-only|writable
+//! apsis stat | routes | status [--ro|--rw] [--log-level L] | backend status|enable|disable|defrag|stop-defrag|read-only|writable|delay
 //! apsis bench [...]           load generator against an Apsis node or a Redis server
 //! apsis recovery merge|dc [--node A [--backend B]] [--dry-run] [--since T] [--resume] [--verify]
 //! ```

@@ -832,6 +832,18 @@ fn cli_object_and_admin_commands() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("ENOENT"));
     let o = run(&["backend", "status", "--json"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("\"state\":\"enabled\""));
+    // A backend delay shows in the status and slows every command until it is turned off.
+    let o = run(&["backend", "delay", "1", "200"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("delay 200 ms"));
+    let t = std::time::Instant::now();
+    assert!(run(&["lookup", "piped"], None).status.success());
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let o = run(&["backend", "delay", "1", "0", "--json"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"delay_ms\":0"));
     let o = run(&["routes"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&r));
     let o = run(&["stat", "--json"], None);
