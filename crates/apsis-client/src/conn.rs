@@ -44,24 +44,26 @@ struct ReplyQueue {
 struct ReplyTx(Arc<Mutex<ReplyQueue>>);
 
 impl ReplyTx {
-    fn push(&self, f: Frame) {
-        let mut q = self.0.lock();
-        q.frames.push_back(f);
-        if let Some(w) = q.waker.take() {
-            drop(q);
+    /// Changes the queue, then wakes the request (outside the lock).
+    fn update(&self, f: impl FnOnce(&mut ReplyQueue)) {
+        let waker = {
+            let mut q = self.0.lock();
+            f(&mut q);
+            q.waker.take()
+        };
+        if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    fn push(&self, frame: Frame) {
+        self.update(|q| q.frames.push_back(frame));
     }
 }
 
 impl Drop for ReplyTx {
     fn drop(&mut self) {
-        let mut q = self.0.lock();
-        q.closed = true;
-        if let Some(w) = q.waker.take() {
-            drop(q);
-            w.wake();
-        }
+        self.update(|q| q.closed = true);
     }
 }
 
@@ -253,8 +255,7 @@ impl Conn {
             w.write_all(&head).await.is_ok() && (small || w.write_all(payload).await.is_ok())
         };
         if !ok {
-            let gone = self.pending.lock().remove(&h.trans);
-            drop(gone);
+            self.forget(h.trans);
             self.alive.store(false, Relaxed);
             return Err(self.closed());
         }
@@ -263,6 +264,7 @@ impl Conn {
 
     /// Forgets a request (after a timeout): late replies are dropped.
     pub fn forget(&self, trans: u64) {
+        // Dropped after the lock: dropping wakes the request.
         let gone = self.pending.lock().remove(&trans);
         drop(gone);
     }

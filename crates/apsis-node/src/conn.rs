@@ -32,8 +32,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let writer = tokio::spawn(write_loop(cw.clone(), rx));
     // Quick requests are answered inline by this task: no task spawn and no hand-off to the
     // writer, the way a single-threaded server answers. A mutation on a `sync = 0` backend is
-    // inline too; its reply waits for the group commit in the connection's durable-reply
-    // task, not here.
+    // inline too; its reply is held for the group commit and sent after it, not waited for
+    // here (see `reply`).
     let inflight = Arc::new(Semaphore::new(ctx.cfg.max_inflight_per_connection.max(1)));
     let mut shutdown = ctx.shutdown_rx();
     // One wait for shutdown, polled with every read (not a new waiter per read).

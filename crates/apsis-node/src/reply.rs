@@ -98,8 +98,8 @@ impl Drop for Deferred {
     }
 }
 
-/// Answers the held replies one sync covered (on the syncer's thread): each goes into its
-/// connection's pending buffer, then each connection is written once.
+/// Answers the held replies one sync covered (a task the syncer starts after each sync):
+/// each goes into its connection's pending buffer, then each connection is written once.
 pub fn send_settled(mut replies: Vec<Deferred>, r: Result<(), i32>) {
     for d in &mut replies {
         d.settle(r);
