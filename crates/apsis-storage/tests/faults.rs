@@ -807,3 +807,116 @@ fn a_dropped_reservation_stays_dropped_after_restart() {
         .iter()
         .all(|k| (0..20).step_by(2).all(|i| *k != key(i))));
 }
+
+#[test]
+fn the_open_base_is_zero_filled_ahead_and_the_zeros_are_never_damage() {
+    let base = "data-00000001.blob";
+    let len = |dir: &SimDir| dir.files().into_iter().find(|(n, _)| n == base).unwrap().1;
+    let cfg = BlobConfig {
+        blob_size: 8 << 20,
+        zero_ahead_bytes: Some(256 << 10),
+        ..quiet(0)
+    };
+    let (dir, b) = sim(cfg.clone());
+    let tail = |b: &BlobBackend| b.stats().bases.last().unwrap().size_bytes;
+    for i in 0..20 {
+        put(&b, i, &value(i, 1000)).unwrap();
+    }
+    let end = tail(&b);
+    // Durable writes land in zeros written ahead of them (a step past the last record).
+    let ahead = len(&dir);
+    assert!(
+        ahead > end + (200 << 10),
+        "{ahead} bytes for records ending at {end}"
+    );
+
+    // A crash keeps the synced zeros; they are cut at restart and not reported as damage.
+    dir.power_off();
+    drop(b);
+    dir.crash(&mut |n| n - 1, false);
+    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg.clone()).unwrap();
+    assert_eq!(
+        (report.truncated_bytes, report.damaged_records),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(len(&dir), end);
+    for i in 0..20 {
+        assert_eq!(get(&b, i).unwrap(), value(i, 1000));
+    }
+
+    // Garbage in the zeros (a torn write) is cut and counted up to its last byte.
+    put(&b, 20, &value(20, 1000)).unwrap();
+    let end = tail(&b);
+    dir.power_off();
+    drop(b);
+    dir.crash(&mut |n| n - 1, false);
+    dir.flip_bit(base, end + 99, 3);
+    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg.clone()).unwrap();
+    assert_eq!(report.truncated_bytes, 100, "{report:?}");
+    assert_eq!(get(&b, 20).unwrap(), value(20, 1000));
+
+    // A clean shutdown leaves the base ending at its last record, so the restart scans
+    // nothing and finds nothing to cut.
+    put(&b, 21, &value(21, 1000)).unwrap();
+    let end = tail(&b);
+    assert!(len(&dir) > end);
+    drop(b);
+    assert_eq!(len(&dir), end);
+    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap();
+    assert!(report.open_base_checkpoint, "{report:?}");
+    assert_eq!(
+        (report.truncated_bytes, report.scanned_bytes),
+        (0, 0),
+        "{report:?}"
+    );
+    assert_eq!(get(&b, 21).unwrap(), value(21, 1000));
+
+    // Without sync = 0 nothing is written ahead.
+    let (dir, b) = sim(quiet(-1));
+    put(&b, 1, &value(1, 1000)).unwrap();
+    b.sync().unwrap();
+    assert_eq!(len(&dir), tail(&b));
+}
+
+#[test]
+fn a_failed_fsync_under_concurrent_writers_answers_every_one_of_them() {
+    // Writers parked behind a leader whose fsync fails must all be woken with the error:
+    // none may hang, and none may be told its write is durable.
+    let (dir, b) = sim(quiet(0));
+    let b = Arc::new(b);
+    let acked = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (b, acked) = (b.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for j in 0.. {
+                    match put(&*b, t * 100_000 + j, &value(j, 500)) {
+                        Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            assert!(matches!(e, StorageError::Poisoned(_)), "{e:?}");
+                            return j;
+                        }
+                    };
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    while acked.load(Ordering::Relaxed) < 200 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    dir.fail_next_sync();
+    let written: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Everything acknowledged before the failure survives a crash.
+    drop(Arc::try_unwrap(b).ok().unwrap());
+    dir.crash(&mut |_| 0, false);
+    let b = BlobBackend::open(Arc::new(dir.clone()), quiet(0))
+        .unwrap()
+        .0;
+    for (t, n) in written.iter().enumerate() {
+        for j in 0..*n {
+            assert_eq!(get(&b, t as u64 * 100_000 + j).unwrap(), value(j, 500));
+        }
+    }
+}

@@ -83,7 +83,18 @@ pub struct BlobConfig {
     /// while reading through the map kills the process (SIGBUS) instead of failing one read
     /// with EIO. Devices that cannot be mapped use `pread` regardless.
     pub mmap_reads: bool,
+    /// Keep the open base written with zeros this far past its last record, so that an
+    /// fdatasync after an append writes data only: appending past a file's end, or into
+    /// space reserved with `fallocate`, changes metadata (size, extents) that the filesystem
+    /// must journal on every sync. Bytes are written twice (zeros, then the records), so this
+    /// pays off only where syncs are frequent. `None` = [`ZERO_AHEAD_DEFAULT`] under
+    /// `sync = 0`, off otherwise; `Some(0)` = off.
+    pub zero_ahead_bytes: Option<u64>,
 }
+
+/// How far the open base is zero-filled ahead of its records under `sync = 0` (see
+/// [`BlobConfig::zero_ahead_bytes`]).
+pub const ZERO_AHEAD_DEFAULT: u64 = 1 << 20;
 
 impl Default for BlobConfig {
     fn default() -> Self {
@@ -101,6 +112,7 @@ impl Default for BlobConfig {
             chunk_log2: DEFAULT_CHUNK_LOG2,
             background: true,
             mmap_reads: true,
+            zero_ahead_bytes: None,
         }
     }
 }
@@ -192,6 +204,9 @@ pub(crate) struct Writer {
     /// How far the open base's disk space is reserved (fallocate): appends below it cannot
     /// meet a full disk, so a buffered record is never lost to ENOSPC at flush time.
     reserved: u64,
+    /// How far the open base's file is written (records, then zeros): its length. Only moves
+    /// past `tail` with [`BlobConfig::zero_ahead_bytes`].
+    zeroed: u64,
     /// Every mutation gets the next sequence number; group commit makes a prefix durable.
     seq: u64,
     /// Closed bases written to (in place) or closed since the last sync.
@@ -202,6 +217,16 @@ pub(crate) struct Writer {
 pub(crate) struct SyncState {
     durable_seq: u64,
     leader: bool,
+    /// Writers parked until their sequence number is durable (or until one of them is
+    /// handed the lead): each is woken by name, only when there is something for it to do.
+    waiters: Vec<(u64, std::thread::Thread)>,
+    /// The sequence number reached once the writers the last fsync woke have all appended
+    /// again; a leader waits for it before its fsync (see `Inner::lead`).
+    expect: u64,
+    /// The leader, while it waits for `expect`.
+    gathering: Option<std::thread::Thread>,
+    /// How long the last fsync took (bounds that wait).
+    last_sync: std::time::Duration,
 }
 
 pub(crate) struct Inner {
@@ -213,11 +238,8 @@ pub(crate) struct Inner {
     /// Slot → base. Defrag installs the rewritten base in a new slot and retires the old one.
     bases: RwLock<Vec<Option<Arc<Base>>>>,
     writer: Mutex<Writer>,
-    /// std's condvar, not parking_lot's: its notify_all wakes every waiter at once, where
-    /// parking_lot hands the mutex from one waiter to the next, one context switch after
-    /// another, and a group of 16 woke too slowly to join the next fsync.
+    /// Group commit: the durable sequence number, who leads, who waits (see `sync.rs`).
     sync_state: std::sync::Mutex<SyncState>,
-    sync_cv: std::sync::Condvar,
     /// Per-key locks (striped): writers exclusive, readers shared.
     locks: Box<[RwLock<()>]>,
     poisoned: Mutex<Option<String>>,
@@ -254,7 +276,8 @@ pub struct RecoveryReport {
     pub bases: u64,
     pub indexes_rebuilt: u64,
     pub open_base_records: u64,
-    /// Bytes cut from the end of the open base (a torn tail).
+    /// Bytes cut from the end of the open base (a torn tail; zeros past the last record
+    /// are not counted).
     pub truncated_bytes: u64,
     /// Records of the open base skipped because their data failed its checksum.
     pub damaged_records: u64,
@@ -332,7 +355,8 @@ impl Drop for BlobBackend {
             let _ = h.join();
         }
         if !self.inner.is_poisoned.load(Ordering::Acquire) {
-            match self.inner.sync_all() {
+            let trimmed = self.inner.trim_open_locked(&mut self.inner.writer.lock());
+            match trimmed.and_then(|()| self.inner.sync_all()) {
                 Ok(()) => {
                     let _ = self.inner.build_pending_indexes();
                     // An index of the open base spares the next start its scan.
@@ -527,7 +551,10 @@ impl Inner {
             }
             let valid_end = sc.valid_end;
             if valid_end < end {
-                report.truncated_bytes = end - valid_end;
+                // Zeros past the last record are the zero-filled room ahead of it
+                // (`zero_ahead_bytes`), not damage.
+                report.truncated_bytes =
+                    nonzero_extent(&*open.dev, valid_end, end).map_err(open_err)?;
                 open.dev.set_len(valid_end).map_err(open_err)?;
                 open.dev.sync().map_err(open_err)?;
             }
@@ -558,6 +585,10 @@ impl Inner {
                 buf_start: 0,
                 open_records: open_entries.len() as u64,
                 reserved: 0,
+                // Recovery cut the file at its last record.
+                zeroed: bases
+                    .last()
+                    .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire)),
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,
@@ -565,8 +596,11 @@ impl Inner {
             sync_state: std::sync::Mutex::new(SyncState {
                 durable_seq: 0,
                 leader: false,
+                waiters: Vec::new(),
+                expect: 0,
+                gathering: None,
+                last_sync: std::time::Duration::ZERO,
             }),
-            sync_cv: std::sync::Condvar::new(),
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
@@ -897,6 +931,7 @@ impl Inner {
         })?;
         w.open = base;
         w.tail = BASE_HEADER_SIZE;
+        w.zeroed = BASE_HEADER_SIZE;
         w.reserved = reserved;
         w.buf_start = BASE_HEADER_SIZE;
         w.open_records = 0;
@@ -941,10 +976,70 @@ impl Inner {
         Ok(())
     }
 
+    /// How far past its records the open base is kept zero-filled (0 = not at all).
+    fn zero_ahead(&self) -> u64 {
+        let auto = if self.cfg.sync == 0 {
+            ZERO_AHEAD_DEFAULT
+        } else {
+            0
+        };
+        self.cfg.zero_ahead_bytes.unwrap_or(auto)
+    }
+
+    /// Before a record is placed below `end`: if that passes the zero-filled part of the open
+    /// base, writes zeros up to [`Inner::zero_ahead`] past `end` (within the space reserved),
+    /// so the fdatasyncs of the records that follow have no size or extent change to
+    /// journal. A record larger than the step is not zeroed under itself. Best effort: a
+    /// failed zero write costs speed, not data (the record's own write reports errors).
+    pub(crate) fn zero_ahead_locked(&self, w: &mut Writer, end: u64) {
+        let step = self.zero_ahead();
+        if step == 0 || end <= w.zeroed {
+            return;
+        }
+        let from = if end - w.zeroed > step { end } else { w.zeroed };
+        let to = (end + step).min(w.reserved);
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut at = from;
+        while at < to {
+            // Up to 4 MiB per system call.
+            let chunks: Vec<&[u8]> = (0..64)
+                .map(|i| at + i * ZEROS.len() as u64)
+                .take_while(|&o| o < to)
+                .map(|o| &ZEROS[..(to - o).min(ZEROS.len() as u64) as usize])
+                .collect();
+            let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            if let Err(e) = w.open.dev.write_all_vectored_at(&chunks, at) {
+                tracing::warn!(error = %e, "blob: could not zero-fill ahead of the open base");
+                w.zeroed = w.zeroed.max(at).max(end);
+                return;
+            }
+            at += n;
+        }
+        w.zeroed = to.max(end);
+    }
+
+    /// Cuts the zeros past the open base's last record (buffer flushed first) and makes
+    /// that durable, so a closed or cleanly shut down base ends at its last record: only the
+    /// open base is ever scanned for its end.
+    pub(crate) fn trim_open_locked(&self, w: &mut Writer) -> Result<()> {
+        self.flush_buffer(w)?;
+        if w.zeroed > w.tail {
+            let dev = &w.open.dev;
+            if let Err(e) = dev.set_len(w.tail).and_then(|()| dev.sync()) {
+                // As after any failed fsync, dirty pages may be gone.
+                let err = StorageError::from_io(e, "trimming the open base");
+                self.poison(&format!("{err}"));
+                return Err(err);
+            }
+            w.zeroed = w.tail;
+        }
+        Ok(())
+    }
+
     /// Closes the open base (its index is written by the background thread or the next
     /// maintenance call) and opens a new one.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
-        self.flush_buffer(w)?;
+        self.trim_open_locked(w)?;
         let old = w.open.clone();
         self.create_open_base(w)?;
         old.open.store(false, Ordering::Release);
@@ -952,6 +1047,22 @@ impl Inner {
         self.index_queue.lock().push(old);
         Ok(())
     }
+}
+
+/// How many bytes of `[from, end)` of `dev` come before its trailing zeros.
+fn nonzero_extent(dev: &dyn Device, from: u64, end: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; (end - from).min(1 << 20) as usize];
+    let mut hi = end;
+    while hi > from {
+        let lo = hi.saturating_sub(buf.len() as u64).max(from);
+        let win = &mut buf[..(hi - lo) as usize];
+        dev.read_at(win, lo)?;
+        if let Some(i) = win.iter().rposition(|&b| b != 0) {
+            return Ok(lo + i as u64 + 1 - from);
+        }
+        hi = lo;
+    }
+    Ok(0)
 }
 
 /// The index of the open base written at the last clean shutdown, if it belongs to this base

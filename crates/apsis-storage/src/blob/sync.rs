@@ -4,17 +4,16 @@
 //! Group commit: a writer under `sync = 0` waits until the durable sequence number passes its
 //! own. If no sync is running it becomes the leader: it takes the writer lock just long enough
 //! to flush the buffer and note the sequence number, then fsyncs without any lock while
-//! others keep appending; everyone whose write was covered wakes up together, and the leader
-//! syncs again at once if more writes arrived meanwhile.
+//! others keep appending. Then it wakes exactly the writers that fsync covered (each parked
+//! writer is woken by name, never to find it must sleep again) and hands the lead to a writer
+//! still waiting. The next leader first waits (briefly) for the writers just woken to append
+//! again, so each fsync carries every writer instead of alternating half groups.
 
 use super::{Inner, Writer};
 use crate::error::{Result, StorageError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Most fsyncs a leader runs back to back before handing over (bounds its own latency).
-const LEADER_ROUNDS: u32 = 8;
 
 impl Inner {
     fn sync_state(&self) -> std::sync::MutexGuard<'_, super::SyncState> {
@@ -30,8 +29,8 @@ impl Inner {
             tracing::error!(reason = why, "blob backend refuses writes from now on");
             *p = Some(why.to_string());
         }
+        // Parked writers learn it from the leader, which checks after every fsync.
         self.is_poisoned.store(true, Ordering::Release);
-        self.sync_cv.notify_all();
     }
 
     /// Hands the write buffer to the device.
@@ -53,64 +52,110 @@ impl Inner {
 
     pub(crate) fn after_write(&self, seq: u64) -> Result<()> {
         if self.cfg.sync == 0 {
-            self.wait_durable(seq)
+            self.wait_durable(seq, true)
         } else {
             Ok(())
         }
     }
 
-    /// Blocks until every mutation up to `seq` is on disk (group commit).
+    fn poisoned_error(&self) -> StorageError {
+        StorageError::Poisoned(self.poisoned.lock().clone().unwrap_or_default())
+    }
+
+    /// Blocks until every mutation up to `seq` is on disk (group commit). `writer`: the caller
+    /// is a writer that will likely write again (see [`Inner::lead`]).
     ///
-    /// The first waiter with no fsync running becomes the leader. After each fsync it wakes
-    /// everyone covered, and if more writes arrived meanwhile it syncs again at once (up to
-    /// [`LEADER_ROUNDS`] fsyncs, then it hands over), so the disk syncs back to back while the
-    /// writers just woken append their next records: the fsync of one group overlaps the
-    /// wake-up and append of the next.
-    pub(crate) fn wait_durable(&self, seq: u64) -> Result<()> {
+    /// The first waiter with no fsync running becomes the leader ([`Inner::lead`]); the others
+    /// park until they are woken by name: when their write is durable, when they are handed
+    /// the lead, or when the backend is poisoned.
+    pub(crate) fn wait_durable(&self, seq: u64, writer: bool) -> Result<()> {
         let mut st = self.sync_state();
         loop {
             if self.is_poisoned.load(Ordering::Acquire) {
-                return Err(StorageError::Poisoned(
-                    self.poisoned.lock().clone().unwrap_or_default(),
-                ));
+                // Whoever sees it first wakes the rest, so no one stays parked without a leader.
+                let rest = std::mem::take(&mut st.waiters);
+                drop(st);
+                rest.into_iter().for_each(|(_, t)| t.unpark());
+                return Err(self.poisoned_error());
             }
             if st.durable_seq >= seq {
                 return Ok(());
             }
+            if seq >= st.expect {
+                // The writers the last fsync woke are all back: a gathering leader can sync.
+                if let Some(leader) = st.gathering.take() {
+                    leader.unpark();
+                }
+            }
             if st.leader {
-                st = self.sync_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                let me = std::thread::current();
+                let id = me.id();
+                st.waiters.push((seq, me));
+                drop(st);
+                // Wake-ups may be spurious; the state is checked again either way.
+                std::thread::park();
+                st = self.sync_state();
+                st.waiters.retain(|(_, t)| t.id() != id);
                 continue;
             }
             st.leader = true;
             drop(st);
-            let mut rounds = 0;
-            loop {
-                let r = self.flush_and_sync();
-                rounds += 1;
-                let mut st = self.sync_state();
-                let done = match r {
-                    Ok(done) => done,
-                    Err(e) => {
-                        self.poison(&format!("fsync failed: {e}"));
-                        st.leader = false;
-                        self.sync_cv.notify_all();
-                        break;
-                    }
-                };
-                st.durable_seq = st.durable_seq.max(done);
-                self.sync_cv.notify_all();
-                let more = self.writer.lock().seq > done;
-                if !more || (rounds >= LEADER_ROUNDS && st.durable_seq >= seq) {
-                    st.leader = false;
-                    if more {
-                        // Someone still waits: one of them takes over.
-                        self.sync_cv.notify_all();
-                    }
-                    break;
-                }
-            }
+            self.lead(writer);
             st = self.sync_state();
         }
+    }
+
+    /// One leader's turn: one fsync, which covers the leader's own write.
+    ///
+    /// - Before it: if the previous fsync woke writers that have not appended their next
+    ///   records yet, the leader waits for them (the last one back wakes it), at most half an
+    ///   fsync, so this fsync carries them instead of the one after.
+    /// - After it: it wakes exactly the writers it covered (a wake-up costs a context switch,
+    ///   which on a small machine is what bounds group commit, so writers not yet covered stay
+    ///   parked), and hands the lead to one of those still waiting, if any. Then it returns to
+    ///   its caller, whose next write (when the leader is a `writer`) joins the next fsync.
+    fn lead(&self, writer: bool) {
+        let mut st = self.sync_state();
+        if self.writer.lock().seq < st.expect {
+            st.gathering = Some(std::thread::current());
+            let wait = st.last_sync / 2;
+            drop(st);
+            std::thread::park_timeout(wait);
+            st = self.sync_state();
+            st.gathering = None;
+        }
+        drop(st);
+        let began = Instant::now();
+        let r = self.flush_and_sync();
+        let took = began.elapsed();
+        if let Err(e) = &r {
+            self.poison(&format!("fsync failed: {e}"));
+        }
+        let mut st = self.sync_state();
+        st.leader = false;
+        st.last_sync = took;
+        let mut wake = Vec::new();
+        if self.is_poisoned.load(Ordering::Acquire) {
+            wake.extend(st.waiters.drain(..).map(|(_, t)| t));
+        } else if let Ok(done) = r {
+            st.durable_seq = st.durable_seq.max(done);
+            let durable = st.durable_seq;
+            let mut i = 0;
+            while i < st.waiters.len() {
+                if st.waiters[i].0 <= durable {
+                    wake.push(st.waiters.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            // The writers woken (and this one) are expected back with their next records.
+            st.expect = self.writer.lock().seq + wake.len() as u64 + writer as u64;
+            // A writer still waiting takes over. (One that appends later finds no leader and
+            // leads itself.)
+            wake.extend(st.waiters.first().map(|(_, t)| t.clone()));
+        }
+        drop(st);
+        wake.into_iter().for_each(|t| t.unpark());
     }
 
     /// Flushes the buffer and fsyncs every base written since the last sync; returns the
@@ -139,7 +184,7 @@ impl Inner {
         // Every mutation (including in-place rewrites of closed bases) takes a sequence
         // number, so waiting for the current one covers everything.
         let seq = self.writer.lock().seq;
-        self.wait_durable(seq)
+        self.wait_durable(seq, false)
     }
 
     pub(crate) fn wake_background(&self) {

@@ -592,6 +592,7 @@ impl Inner {
         let off = w.tail;
         // Disk space first: a full disk fails this write here, with nothing written.
         self.reserve_for(w, off + size)?;
+        self.zero_ahead_locked(w, off + size);
         let data_start = h.data_start();
         let hdr = h.encode();
         let buffered =
@@ -637,6 +638,7 @@ impl Inner {
             };
             if let Err(e) = res {
                 let _ = dev.set_len(off);
+                w.zeroed = w.zeroed.min(off);
                 let err = StorageError::from_io(e, "appending a record");
                 if !matches!(err, StorageError::NoSpace(_)) {
                     self.poison(&format!("append failed: {err}"));
