@@ -5,6 +5,8 @@
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
 #   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis and redis alternate ROUNDS times,
 #                                          default 3; the medians and their ratio are printed)
+#   ROWS=durable scripts/bench-node.sh   (only some rows: any of "memory durable large";
+#                                          default all three)
 #
 # Needs redis-server (installed here with apt-get when missing).
 source "$(dirname "$0")/bench-lib.sh"
@@ -57,19 +59,28 @@ pair() {
     awk -v a="$a" -v r="$r" -v n="$ROUNDS" 'BEGIN {printf "median of %d: apsis %.0f ops/s, redis %.0f ops/s, ratio %.2fx\n", n, a, r, a/r}'
 }
 
+ROWS=${ROWS:-memory durable large}
+want() { [[ " $ROWS " == *" $1 "* ]]; }
+
+if want memory; then
 echo "## 50 connections, 1 KiB values, sync=-1 vs Redis without persistence"
 start_apsis -1; start_redis off
 pair --connections 50 --value-size 1K --keys 10000 --write-ratio 0 --duration "$SECS"
 pair --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 stop_apsis; stop_redis
+fi
 
+if want durable; then
 echo "## 50 connections, 1 KiB SET, durable: sync=0 vs Redis appendfsync always"
 start_apsis 0; start_redis always
 pair --connections 50 --value-size 1K --keys 10000 --write-ratio 1 --duration "$SECS"
 stop_apsis; stop_redis
+fi
 
+if want large; then
 echo "## 1 MiB values over loopback"
 start_apsis -1
 run --target apsis -r "$APSIS_ADDR" --connections 8 --value-size 1M --keys 256 --write-ratio 0 --duration "$SECS"
 run --target apsis -r "$APSIS_ADDR" --connections 8 --value-size 1M --keys 256 --write-ratio 1 --duration "$SECS"
 stop_apsis
+fi

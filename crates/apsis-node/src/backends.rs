@@ -40,7 +40,9 @@ pub struct SlotState {
 ///
 /// The engine runs without a per-write fsync; every acknowledged write or delete waits on
 /// this syncer, whose thread takes every waiter that has queued, calls the engine's `sync()`
-/// (which makes everything written before it durable), and answers them all. Waiters are
+/// (which makes everything written before it durable), and answers them all. Before a sync
+/// it waits, at most half the last sync's time, until as many waiters have queued as the last
+/// sync answered: those clients send their next writes right after their replies. Waiters are
 /// async tasks or held replies, so hundreds of concurrent writers cost no thread each and
 /// share one fsync. The held replies of one sync go out from one task on the runtime (one
 /// wake-up per sync, not one per request) while the thread starts the next sync.
@@ -60,15 +62,33 @@ impl Syncer {
         let spawned = std::thread::Builder::new()
             .name(format!("apsis-sync-{backend}"))
             .spawn(move || {
+                let mut expect = 0;
+                let mut last = std::time::Duration::ZERO;
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while let Ok(w) = rx.try_recv() {
                         batch.push(w);
                     }
+                    // The writers the last sync answered are likely to write again: wait for
+                    // them, at most half a sync, so this sync carries them too instead of
+                    // the next one (fewer, fuller fsyncs).
+                    if batch.len() < expect {
+                        let until = std::time::Instant::now() + last / 2;
+                        while batch.len() < expect {
+                            let left = until.saturating_duration_since(std::time::Instant::now());
+                            match rx.recv_timeout(left) {
+                                Ok(w) => batch.push(w),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    let began = std::time::Instant::now();
                     let r = match weak.upgrade() {
                         Some(e) => e.sync().map_err(|e| e.errno()),
                         None => Err(-apsis_proto::errno::EIO),
                     };
+                    last = began.elapsed();
+                    expect = batch.len();
                     let mut replies = Vec::new();
                     for w in batch {
                         match w {
@@ -381,6 +401,13 @@ fn engine_config(cfg: &BackendConfig) -> BlobConfig {
         // sync = 0 is group commit driven by the node's syncer (see [`Syncer`]): the engine
         // itself does not fsync per write.
         sync: if cfg.sync == 0 { -1 } else { cfg.sync },
+        // The syncer fsyncs after every group of writes: keep the open base zero-filled
+        // ahead so those fsyncs journal no size change.
+        zero_ahead_bytes: Some(if cfg.sync == 0 {
+            apsis_storage::ZERO_AHEAD_DEFAULT
+        } else {
+            0
+        }),
         defrag_threshold: (cfg.defrag_percentage.clamp(1, 100) as f64) / 100.0,
         size_limit_bytes: cfg.size_limit_bytes,
         defrag_rate_bytes: cfg.defrag_rate_bytes,
