@@ -863,7 +863,7 @@ fn the_open_base_is_zero_filled_ahead_and_the_zeros_are_never_damage() {
     assert!(len(&dir) > end);
     drop(b);
     assert_eq!(len(&dir), end);
-    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap();
+    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg.clone()).unwrap();
     assert!(report.open_base_checkpoint, "{report:?}");
     assert_eq!(
         (report.truncated_bytes, report.scanned_bytes),
@@ -871,6 +871,14 @@ fn the_open_base_is_zero_filled_ahead_and_the_zeros_are_never_damage() {
         "{report:?}"
     );
     assert_eq!(get(&b, 21).unwrap(), value(21, 1000));
+
+    // A large record gets no zeros ahead (they would double what it writes); the next small
+    // one does.
+    let (dir, b) = sim(cfg.clone());
+    put(&b, 1, &value(1, 100 << 10)).unwrap();
+    assert_eq!(len(&dir), tail(&b));
+    put(&b, 2, &value(2, 1000)).unwrap();
+    assert!(len(&dir) > tail(&b) + (200 << 10));
 
     // Without sync = 0 nothing is written ahead.
     let (dir, b) = sim(quiet(-1));

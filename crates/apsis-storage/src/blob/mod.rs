@@ -986,17 +986,23 @@ impl Inner {
         self.cfg.zero_ahead_bytes.unwrap_or(auto)
     }
 
-    /// Before a record is placed below `end`: if that passes the zero-filled part of the open
-    /// base, writes zeros up to [`Inner::zero_ahead`] past `end` (within the space reserved),
-    /// so the fdatasyncs of the records that follow have no size or extent change to
-    /// journal. A record larger than the step is not zeroed under itself. Best effort: a
-    /// failed zero write costs speed, not data (the record's own write reports errors).
-    pub(crate) fn zero_ahead_locked(&self, w: &mut Writer, end: u64) {
+    /// Before a record is placed at `off..end`: if that passes the zero-filled part of the
+    /// open base, writes zeros up to [`Inner::zero_ahead`] past `end` (within the space
+    /// reserved), so the fdatasyncs of the small records that follow have no size or extent
+    /// change to journal. Large records (over an eighth of the step) are not zeroed for:
+    /// their fsync is mostly data, and zeros ahead of them would double what they write.
+    /// Best effort: a failed zero write costs speed, not data (the record's own write
+    /// reports errors).
+    pub(crate) fn zero_ahead_locked(&self, w: &mut Writer, off: u64, end: u64) {
         let step = self.zero_ahead();
         if step == 0 || end <= w.zeroed {
             return;
         }
-        let from = if end - w.zeroed > step { end } else { w.zeroed };
+        if end - off > step / 8 {
+            w.zeroed = end;
+            return;
+        }
+        let from = w.zeroed.max(off);
         let to = (end + step).min(w.reserved);
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let mut at = from;

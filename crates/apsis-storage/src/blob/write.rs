@@ -592,7 +592,7 @@ impl Inner {
         let off = w.tail;
         // Disk space first: a full disk fails this write here, with nothing written.
         self.reserve_for(w, off + size)?;
-        self.zero_ahead_locked(w, off + size);
+        self.zero_ahead_locked(w, off, off + size);
         let data_start = h.data_start();
         let hdr = h.encode();
         let buffered =
