@@ -4,7 +4,8 @@
 //! - [`format`]: the bytes on disk (base header, record header, checksums, sorted index).
 //! - [`index`]: the compact in-memory index (fingerprint → packed location).
 //! - [`scan`]: sequential reading of a base, shared by recovery, index builds, iteration, defrag.
-//! - `open` (this file): configuration, the engine's state, and recovery at start.
+//! - `open` (this file): configuration, the engine's state, recovery at start, space
+//!   reservation and the zeros written ahead of the open base (`zero_ahead_bytes`).
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
 //! - `read`: lookup, read, iteration.
 //! - `sync`: the write buffer, group commit, the background thread and poisoning.
