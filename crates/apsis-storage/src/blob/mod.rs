@@ -570,6 +570,10 @@ impl Inner {
         }
         let open_entries: Arc<[IndexEntry]> = Arc::from(open_entries);
 
+        // Recovery cut the open base at its last record: nothing lies past its end yet.
+        let open_end = bases
+            .last()
+            .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire));
         let mut inner = Inner {
             index: Index::default(),
             pending: Mutex::new(HashMap::new()),
@@ -579,17 +583,12 @@ impl Inner {
                     .last()
                     .cloned()
                     .unwrap_or_else(|| bases_placeholder(&dir)),
-                tail: bases
-                    .last()
-                    .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire)),
+                tail: open_end,
                 buf: Vec::new(),
                 buf_start: 0,
                 open_records: open_entries.len() as u64,
                 reserved: 0,
-                // Recovery cut the file at its last record.
-                zeroed: bases
-                    .last()
-                    .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire)),
+                zeroed: open_end,
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,

@@ -58,10 +58,6 @@ impl Inner {
         }
     }
 
-    fn poisoned_error(&self) -> StorageError {
-        StorageError::Poisoned(self.poisoned.lock().clone().unwrap_or_default())
-    }
-
     /// Blocks until every mutation up to `seq` is on disk (group commit). `writer`: the caller
     /// is a writer that will likely write again (see [`Inner::lead`]).
     ///
@@ -71,12 +67,12 @@ impl Inner {
     pub(crate) fn wait_durable(&self, seq: u64, writer: bool) -> Result<()> {
         let mut st = self.sync_state();
         loop {
-            if self.is_poisoned.load(Ordering::Acquire) {
+            if let Err(e) = self.check_poison() {
                 // Whoever sees it first wakes the rest, so no one stays parked without a leader.
                 let rest = std::mem::take(&mut st.waiters);
                 drop(st);
                 rest.into_iter().for_each(|(_, t)| t.unpark());
-                return Err(self.poisoned_error());
+                return Err(e);
             }
             if st.durable_seq >= seq {
                 return Ok(());
