@@ -34,6 +34,7 @@ use apsis_proto::{cflags, cmd, Addr, Header, NodeInfo, RouteList, VERSION};
 use conn::Conn;
 use parking_lot::{Mutex, RwLock};
 use routes::RouteTable;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -94,7 +95,8 @@ pub struct Client {
 
 struct Inner {
     opts: ClientOptions,
-    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    /// Looked up on every request: Fx hashing (the addresses come from our own route table).
+    conns: Mutex<FxHashMap<SocketAddr, Arc<Conn>>>,
     routes: RwLock<RouteTable>,
     /// Every node address learned (remotes, route lists, joins): the refresh retries these.
     known: Mutex<BTreeSet<SocketAddr>>,
@@ -112,7 +114,7 @@ impl Client {
         let c = Client {
             inner: Arc::new(Inner {
                 opts,
-                conns: Mutex::new(HashMap::new()),
+                conns: Mutex::new(FxHashMap::default()),
                 routes: RwLock::new(RouteTable::default()),
                 known: Mutex::new(BTreeSet::new()),
                 infos: Mutex::new(HashMap::new()),
@@ -399,13 +401,25 @@ impl Client {
     pub async fn request(
         &self,
         addr: SocketAddr,
-        mut h: Header,
+        h: Header,
         payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<apsis_proto::Frame>> {
+        self.request_parts(addr, h, &[payload], timeout).await
+    }
+
+    /// [`Client::request`] with the payload in parts, sent without copying them together
+    /// first (see [`Conn::send_parts`]).
+    pub async fn request_parts(
+        &self,
+        addr: SocketAddr,
+        mut h: Header,
+        parts: &[&[u8]],
         timeout: Duration,
     ) -> Result<Vec<apsis_proto::Frame>> {
         let conn = self.conn(addr).await?;
         h.trans = conn::next_trans();
-        let rx = conn.send(h, payload).await?;
+        let rx = conn.send_parts(h, parts).await?;
         match conn::collect(&conn, h.trans, rx, timeout).await {
             Ok(f) => {
                 conn.note_reply();

@@ -215,11 +215,24 @@ impl Session {
     pub async fn transact(
         &self,
         addr: SocketAddr,
-        mut h: Header,
+        h: Header,
         payload: &[u8],
     ) -> Result<Vec<Frame>> {
+        self.transact_parts(addr, h, &[payload]).await
+    }
+
+    /// [`Session::transact`] with the payload in parts (an io_attr, then the data).
+    async fn transact_parts(
+        &self,
+        addr: SocketAddr,
+        mut h: Header,
+        parts: &[&[u8]],
+    ) -> Result<Vec<Frame>> {
         h.trace_id = self.trace_id;
-        let frames = self.client.request(addr, h, payload, self.timeout).await?;
+        let frames = self
+            .client
+            .request_parts(addr, h, parts, self.timeout)
+            .await?;
         if let Some(last) = frames.last() {
             status_err(last)?;
         }
@@ -247,10 +260,9 @@ impl Session {
     ) -> Result<Option<LookupReply>> {
         let r = self.route(group, &io.id)?;
         let h = self.header(cmd::WRITE, group, io.id, r.backend_id);
-        let mut p = Vec::with_capacity(IoAttr::SIZE + data.len());
+        let mut p = Vec::with_capacity(IoAttr::SIZE);
         io.encode_into(&mut p);
-        p.extend_from_slice(data);
-        let frames = self.transact(r.addr, h, &p).await?;
+        let frames = self.transact_parts(r.addr, h, &[&p, data]).await?;
         match frames.iter().find(|f| !f.payload.is_empty()) {
             Some(f) => Ok(Some(
                 LookupReply::decode(&f.payload)
@@ -1334,7 +1346,13 @@ fn repairable(e: &ClientError) -> bool {
 
 /// Runs futures concurrently and returns their outputs in order.
 pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<F> = futs.into_iter().collect();
+    let mut futs: Vec<F> = futs.into_iter().collect();
+    if futs.len() == 1 {
+        // One future (a session with one group): awaited as it is, without the boxes and
+        // bookkeeping below.
+        let only = futs.pop().expect("one future");
+        return vec![only.await];
+    }
     let n = futs.len();
     let mut outs: Vec<Option<F::Output>> = (0..n).map(|_| None).collect();
     let mut pinned: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();

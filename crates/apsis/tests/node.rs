@@ -225,6 +225,9 @@ async fn data_semantics() {
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     sb.write(b"big", &big).await.unwrap();
     assert_eq!(s.read(b"big", 0, 0).await.unwrap().data, big);
+    // Under the chunk size it is one WRITE frame, its io_attr and data written as they are.
+    s.write(b"whole", &big).await.unwrap();
+    assert_eq!(s.read(b"whole", 0, 0).await.unwrap().data, big);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
