@@ -253,12 +253,7 @@ impl Conn {
         }
         let q = Arc::new(Mutex::new(ReplyQueue::default()));
         self.pending.lock().insert(h.trans, ReplyTx(q.clone()));
-        // A loop, not `iter().map(..).sum()`: a closure over `&&[u8]` here makes the futures
-        // that call this fail the higher-ranked `Send` check of `tokio::spawn`.
-        let mut len = 0;
-        for p in parts {
-            len += p.len();
-        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
         let small = len < 64 << 10;
         let mut head = Vec::with_capacity(HEADER_SIZE + if small { len } else { 0 });
