@@ -11,7 +11,7 @@
 //! client learns to drop the node's routes.
 
 use crate::error::{ClientError, Result};
-use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header, HEADER_SIZE};
+use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -31,12 +31,13 @@ pub const MAX_REPLY_BYTES: u64 = 1 << 30;
 /// input an attacker picks, and SipHash showed in profiles at one lookup per reply.
 type Pending = Arc<Mutex<FxHashMap<u64, ReplyTx>>>;
 
-/// One request's reply queue: the reader pushes frames, the request takes them. A plain
-/// mutex-guarded queue with one waker; lighter than a channel per request (no block
-/// allocation), which matters at one request per few microseconds.
+/// One request's replies: the reader pushes frames, the request takes them. A plain
+/// mutex-guarded vector with one waker; lighter than a channel per request (no block
+/// allocation), which matters at one request per few microseconds. A request that wants all
+/// its replies takes the vector whole, so the frames are never moved one by one.
 #[derive(Default)]
 struct ReplyQueue {
-    frames: VecDeque<Frame>,
+    frames: Vec<Frame>,
     /// The reader dropped its end: no more frames will come.
     closed: bool,
     waker: Option<Waker>,
@@ -60,7 +61,15 @@ impl ReplyTx {
     }
 
     fn push(&self, frame: Frame) {
-        self.update(|q| q.frames.push_back(frame));
+        self.update(|q| q.frames.push(frame));
+    }
+
+    /// The final reply: queued and the queue closed with one wake-up.
+    fn finish(self, frame: Frame) {
+        self.update(|q| {
+            q.frames.push(frame);
+            q.closed = true;
+        });
     }
 }
 
@@ -70,19 +79,24 @@ impl Drop for ReplyTx {
     }
 }
 
-/// The request's end of its replies.
-pub struct Replies(Arc<Mutex<ReplyQueue>>);
+/// The request's end of its replies. Dropping it before the final reply (a cancelled request,
+/// an abandoned stream) forgets the request, so later replies are discarded instead of
+/// queued for nobody.
+pub struct Replies {
+    q: Arc<Mutex<ReplyQueue>>,
+    /// Frames taken from the queue and not yet returned by [`Replies::recv`].
+    taken: VecDeque<Frame>,
+    pending: Pending,
+    trans: u64,
+}
 
 impl Replies {
-    /// The next reply frame; `None` once the connection ended (or every reply was taken).
-    pub async fn recv(&mut self) -> Option<Frame> {
+    /// Waits until the queue has frames or is closed; takes the frames.
+    async fn take(&mut self) -> (Vec<Frame>, bool) {
         std::future::poll_fn(|cx| {
-            let mut q = self.0.lock();
-            if let Some(f) = q.frames.pop_front() {
-                return Poll::Ready(Some(f));
-            }
-            if q.closed {
-                return Poll::Ready(None);
+            let mut q = self.q.lock();
+            if !q.frames.is_empty() || q.closed {
+                return Poll::Ready((std::mem::take(&mut q.frames), q.closed));
             }
             if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 q.waker = Some(cx.waker().clone());
@@ -91,6 +105,44 @@ impl Replies {
         })
         .await
     }
+
+    /// The next reply frame; `None` once the connection ended (or every reply was taken).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        if self.taken.is_empty() {
+            let (frames, _) = self.take().await;
+            self.taken = frames.into();
+        }
+        self.taken.pop_front()
+    }
+
+    /// Every reply up to the final one (without MORE); `None` if the connection ended first.
+    async fn all(&mut self) -> Option<Vec<Frame>> {
+        let mut out: Vec<Frame> = self.taken.drain(..).collect();
+        loop {
+            if out.last().is_some_and(|f| !f.header.has_more()) {
+                return Some(out);
+            }
+            let (frames, closed) = self.take().await;
+            if out.is_empty() {
+                out = frames;
+            } else {
+                out.extend(frames);
+            }
+            if closed && out.last().is_none_or(|f| f.header.has_more()) {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        // Closed: the reader already removed the request (final reply or connection end).
+        if !self.q.lock().closed {
+            let gone = self.pending.lock().remove(&self.trans);
+            drop(gone);
+        }
+    }
 }
 
 /// A live connection.
@@ -98,7 +150,7 @@ pub struct Conn {
     pub addr: SocketAddr,
     /// Requests are written by the task that makes them, under this lock: no hand-off to a
     /// writer task, so a request costs one wake-up (its reply) instead of two.
-    wr: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    wr: tokio::sync::Mutex<Writer>,
     pending: Pending,
     alive: Arc<AtomicBool>,
     /// Messages the server pushed (UPDATE_IDS), for the route table. The channel closes when
@@ -109,6 +161,16 @@ pub struct Conn {
     /// Handshakes (REVERSE_LOOKUP, answered with trans 0) one at a time.
     pub handshake_lock: tokio::sync::Mutex<()>,
     reader: tokio::task::AbortHandle,
+}
+
+/// The socket's write half and the buffer a request's frame is assembled in (kept, so a
+/// request allocates none).
+struct Writer {
+    half: tokio::net::tcp::OwnedWriteHalf,
+    buf: Vec<u8>,
+    /// Set while a frame is being written; still set when the next request comes, the
+    /// writer was cancelled part way.
+    torn: bool,
 }
 
 /// Marks the connection dead and fails every waiting request when the reader ends, however it
@@ -174,15 +236,16 @@ impl Conn {
                                 }
                                 continue;
                             }
-                            let last = !h.has_more();
-                            let mut p = p2.lock();
-                            if let Some(s) = p.get(&h.trans) {
-                                s.push(frame);
-                            }
-                            if last {
-                                let done = p.remove(&h.trans);
-                                drop(p);
-                                drop(done);
+                            if h.has_more() {
+                                if let Some(s) = p2.lock().get(&h.trans) {
+                                    s.push(frame);
+                                }
+                            } else {
+                                // Out of the map first, then woken once (outside the lock).
+                                let done = p2.lock().remove(&h.trans);
+                                if let Some(s) = done {
+                                    s.finish(frame);
+                                }
                             }
                         }
                         Ok(None) => {
@@ -206,7 +269,11 @@ impl Conn {
         });
         Ok(Arc::new(Conn {
             addr,
-            wr: tokio::sync::Mutex::new(wr),
+            wr: tokio::sync::Mutex::new(Writer {
+                half: wr,
+                buf: Vec::new(),
+                torn: false,
+            }),
             pending,
             alive,
             pushed: Mutex::new(Some(push_rx)),
@@ -253,32 +320,54 @@ impl Conn {
         }
         let q = Arc::new(Mutex::new(ReplyQueue::default()));
         self.pending.lock().insert(h.trans, ReplyTx(q.clone()));
+        let replies = Replies {
+            q,
+            taken: VecDeque::new(),
+            pending: self.pending.clone(),
+            trans: h.trans,
+        };
         let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
         let small = len < 64 << 10;
-        let mut head = Vec::with_capacity(HEADER_SIZE + if small { len } else { 0 });
-        h.encode_into(&mut head);
-        if small {
-            for p in parts {
-                head.extend_from_slice(p);
-            }
-        }
         let ok = {
-            let mut w = self.wr.lock().await;
-            let mut ok = w.write_all(&head).await.is_ok();
+            let mut w = match self.wr.try_lock() {
+                Ok(w) => w,
+                Err(_) => self.wr.lock().await,
+            };
+            let Writer { half, buf, torn } = &mut *w;
+            if *torn {
+                // A request was cancelled in the middle of its frame: the stream is
+                // unusable.
+                drop(w);
+                self.kill();
+                return Err(self.closed());
+            }
+            buf.clear();
+            h.encode_into(buf);
+            if small {
+                for p in parts {
+                    buf.extend_from_slice(p);
+                }
+            }
+            *torn = true;
+            let mut ok = half.write_all(buf).await.is_ok();
             if !small {
                 for p in parts {
-                    ok = ok && w.write_all(p).await.is_ok();
+                    ok = ok && half.write_all(p).await.is_ok();
                 }
+            }
+            *torn = false;
+            if buf.capacity() > 256 << 10 {
+                *buf = Vec::new();
             }
             ok
         };
         if !ok {
-            self.forget(h.trans);
+            // Dropping `replies` forgets the request.
             self.alive.store(false, Relaxed);
             return Err(self.closed());
         }
-        Ok(Replies(q))
+        Ok(replies)
     }
 
     /// Forgets a request (after a timeout): late replies are dropped.
@@ -303,21 +392,9 @@ pub async fn collect(
     mut rx: Replies,
     timeout: std::time::Duration,
 ) -> Result<Vec<Frame>> {
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(timeout, async {
-        while let Some(f) = rx.recv().await {
-            let last = !f.header.has_more();
-            out.push(f);
-            if last {
-                return Ok(());
-            }
-        }
-        Err(conn.closed())
-    })
-    .await;
-    match r {
-        Ok(Ok(())) => Ok(out),
-        Ok(Err(e)) => Err(e),
+    match tokio::time::timeout(timeout, rx.all()).await {
+        Ok(Some(frames)) => Ok(frames),
+        Ok(None) => Err(conn.closed()),
         Err(_) => {
             conn.forget(trans);
             Err(ClientError::Timeout)

@@ -455,7 +455,9 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        self.add_node(addr, false).await?;
+        // Boxed: connecting is rare, and its future is large; inline it would be part of
+        // (and moved with) every request's future.
+        Box::pin(self.add_node(addr, false)).await?;
         self.inner
             .conns
             .lock()

@@ -202,13 +202,15 @@ impl Session {
             .ok_or(ClientError::NoRoute { group })
     }
 
-    /// The groups in the order reads try them.
-    fn read_groups(&self) -> Vec<u32> {
-        let mut g = self.groups.clone();
-        if self.mix_groups {
+    /// The groups in the order reads try them (a copy only when they are shuffled).
+    fn read_groups(&self) -> std::borrow::Cow<'_, [u32]> {
+        if self.mix_groups && self.groups.len() > 1 {
+            let mut g = self.groups.clone();
             fastrand::shuffle(&mut g);
+            g.into()
+        } else {
+            self.groups.as_slice().into()
         }
-        g
     }
 
     /// Sends one request and collects its replies; a negative final status is an error.
@@ -472,17 +474,6 @@ impl Session {
         join_all(items.iter().map(|(k, v)| self.write(k, v))).await
     }
 
-    async fn read_group(
-        &self,
-        group: u32,
-        id: [u8; 64],
-        offset: u64,
-        size: u64,
-    ) -> Result<ReadResult> {
-        let r = self.route(group, &id)?;
-        self.read_at(group, r, false, id, offset, size).await
-    }
-
     /// Reads from one backend. `pinned` sends DIRECT | DIRECT_BACKEND, so that backend itself
     /// answers: `read_latest` reads the very copy whose lookup won, even if a node's or this
     /// client's route table changed in between.
@@ -511,12 +502,13 @@ impl Session {
         let mut p = Vec::with_capacity(IoAttr::SIZE);
         io.encode_into(&mut p);
         let frames = self.transact(r.addr, h, &p).await?;
-        let f = frames
-            .iter()
+        let mut payload = frames
+            .into_iter()
             .find(|f| f.payload.len() >= IoAttr::SIZE)
-            .ok_or_else(|| ClientError::Protocol("read reply without io_attr".into()))?;
+            .ok_or_else(|| ClientError::Protocol("read reply without io_attr".into()))?
+            .payload;
         let (io, data) =
-            IoAttr::split(&f.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            IoAttr::split(&payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if io.size != data.len() as u64 {
             return Err(ClientError::Protocol(format!(
                 "read reply: size {} with {} bytes",
@@ -524,23 +516,36 @@ impl Session {
                 data.len()
             )));
         }
+        // The data is the payload after the io_attr: moved down in place, not copied out.
+        payload.drain(..IoAttr::SIZE);
         Ok(ReadResult {
             group,
             io,
-            data: data.to_vec(),
+            data: payload,
         })
     }
 
     /// Reads `size` bytes (0 = to the end) from `offset`, trying the groups in order.
-    pub async fn read(&self, key: &[u8], offset: u64, size: u64) -> Result<ReadResult> {
-        self.read_id(self.id(key), offset, size).await
+    pub fn read(
+        &self,
+        key: &[u8],
+        offset: u64,
+        size: u64,
+    ) -> impl std::future::Future<Output = Result<ReadResult>> + Send + '_ {
+        // Not an `async fn`: the id is computed here and `read_id`'s future returned as it
+        // is, one state machine less to build and move per read.
+        self.read_id(self.id(key), offset, size)
     }
 
     pub async fn read_id(&self, id: [u8; 64], offset: u64, size: u64) -> Result<ReadResult> {
         let mut last = ClientError::NoRoute { group: 0 };
         let mut damaged = Vec::new();
-        for g in self.read_groups() {
-            match self.read_group(g, id, offset, size).await {
+        for &g in self.read_groups().iter() {
+            let read = match self.route(g, &id) {
+                Ok(r) => self.read_at(g, r, false, id, offset, size).await,
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(r) => {
                     if offset == 0 && size == 0 {
                         self.repair(id, &r, damaged);
@@ -712,7 +717,7 @@ impl Session {
     pub async fn lookup(&self, key: &[u8]) -> Result<(u32, LookupReply)> {
         let id = self.id(key);
         let mut last = ClientError::NoRoute { group: 0 };
-        for g in self.read_groups() {
+        for &g in self.read_groups().iter() {
             match self.lookup_group(g, id).await {
                 Ok(l) => return Ok((g, l)),
                 Err(e) => last = e,
