@@ -161,6 +161,8 @@ pub struct Conn {
     /// Handshakes (REVERSE_LOOKUP, answered with trans 0) one at a time.
     pub handshake_lock: tokio::sync::Mutex<()>,
     reader: tokio::task::AbortHandle,
+    /// The socket itself (a duplicate descriptor), to set options on.
+    ctl: std::net::TcpStream,
 }
 
 /// The socket's write half and the buffer a request's frame is assembled in (kept, so a
@@ -208,6 +210,12 @@ impl Conn {
             .map_err(|_| ClientError::Timeout)?
             .map_err(|e| err(e.to_string()))?;
         let _ = sock.set_nodelay(true);
+        // A second handle on the socket, for options after it is split (see `kill`).
+        let ctl = sock
+            .into_std()
+            .and_then(|s| Ok((s.try_clone()?, s)))
+            .and_then(|(ctl, s)| Ok((ctl, TcpStream::from_std(s)?)));
+        let (ctl, sock) = ctl.map_err(|e| err(e.to_string()))?;
         let (mut rd, wr) = sock.into_split();
         let pending: Pending = Arc::new(Mutex::new(FxHashMap::default()));
         let alive = Arc::new(AtomicBool::new(true));
@@ -280,6 +288,7 @@ impl Conn {
             stalls: AtomicU32::new(0),
             handshake_lock: tokio::sync::Mutex::new(()),
             reader: reader.abort_handle(),
+            ctl,
         }))
     }
 
@@ -299,9 +308,15 @@ impl Conn {
         }
     }
 
-    /// Gives up on the connection: waiting requests fail, the push channel closes.
+    /// Gives up on the connection: waiting requests fail, the push channel closes, and what
+    /// was written but not yet sent is discarded. A request given up on must not reach the
+    /// node later: a WRITE stuck behind a network partition would otherwise be delivered when
+    /// the partition heals, over whatever was written since. Closing with SO_LINGER 0 resets
+    /// the connection instead of sending the queue.
     pub fn kill(&self) {
         self.alive.store(false, Relaxed);
+        let _ = socket2::SockRef::from(&self.ctl).set_linger(Some(std::time::Duration::ZERO));
+        let _ = self.ctl.shutdown(std::net::Shutdown::Read);
         self.reader.abort();
     }
 
