@@ -34,6 +34,23 @@ pub struct Cluster {
     me: Vec<SocketAddr>,
     /// How long a forwarded request may take (`wait_timeout`).
     pub wait_timeout: Duration,
+    /// Set when the first round of connections to the remotes has ended (every remote
+    /// answered or gave up). Before that the table may lack whole nodes, and a data request
+    /// would be routed as if they did not exist, so data requests wait for it.
+    joined: Arc<Joined>,
+}
+
+/// The end of the first round of connections to the remotes (see [`Cluster::wait_joined`]).
+struct Joined {
+    flag: std::sync::atomic::AtomicBool,
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Joined {
+    fn mark(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.tx.send_replace(true);
+    }
 }
 
 impl Cluster {
@@ -60,6 +77,10 @@ impl Cluster {
             client: Client::new(opts),
             me,
             wait_timeout: wait,
+            joined: Arc::new(Joined {
+                flag: false.into(),
+                tx: tokio::sync::watch::Sender::new(false),
+            }),
         }
     }
 
@@ -78,19 +99,34 @@ impl Cluster {
             .set_local_routes(self.me(), &ctx.backends.backend_ids());
     }
 
-    /// Connects to the configured remotes in the background ("host:port[:family]"); the
-    /// refresh keeps retrying those that do not answer.
+    /// Connects to the configured remotes ("host:port[:family]") in the background; the
+    /// refresh keeps retrying those that do not answer. Until this first round ends, data
+    /// requests wait ([`Cluster::wait_joined`]).
     pub fn join_remotes(&self, remotes: &[String]) {
         let addrs: Vec<SocketAddr> = remotes.iter().filter_map(|r| parse_remote(r)).collect();
         if addrs.is_empty() {
+            self.joined.mark();
             return;
         }
-        let client = self.client.clone();
+        let (client, joined) = (self.client.clone(), self.joined.clone());
         tokio::spawn(async move {
             if let Err(e) = client.add_remotes(&addrs).await {
                 tracing::warn!(error = %e, "no remote answered yet; the refresh keeps trying");
             }
+            joined.mark();
         });
+    }
+
+    /// Waits (at most `wait_timeout`) until the first round of connections to the remotes
+    /// has ended. A node that serves a READ before it knows its peers would answer ENOENT
+    /// for keys a peer still holds (it cannot know the previous owner), and would take
+    /// WRITEs for ids another node owns.
+    pub async fn wait_joined(&self) {
+        if self.joined.flag.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut rx = self.joined.tx.subscribe();
+        let _ = tokio::time::timeout(self.wait_timeout, rx.wait_for(|&j| j)).await;
     }
 
     /// The backend that owns a data request's id in its group, here or on another node (which

@@ -26,6 +26,9 @@ pub type HResult = Result<(), i32>;
 pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, conn_id: u64) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
+    if matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL) {
+        ctx.cluster.wait_joined().await;
+    }
     // One route lookup decides both: forward to another node, or which backend serves here.
     let owner = ctx.cluster.owner(&hdr);
     let local = match owner {
