@@ -8,6 +8,7 @@
 use crate::cache::Cache;
 use crate::config::BackendConfig;
 use apsis_proto::{backend_state, BackendIds, BackendStatus, Time};
+use apsis_storage::blob::Committer;
 use apsis_storage::{Backend, BlobBackend, BlobConfig, StorageError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -36,18 +37,17 @@ pub struct SlotState {
     pub cache: Option<Arc<Cache>>,
 }
 
-/// Group commit driven by the node for `sync = 0` backends.
+/// Group commit for `sync = 0` backends: the engine's [`Committer`].
 ///
 /// The engine runs without a per-write fsync; every acknowledged write or delete waits on
 /// this syncer, whose thread takes every waiter that has queued, calls the engine's `sync()`
-/// (which makes everything written before it durable), and answers them all. Before a sync
-/// it waits, at most half the last sync's time, until as many waiters have queued as the last
-/// sync answered: those clients send their next writes right after their replies. Waiters are
-/// async tasks or held replies, so hundreds of concurrent writers cost no thread each and
-/// share one fsync. The held replies of one sync go out from one task on the runtime (one
-/// wake-up per sync, not one per request) while the thread starts the next sync.
+/// (which makes everything written before it durable), and answers them all, gathering each
+/// batch as the committer does (see `apsis_storage::blob::Committer`). Waiters are async
+/// tasks or held replies, so hundreds of concurrent writers cost no thread each and share one
+/// fsync. The held replies of one sync go out from one task on the runtime (one wake-up per
+/// sync, not one per request) while the thread starts the next sync.
 pub struct Syncer {
-    tx: std::sync::mpsc::Sender<Waiter>,
+    committer: Option<Committer<Waiter>>,
 }
 
 enum Waiter {
@@ -57,72 +57,48 @@ enum Waiter {
 
 impl Syncer {
     fn start(engine: &Arc<BlobBackend>, backend: u32) -> Arc<Syncer> {
-        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
-        let weak = Arc::downgrade(engine);
-        let spawned = std::thread::Builder::new()
-            .name(format!("apsis-sync-{backend}"))
-            .spawn(move || {
-                let mut expect = 0;
-                let mut last = std::time::Duration::ZERO;
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while let Ok(w) = rx.try_recv() {
-                        batch.push(w);
+        let settle = |batch: Vec<Waiter>, r: apsis_storage::Result<()>| {
+            let r = r.map_err(|e| e.errno());
+            let mut replies = Vec::new();
+            for w in batch {
+                match w {
+                    Waiter::Task(t) => {
+                        let _ = t.send(r);
                     }
-                    // The writers the last sync answered are likely to write again: wait for
-                    // them, at most half a sync, so this sync carries them too instead of
-                    // the next one (fewer, fuller fsyncs).
-                    if batch.len() < expect {
-                        let until = std::time::Instant::now() + last / 2;
-                        while batch.len() < expect {
-                            let left = until.saturating_duration_since(std::time::Instant::now());
-                            match rx.recv_timeout(left) {
-                                Ok(w) => batch.push(w),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    let began = std::time::Instant::now();
-                    let r = match weak.upgrade() {
-                        Some(e) => e.sync().map_err(|e| e.errno()),
-                        None => Err(-apsis_proto::errno::EIO),
-                    };
-                    last = began.elapsed();
-                    expect = batch.len();
-                    let mut replies = Vec::new();
-                    for w in batch {
-                        match w {
-                            Waiter::Task(t) => {
-                                let _ = t.send(r);
-                            }
-                            Waiter::Reply(d) => replies.push(d),
-                        }
-                    }
-                    if let Some(d) = replies.first() {
-                        let rt = d.runtime().clone();
-                        rt.spawn(async move { crate::reply::send_settled(replies, r) });
-                    }
+                    Waiter::Reply(d) => replies.push(d),
                 }
-            });
-        if let Err(e) = spawned {
+            }
+            if let Some(d) = replies.first() {
+                let rt = d.runtime().clone();
+                rt.spawn(async move { crate::reply::send_settled(replies, r) });
+            }
+        };
+        let committer = Committer::start(engine, format!("apsis-sync-{backend}"), settle);
+        if let Err(e) = &committer {
             tracing::error!(backend, %e, "cannot start the syncer thread; writes will fail");
         }
-        Arc::new(Syncer { tx })
+        Arc::new(Syncer {
+            committer: committer.ok(),
+        })
     }
 
     /// Waits until everything written before this call is durable.
     pub async fn wait(&self) -> Result<(), i32> {
         let (t, r) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Waiter::Task(t))
-            .map_err(|_| -apsis_proto::errno::EIO)?;
+        self.committer
+            .as_ref()
+            .ok_or(-apsis_proto::errno::EIO)?
+            .submit(Waiter::Task(t));
         r.await.unwrap_or(Err(-apsis_proto::errno::EIO))
     }
 
     /// Sends held replies once everything written before this call is durable (the error
-    /// instead if the sync fails; a syncer that is gone drops them, which answers −EIO).
+    /// instead if the sync fails; without a syncer thread they are dropped, which answers
+    /// −EIO).
     pub fn defer(&self, d: crate::reply::Deferred) {
-        let _ = self.tx.send(Waiter::Reply(d));
+        if let Some(c) = &self.committer {
+            c.submit(Waiter::Reply(d));
+        }
     }
 }
 

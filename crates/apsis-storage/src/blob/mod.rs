@@ -8,7 +8,9 @@
 //!   reservation and the zeros written ahead of the open base (`zero_ahead_bytes`).
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
 //! - `read`: lookup, read, iteration.
-//! - `sync`: the write buffer, group commit, the background thread and poisoning.
+//! - `sync`: the write buffer, group commit for blocking writers, the background thread and
+//!   poisoning.
+//! - `commit`: [`Committer`], group commit for callers that do not block a thread per write.
 //! - `defrag`: online compaction of closed bases.
 //!
 //! # How it works
@@ -25,11 +27,13 @@ pub mod format;
 pub mod index;
 pub mod scan;
 
+mod commit;
 mod defrag;
 mod read;
 mod sync;
 mod write;
 
+pub use self::commit::Committer;
 use self::format::*;
 use self::index::{Index, Loc};
 use crate::device::{Device, Dir, FileDir};
