@@ -197,7 +197,7 @@ fn durable_rate(threads: usize, secs: u64) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Durable 1 KiB puts from `writers` async tasks on one thread, through the engine's
+/// Durable 1 KiB puts from `writers` async tasks, through the engine's
 /// [`Committer`] (the node's path: the engine at `sync = -1`, zeros written ahead as a
 /// `sync = 0` backend has them, a task writes, submits its waker and awaits the sync).
 fn durable_async(writers: usize, secs: u64) -> f64 {
@@ -225,7 +225,8 @@ fn durable_async(writers: usize, secs: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let val = value(1024, 6);
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // As in the node: a worker thread per CPU.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .build()
         .expect("runtime");
     let t = Instant::now();
