@@ -144,6 +144,32 @@ fn large(mib: usize) {
     );
 }
 
+/// One 1 KiB put under a random key (the durable benchmarks' write).
+fn random_put(b: &BlobBackend, rng: &mut fastrand::Rng, val: &[u8]) {
+    let mut k = [0u8; 64];
+    rng.fill(&mut k);
+    b.write(
+        &Key(k),
+        &WriteRequest {
+            data: val,
+            timestamp: Timestamp::new(1, 0),
+            ..Default::default()
+        },
+    )
+    .expect("durable put");
+}
+
+/// Prints a durable run's fsync figures; returns its puts per second.
+fn durable_report(who: &str, b: &BlobBackend, n: u64, took: Duration) -> f64 {
+    let fsyncs = b.stats().fsyncs.max(1);
+    eprintln!(
+        "  {who}: {n} durable puts, {fsyncs} fsyncs, {:.1} puts per fsync, {:.0} us per fsync cycle",
+        n as f64 / fsyncs as f64,
+        took.as_secs_f64() * 1e6 / fsyncs as f64
+    );
+    n as f64 / took.as_secs_f64()
+}
+
 fn durable_rate(threads: usize, secs: u64) -> f64 {
     let dir = tmp();
     let b = Arc::new(
@@ -164,18 +190,8 @@ fn durable_rate(threads: usize, secs: u64) -> f64 {
             let (b, stop, done, val) = (b.clone(), stop.clone(), done.clone(), val.clone());
             std::thread::spawn(move || {
                 let mut rng = fastrand::Rng::with_seed(t as u64);
-                let mut k = [0u8; 64];
                 while !stop.load(Ordering::Relaxed) {
-                    rng.fill(&mut k);
-                    b.write(
-                        &Key(k),
-                        &WriteRequest {
-                            data: &val,
-                            timestamp: Timestamp::new(1, 0),
-                            ..Default::default()
-                        },
-                    )
-                    .expect("durable put");
+                    random_put(&b, &mut rng, &val);
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -187,14 +203,8 @@ fn durable_rate(threads: usize, secs: u64) -> f64 {
     for h in handles {
         h.join().expect("writer");
     }
-    let n = done.load(Ordering::Relaxed);
-    let fsyncs = b.stats().fsyncs.max(1);
-    eprintln!(
-        "  {threads} writers: {n} durable puts, {fsyncs} fsyncs, {:.1} puts per fsync, {:.0} us per fsync cycle",
-        n as f64 / fsyncs as f64,
-        t.elapsed().as_secs_f64() * 1e6 / fsyncs as f64
-    );
-    n as f64 / t.elapsed().as_secs_f64()
+    let who = format!("{threads} writer threads");
+    durable_report(&who, &b, done.load(Ordering::Relaxed), t.elapsed())
 }
 
 /// Durable 1 KiB puts from `writers` async tasks, through the engine's
@@ -242,18 +252,8 @@ fn durable_async(writers: usize, secs: u64) -> f64 {
                 );
                 tokio::spawn(async move {
                     let mut rng = fastrand::Rng::with_seed(w as u64);
-                    let mut k = [0u8; 64];
                     while !stop.load(Ordering::Relaxed) {
-                        rng.fill(&mut k);
-                        b.write(
-                            &Key(k),
-                            &WriteRequest {
-                                data: &val,
-                                timestamp: Timestamp::new(1, 0),
-                                ..Default::default()
-                            },
-                        )
-                        .expect("put");
+                        random_put(&b, &mut rng, &val);
                         let (tx, rx) = tokio::sync::oneshot::channel();
                         c.submit(tx);
                         assert!(rx.await.expect("settled"), "sync failed");
@@ -271,14 +271,8 @@ fn durable_async(writers: usize, secs: u64) -> f64 {
             task.await.expect("writer");
         }
     });
-    let n = done.load(Ordering::Relaxed);
-    let fsyncs = b.stats().fsyncs.max(1);
-    eprintln!(
-        "  {writers} async writers: {n} durable puts, {fsyncs} fsyncs, {:.1} puts per fsync, {:.0} us per fsync cycle",
-        n as f64 / fsyncs as f64,
-        t.elapsed().as_secs_f64() * 1e6 / fsyncs as f64
-    );
-    n as f64 / t.elapsed().as_secs_f64()
+    let who = format!("{writers} writer tasks");
+    durable_report(&who, &b, done.load(Ordering::Relaxed), t.elapsed())
 }
 
 fn durable(secs: u64) {
