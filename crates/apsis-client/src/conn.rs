@@ -1,14 +1,15 @@
 //! One connection to a node: requests multiplexed by transaction number.
 //!
-//! A reader task routes each reply to the request that owns its `trans`; a request's replies
-//! arrive on a channel and end with the first reply without MORE. The writer is a bounded
-//! queue drained by a task, so many requests share the socket without waiting on each other.
+//! A request writes its frame itself, under the socket's lock (assembled in a buffer kept with
+//! the socket), and registers its `trans`; a reader task routes each reply to the request that
+//! owns its `trans`. A request's replies gather in one vector it takes whole, ending with the
+//! first reply without MORE. Dropping a request before its final reply forgets its `trans`.
 //!
 //! Failure detection (Elliptics' stall count) counts the requests that timed out in a row on
 //! a connection ([`Conn::note_timeout`]); the client pings a stalled connection and
 //! [`Conn::kill`]s it when the ping fails too. A killed or closed connection ends every
 //! waiting request with a connection error and closes its push channel, which is how the
-//! client learns to drop the node's routes.
+//! client learns to drop the node's routes; a killed one also discards what it had not sent.
 
 use crate::error::{ClientError, Result};
 use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header};
