@@ -99,7 +99,7 @@ impl Cluster {
             .set_local_routes(self.me(), &ctx.backends.backend_ids());
     }
 
-    /// Connects to the configured remotes ("host:port[:family]") in the background; the
+    /// Connects to the configured remotes (`host:port[:family]`) in the background; the
     /// refresh keeps retrying those that do not answer. Until this first round ends, data
     /// requests wait ([`Cluster::wait_joined`]).
     pub fn join_remotes(&self, remotes: &[String]) {

@@ -1,7 +1,7 @@
 //! The blob backend: an eblob-style append-only engine.
 //!
 //! # Layout
-//! - [`format`]: the bytes on disk (base header, record header, checksums, sorted index).
+//! - [`format`](mod@format): the bytes on disk (base header, record header, checksums, sorted index).
 //! - [`index`]: the compact in-memory index (fingerprint → packed location).
 //! - [`scan`]: sequential reading of a base, shared by recovery, index builds, iteration, defrag.
 //! - `open` (this file): configuration, the engine's state, recovery at start, space
