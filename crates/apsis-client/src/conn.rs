@@ -317,7 +317,6 @@ impl Conn {
     pub fn kill(&self) {
         self.alive.store(false, Relaxed);
         let _ = socket2::SockRef::from(&self.ctl).set_linger(Some(std::time::Duration::ZERO));
-        let _ = self.ctl.shutdown(std::net::Shutdown::Read);
         self.reader.abort();
     }
 
@@ -386,13 +385,6 @@ impl Conn {
         Ok(replies)
     }
 
-    /// Forgets a request (after a timeout): late replies are dropped.
-    pub fn forget(&self, trans: u64) {
-        // Dropped after the lock: dropping wakes the request.
-        let gone = self.pending.lock().remove(&trans);
-        drop(gone);
-    }
-
     pub fn closed(&self) -> ClientError {
         ClientError::Connection {
             addr: self.addr.to_string(),
@@ -401,19 +393,16 @@ impl Conn {
     }
 }
 
-/// Collects a transaction's replies until the final one, within `timeout`.
+/// Collects a transaction's replies until the final one, within `timeout` (a request that
+/// times out is forgotten when `rx` is dropped: late replies are discarded).
 pub async fn collect(
     conn: &Conn,
-    trans: u64,
     mut rx: Replies,
     timeout: std::time::Duration,
 ) -> Result<Vec<Frame>> {
     match tokio::time::timeout(timeout, rx.all()).await {
         Ok(Some(frames)) => Ok(frames),
         Ok(None) => Err(conn.closed()),
-        Err(_) => {
-            conn.forget(trans);
-            Err(ClientError::Timeout)
-        }
+        Err(_) => Err(ClientError::Timeout),
     }
 }

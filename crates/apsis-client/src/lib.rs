@@ -175,7 +175,7 @@ impl Client {
         h.set_version(VERSION);
         h.trans = 0;
         let rx = conn.send(h, &[]).await?;
-        let frames = conn::collect(conn, 0, rx, timeout).await?;
+        let frames = conn::collect(conn, rx, timeout).await?;
         let f = frames
             .last()
             .ok_or_else(|| ClientError::Protocol("empty handshake".into()))?;
@@ -243,9 +243,8 @@ impl Client {
             let me = join();
             let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
             h.trans = conn::next_trans();
-            // JOIN has no reply: forget the trans at once.
-            let _ = conn.send(h, &me.encode()).await?;
-            conn.forget(h.trans);
+            // JOIN has no reply: dropping its `Replies` forgets the trans at once.
+            drop(conn.send(h, &me.encode()).await?);
         }
         tracing::debug!(%addr, backends = info.backends.len(), "node connected");
         self.learn(addr, info);
@@ -301,7 +300,7 @@ impl Client {
         );
         h.trans = conn::next_trans();
         let rx = conn.send(h, &[]).await?;
-        let frames = conn::collect(&conn, h.trans, rx, timeout).await?;
+        let frames = conn::collect(&conn, rx, timeout).await?;
         let Some(f) = frames.iter().find(|f| !f.payload.is_empty()) else {
             return Ok(());
         };
@@ -420,7 +419,7 @@ impl Client {
         let conn = self.conn(addr).await?;
         h.trans = conn::next_trans();
         let rx = conn.send_parts(h, parts).await?;
-        match conn::collect(&conn, h.trans, rx, timeout).await {
+        match conn::collect(&conn, rx, timeout).await {
             Ok(f) => {
                 conn.note_reply();
                 Ok(f)

@@ -42,6 +42,7 @@ pub struct Cluster {
 
 /// The end of the first round of connections to the remotes (see [`Cluster::wait_joined`]).
 struct Joined {
+    /// The watch's value, readable by every data request without the watch's lock.
     flag: std::sync::atomic::AtomicBool,
     tx: tokio::sync::watch::Sender<bool>,
 }
