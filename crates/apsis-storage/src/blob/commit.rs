@@ -2,8 +2,8 @@
 //!
 //! The engine's own `sync = 0` path ([`BlobConfig::sync`](super::BlobConfig::sync)) serves
 //! callers that block: each writer thread waits for the fsync that covers it, and one of them
-//! leads it. An asynchronous server would need a thread per concurrent write for that, and on
-//! a small machine waking those threads is what bounds the rate. A [`Committer`] serves
+//! leads it. An asynchronous server would need a thread per concurrent write for that. A
+//! [`Committer`] serves
 //! instead callers that hand over a *waiter* (a reply to send, a task to wake) and go on: the
 //! engine runs with `sync = -1`, a caller writes, then [`Committer::submit`]s its waiter, and
 //! one thread per engine syncs and settles every waiter the sync covered, in one call.

@@ -222,14 +222,14 @@ pub(crate) struct Writer {
 pub(crate) struct SyncState {
     durable_seq: u64,
     leader: bool,
-    /// Writers parked until their sequence number is durable (or until one of them is
+    /// Writers waiting until their sequence number is durable (or until one of them is
     /// handed the lead): each is woken by name, only when there is something for it to do.
-    waiters: Vec<(u64, std::thread::Thread)>,
+    waiters: Vec<(u64, Arc<sync::Waiter>)>,
     /// The sequence number reached once the writers the last fsync woke have all appended
     /// again; a leader waits for it before its fsync (see `Inner::lead`).
     expect: u64,
     /// The leader, while it waits for `expect`.
-    gathering: Option<std::thread::Thread>,
+    gathering: Option<Arc<sync::Waiter>>,
     /// How long the last fsync took (bounds that wait).
     last_sync: std::time::Duration,
 }
