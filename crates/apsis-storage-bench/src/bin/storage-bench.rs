@@ -32,7 +32,9 @@ fn rate(n: usize, d: Duration) -> f64 {
 }
 
 fn small(n: usize) {
-    println!("## 1 KiB puts (no fsync per put) and warm gets (best of 3 passes), {n} keys");
+    println!(
+        "## 1 KiB puts (no fsync per put; best of 2 passes) and warm gets (best of 3), {n} keys"
+    );
     println!("| engine | puts/s | gets/s |");
     println!("|---|---:|---:|");
     let keys = keys(n, 1);
@@ -45,17 +47,26 @@ fn small(n: usize) {
         if !only.is_empty() && !only.split(',').any(|o| o == which) {
             continue;
         }
-        let dir = tmp();
-        let e: Box<dyn Engine> = match which {
-            "apsis" => Box::new(Apsis::open(dir.path(), -1)),
-            "fjall" => Box::new(Fjall::open(dir.path())),
-            _ => Box::new(Redb::open(dir.path())),
-        };
-        let t = Instant::now();
-        for k in &keys {
-            e.put(k, &val);
+        // Best of two passes, each into a new store: one pass can land on the kernel writing
+        // back an earlier run's dirty pages, which this VM's disk makes a 3x swing.
+        let mut puts: f64 = 0.0;
+        let mut last = None;
+        for _ in 0..2 {
+            drop(last.take());
+            let dir = tmp();
+            let e: Box<dyn Engine> = match which {
+                "apsis" => Box::new(Apsis::open(dir.path(), -1)),
+                "fjall" => Box::new(Fjall::open(dir.path())),
+                _ => Box::new(Redb::open(dir.path())),
+            };
+            let t = Instant::now();
+            for k in &keys {
+                e.put(k, &val);
+            }
+            puts = puts.max(rate(n, t.elapsed()));
+            last = Some((e, dir));
         }
-        let puts = rate(n, t.elapsed());
+        let (e, _dir) = last.expect("two passes ran");
         // Warm: every value was just written and read back once.
         let mut total = 0;
         for &i in &order {
