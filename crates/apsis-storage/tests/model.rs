@@ -94,6 +94,8 @@ impl Run {
             blob_size: 256 << 10,
             background: false,
             defrag_rate_bytes: 0,
+            // Every restart loads the index on 1, 2 or 3 threads (key ranges split).
+            load_threads: 1 + (seed % 3) as usize,
             ..Default::default()
         };
         let dir = SimDir::new();

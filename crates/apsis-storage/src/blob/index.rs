@@ -49,6 +49,9 @@ impl Hasher for IdentityHasher {
 }
 type FpMap = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
 
+/// Keys to load into one shard: `(fingerprint, location)`.
+pub type Batch = Vec<(u64, Loc)>;
+
 #[derive(Default)]
 struct Shard {
     by_fingerprint: FpMap,
@@ -86,37 +89,82 @@ impl Index {
     }
 
     /// Empty per-shard batches for [`Index::bulk_load`], sized for about `keys` keys.
-    pub fn new_batches(keys: usize) -> Vec<Vec<(u64, Loc)>> {
+    pub fn new_batches(keys: usize) -> Vec<Batch> {
         let each = keys / SHARDS + keys / SHARDS / 8 + 16;
         (0..SHARDS).map(|_| Vec::with_capacity(each)).collect()
     }
 
-    /// Loads many keys at once (the restart path). `batches[shard]` holds `(fingerprint,
-    /// location)` of distinct keys not yet in the index. Each shard's table is sized once and
-    /// filled in bucket order, so its memory is written sequentially: inserting 10 million
-    /// keys in key order is otherwise one cache and TLB miss per key, and that dominated
-    /// restart time. A fingerprint already present belongs to another key; that key goes to
-    /// the overflow map with its full id from `key_of` (which reads the record header).
-    pub fn bulk_load(&self, batches: Vec<Vec<(u64, Loc)>>, key_of: &dyn Fn(Loc) -> Option<Key>) {
-        for (shard, mut batch) in batches.into_iter().enumerate() {
-            if batch.is_empty() {
-                continue;
+    /// Loads many keys at once (the restart path). `parts[p][shard]` holds `(fingerprint,
+    /// location)` of distinct keys not yet in the index (each part a key range, so a key is in
+    /// one part only). Each shard's table is sized once and filled in bucket order, so its
+    /// memory is written sequentially: inserting 10 million keys in key order is otherwise
+    /// one cache and TLB miss per key, and that dominated restart time. Shards are filled on
+    /// up to `threads` threads. A fingerprint already present belongs to another key; that
+    /// key goes to the overflow map with its full id from `key_of` (which reads the record
+    /// header).
+    pub fn bulk_load(
+        &self,
+        parts: Vec<Vec<Batch>>,
+        key_of: &(dyn Fn(Loc) -> Option<Key> + Sync),
+        threads: usize,
+    ) {
+        // By shard, each shard's batches from every part.
+        let mut by_shard: Vec<Vec<Batch>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for part in parts {
+            for (shard, batch) in part.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    by_shard[shard].push(batch);
+                }
             }
-            let mut s = self.shards[shard].write();
-            s.by_fingerprint.reserve(batch.len());
-            // hashbrown places a hash at `hash & mask`; the identity hasher makes that the
-            // fingerprint's low bits.
-            let mask = ((s.by_fingerprint.capacity() * 8 / 7).next_power_of_two() - 1) as u64;
-            batch.sort_unstable_by_key(|&(fp, _)| fp & mask);
-            for (fp, loc) in batch {
-                if let Some(prev) = s.by_fingerprint.insert(fp, loc.0) {
-                    s.by_fingerprint.insert(fp, prev);
-                    match key_of(loc) {
-                        Some(k) => {
-                            s.overflow.insert(k, loc);
-                        }
-                        None => tracing::warn!("blob index: unreadable record header at load"),
+        }
+        let threads = threads.clamp(1, SHARDS);
+        if threads == 1 {
+            for (shard, batches) in by_shard.into_iter().enumerate() {
+                self.load_shard(shard, batches, key_of);
+            }
+            return;
+        }
+        // Shards are about equal (keys are uniform): deal them out round robin.
+        let mut work: Vec<Vec<(usize, Vec<Batch>)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (shard, batches) in by_shard.into_iter().enumerate() {
+            work[shard % threads].push((shard, batches));
+        }
+        std::thread::scope(|sc| {
+            for w in work {
+                sc.spawn(move || {
+                    for (shard, batches) in w {
+                        self.load_shard(shard, batches, key_of);
                     }
+                });
+            }
+        });
+    }
+
+    fn load_shard(
+        &self,
+        shard: usize,
+        mut batches: Vec<Batch>,
+        key_of: &(dyn Fn(Loc) -> Option<Key> + Sync),
+    ) {
+        let mut batch = match batches.len() {
+            0 => return,
+            1 => batches.pop().expect("one batch"),
+            _ => batches.concat(),
+        };
+        let mut s = self.shards[shard].write();
+        s.by_fingerprint.reserve(batch.len());
+        // hashbrown places a hash at `hash & mask`; the identity hasher makes that the
+        // fingerprint's low bits.
+        let mask = ((s.by_fingerprint.capacity() * 8 / 7).next_power_of_two() - 1) as u64;
+        batch.sort_unstable_by_key(|&(fp, _)| fp & mask);
+        for (fp, loc) in batch {
+            if let Some(prev) = s.by_fingerprint.insert(fp, loc.0) {
+                s.by_fingerprint.insert(fp, prev);
+                match key_of(loc) {
+                    Some(k) => {
+                        s.overflow.insert(k, loc);
+                    }
+                    None => tracing::warn!("blob index: unreadable record header at load"),
                 }
             }
         }
@@ -272,7 +320,7 @@ mod tests {
             16 if l.slot() == 2 => Some(b),
             _ => None,
         };
-        ix.bulk_load(batches, &owner);
+        ix.bulk_load(vec![batches], &owner, 1);
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(ix.get(k), Some(Loc::new(1, i as u64 * 8)));
         }

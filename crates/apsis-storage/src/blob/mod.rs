@@ -6,6 +6,8 @@
 //! - [`scan`]: sequential reading of a base, shared by recovery, index builds, iteration, defrag.
 //! - `open` (this file): configuration, the engine's state, recovery at start, space
 //!   reservation and the zeros written ahead of the open base (`zero_ahead_bytes`).
+//! - `load`: loading the index at start, a merge of the bases' sorted indexes split by key
+//!   range across threads.
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
 //! - `read`: lookup, read, iteration.
 //! - `sync`: the write buffer, group commit for blocking writers, the background thread and
@@ -29,6 +31,7 @@ pub mod scan;
 
 mod commit;
 mod defrag;
+mod load;
 mod read;
 mod sync;
 mod write;
@@ -40,8 +43,7 @@ use crate::device::{Device, Dir, FileDir};
 use crate::error::{Result, StorageError};
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::{BinaryHeap, HashMap};
-use std::io::Read;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -95,6 +97,9 @@ pub struct BlobConfig {
     /// pays off only where syncs are frequent. `None` = [`ZERO_AHEAD_DEFAULT`] under
     /// `sync = 0`, off otherwise; `Some(0)` = off.
     pub zero_ahead_bytes: Option<u64>,
+    /// Threads that load the index at start (each merges one key range of every base's
+    /// sorted index). 0 = one per CPU for large loads, one for small ones.
+    pub load_threads: usize,
 }
 
 /// How far the open base is zero-filled ahead of its records under `sync = 0` (see
@@ -118,6 +123,7 @@ impl Default for BlobConfig {
             background: true,
             mmap_reads: true,
             zero_ahead_bytes: None,
+            load_threads: 0,
         }
     }
 }
@@ -378,67 +384,6 @@ impl Drop for BlobBackend {
     }
 }
 
-/// A sorted source of index entries for the merge at start.
-struct Source {
-    base: Arc<Base>,
-    /// For closed bases: the index file, streamed.
-    reader: Option<std::io::BufReader<DevReader>>,
-    /// For the open base: entries from the scan, sorted.
-    entries: Arc<[IndexEntry]>,
-    /// Next position in `entries`.
-    next_entry: usize,
-    remaining: u64,
-    crc: u32,
-}
-
-/// `Read` over a device from a starting offset.
-struct DevReader {
-    dev: Arc<dyn Device>,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for DevReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.end - self.pos) as usize;
-        self.dev.read_at(&mut buf[..n], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Source {
-    fn next(&mut self) -> Result<Option<IndexEntry>> {
-        let Some(r) = self.reader.as_mut() else {
-            let e = self.entries.get(self.next_entry).copied();
-            self.next_entry += 1;
-            return Ok(e);
-        };
-        if self.remaining == 0 {
-            let mut foot = [0u8; INDEX_FOOTER_SIZE as usize];
-            r.read_exact(&mut foot)?;
-            if u32::from_le_bytes(foot[..4].try_into().expect("4")) != self.crc
-                || &foot[4..] != INDEX_FOOTER_MAGIC
-            {
-                return Err(StorageError::Corrupt(format!(
-                    "index of base {} fails its checksum",
-                    self.base.number
-                )));
-            }
-            self.reader = None;
-            return Ok(None);
-        }
-        let mut b = [0u8; INDEX_ENTRY_SIZE as usize];
-        r.read_exact(&mut b)?;
-        self.crc = crc32c::crc32c_append(self.crc, &b);
-        self.remaining -= 1;
-        let e = IndexEntry::decode(&b).ok_or_else(|| {
-            StorageError::Corrupt(format!("bad entry in index of base {}", self.base.number))
-        })?;
-        Ok(Some(e))
-    }
-}
-
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -572,7 +517,7 @@ impl Inner {
             open_entries.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
             newest_per_key(&mut open_entries);
         }
-        let open_entries: Arc<[IndexEntry]> = Arc::from(open_entries);
+        let open_entries = Arc::new(open_entries);
 
         // Recovery cut the open base at its last record: nothing lies past its end yet.
         let open_end = bases
@@ -628,34 +573,28 @@ impl Inner {
             let mut sources = Vec::new();
             let mut total = open_entries.len() as u64;
             for b in &bases[..closed] {
-                let (reader, n) = match inner.index_reader(b)? {
+                let run = match inner.index_run(b)? {
                     Some(r) => r,
                     None => {
                         inner.write_index(b)?;
                         report.indexes_rebuilt += 1;
-                        inner.index_reader(b)?.ok_or_else(|| {
+                        inner.index_run(b)?.ok_or_else(|| {
                             StorageError::Open("index just written is unreadable".into())
                         })?
                     }
                 };
-                total += n;
-                sources.push(Source {
+                if let load::Run::File { entries, .. } = &run {
+                    total += entries;
+                }
+                sources.push(load::Source {
                     base: b.clone(),
-                    reader: Some(reader),
-                    entries: Arc::from(Vec::new()),
-                    next_entry: 0,
-                    remaining: n,
-                    crc: 0,
+                    run,
                 });
             }
             if let Some(open) = bases.last() {
-                sources.push(Source {
+                sources.push(load::Source {
                     base: open.clone(),
-                    reader: None,
-                    entries: open_entries.clone(),
-                    next_entry: 0,
-                    remaining: 0,
-                    crc: 0,
+                    run: load::Run::Mem(open_entries.clone()),
                 });
             }
             match inner.merge(sources, total as usize) {
@@ -664,7 +603,7 @@ impl Inner {
                     // A damaged index file: drop it, rebuild from data, and load again.
                     tracing::warn!(%msg, "blob: rebuilding a damaged base index");
                     for b in &bases[..closed] {
-                        if inner.index_reader(b).is_err()
+                        if inner.index_run(b).is_err()
                             || msg.contains(&format!("base {}", b.number))
                         {
                             let _ = inner.dir.remove(&index_name(b.number));
@@ -701,108 +640,6 @@ impl Inner {
             b.live_records.store(0, Ordering::Relaxed);
             b.removed_records.store(0, Ordering::Relaxed);
         }
-    }
-
-    /// Opens a closed base's index file if it exists and belongs to this generation of the base.
-    fn index_reader(&self, b: &Base) -> Result<Option<(std::io::BufReader<DevReader>, u64)>> {
-        let dev = match self.dir.open(&index_name(b.number), false) {
-            Ok(d) => d,
-            Err(_) => return Ok(None),
-        };
-        let len = dev.len()?;
-        let mut hb = [0u8; INDEX_HEADER_SIZE as usize];
-        if len < INDEX_HEADER_SIZE {
-            return Ok(None);
-        }
-        dev.read_at(&mut hb, 0)?;
-        let Ok(h) = IndexHeader::decode(&hb) else {
-            return Ok(None);
-        };
-        // An index of the base while it was open (a checkpoint) covers only part of it.
-        let covers_all = h.covered_end == b.end.load(Ordering::Acquire);
-        if h.base_number != b.number
-            || h.base_generation != b.generation
-            || h.file_size() != len
-            || !covers_all
-        {
-            return Ok(None);
-        }
-        let reader = DevReader {
-            dev,
-            pos: INDEX_HEADER_SIZE,
-            end: len,
-        };
-        Ok(Some((
-            std::io::BufReader::with_capacity(1 << 20, reader),
-            h.entries,
-        )))
-    }
-
-    /// Loads the index from sorted sources: for each key the newest committed record or
-    /// tombstone goes to the index, and a newer prepared record to the pending map.
-    fn merge(&self, mut sources: Vec<Source>, total_hint: usize) -> Result<()> {
-        // Heap of (key, base number) so equal keys come out newest first.
-        #[derive(PartialEq, Eq, PartialOrd, Ord)]
-        struct Head(std::cmp::Reverse<Key>, u64, usize);
-        let mut heads: Vec<Option<IndexEntry>> = Vec::with_capacity(sources.len());
-        let mut heap = BinaryHeap::new();
-        for (i, s) in sources.iter_mut().enumerate() {
-            let e = s.next()?;
-            if let Some(e) = &e {
-                heap.push(Head(std::cmp::Reverse(e.key), s.base.number, i));
-            }
-            heads.push(e);
-        }
-        let mut cur_key: Option<Key> = None;
-        let mut have_committed = false;
-        let mut have_pending = false;
-        let mut pending = self.pending.lock();
-        let mut batches = Index::new_batches(total_hint);
-        while let Some(Head(_, _, i)) = heap.pop() {
-            let e = heads[i].take().expect("a head for every heap entry");
-            let base = sources[i].base.clone();
-            if cur_key != Some(e.key) {
-                cur_key = Some(e.key);
-                have_committed = false;
-                have_pending = false;
-            }
-            let loc = Loc::new(base.slot, e.offset);
-            let mut flags = e.flags;
-            if flags & record_flags::UNCOMMITTED != 0 {
-                // Committed in place after its index was written? The header knows.
-                let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
-                base.dev.read_at(&mut hb, e.offset)?;
-                if let Some(h) = RecordHeader::decode(&hb).filter(|h| h.key == e.key) {
-                    // The commit may have been torn (its data never reached the disk):
-                    // only a verified record counts as committed.
-                    let mut sc = scan::Scanner::new(&*base.dev, e.offset, e.offset + h.disk_size());
-                    if h.is_uncommitted() || sc.verify(e.offset, &h)?.is_ok() {
-                        flags = h.flags;
-                    }
-                }
-            }
-            if flags & record_flags::ABORTED != 0 {
-                // A reservation recovery dropped: never loaded, and its space is dead.
-            } else if flags & record_flags::UNCOMMITTED != 0 {
-                if !have_committed && !have_pending {
-                    have_pending = true;
-                    pending.insert(e.key, loc);
-                    base.count_live(e.disk_size, flags);
-                }
-            } else if !have_committed {
-                have_committed = true;
-                batches[Index::shard_of(&e.key)].push((e.key.fingerprint(), loc));
-                base.count_live(e.disk_size, flags);
-            }
-            if let Some(n) = sources[i].next()? {
-                heap.push(Head(std::cmp::Reverse(n.key), base.number, i));
-                heads[i] = Some(n);
-            }
-        }
-        drop(pending);
-        // Keys arrived unique, so a shared fingerprint is always another key.
-        self.index.bulk_load(batches, &|l| self.key_at(l));
-        Ok(())
     }
 
     /// Scans a closed base and writes its sorted index (via a temporary file and rename).
