@@ -347,14 +347,40 @@ impl IndexHeader {
 /// Encodes a whole index file for entries sorted by key.
 pub fn encode_index(header: &IndexHeader, entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.file_size() as usize);
-    out.extend_from_slice(&header.encode());
-    for e in entries {
-        e.encode_into(&mut out);
-    }
-    let c = crc(&out[INDEX_HEADER_SIZE as usize..]);
-    out.extend_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(INDEX_FOOTER_MAGIC);
+    encode_index_with(header, entries, 1 << 20, |piece| {
+        out.extend_from_slice(piece);
+        Ok(())
+    })
+    .expect("writing to memory cannot fail");
     out
+}
+
+/// Encodes an index file for entries sorted by key, handing it to `emit` in order, in pieces
+/// of about `piece_bytes` (so a large index needs no buffer of its own size).
+pub fn encode_index_with(
+    header: &IndexHeader,
+    entries: &[IndexEntry],
+    piece_bytes: usize,
+    mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(piece_bytes.min(header.file_size() as usize));
+    buf.extend_from_slice(&header.encode());
+    // The checksum covers the entries only: the first piece starts with the header.
+    let mut body_from = INDEX_HEADER_SIZE as usize;
+    let mut c = 0;
+    for e in entries {
+        e.encode_into(&mut buf);
+        if buf.len() >= piece_bytes {
+            c = crc32c::crc32c_append(c, &buf[body_from..]);
+            emit(&buf)?;
+            buf.clear();
+            body_from = 0;
+        }
+    }
+    c = crc32c::crc32c_append(c, &buf[body_from..]);
+    buf.extend_from_slice(&c.to_le_bytes());
+    buf.extend_from_slice(INDEX_FOOTER_MAGIC);
+    emit(&buf)
 }
 
 /// The footer's magic, after the body checksum.
@@ -442,5 +468,16 @@ mod tests {
         bad[100] ^= 1;
         assert!(decode_index(&bad).is_err());
         assert!(decode_index(&b[..b.len() - 1]).is_err());
+        // Streamed in pieces of any size, the file is the same bytes.
+        for piece in [1, 79, 80, 81, 200, 1 << 20] {
+            let mut streamed = Vec::new();
+            encode_index_with(&header, &es, piece, |p| {
+                assert!(!p.is_empty());
+                streamed.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(streamed, b, "pieces of {piece} bytes");
+        }
     }
 }

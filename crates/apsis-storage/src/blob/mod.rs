@@ -665,7 +665,8 @@ impl Inner {
                 disk_size: h.disk_size(),
             });
         }
-        entries.sort_by_key(|e| e.key);
+        // By key, then offset (write order; offsets are unique, so unstable is stable here).
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
         newest_per_key(&mut entries);
         let hdr = IndexHeader {
             base_number: b.number,
@@ -673,12 +674,16 @@ impl Inner {
             entries: entries.len() as u64,
             covered_end: end,
         };
-        let out = encode_index(&hdr, &entries);
         let tmp = format!("{}.tmp", index_name(b.number));
         let dev = self.dir.open(&tmp, true)?;
         dev.set_len(0)?;
-        dev.write_at(&out, 0)
-            .map_err(|e| StorageError::from_io(e, "writing a base index"))?;
+        let mut pos = 0;
+        encode_index_with(&hdr, &entries, 1 << 20, |piece| {
+            dev.write_at(piece, pos)?;
+            pos += piece.len() as u64;
+            Ok(())
+        })
+        .map_err(|e| StorageError::from_io(e, "writing a base index"))?;
         dev.sync()?;
         self.dir.rename(&tmp, &index_name(b.number))?;
         self.dir.sync_dir()?;
@@ -991,25 +996,27 @@ impl Device for NullDevice {
 /// A prepared record older than a committed one was superseded by it (a committed write
 /// discards a key's reservation).
 fn newest_per_key(v: &mut Vec<IndexEntry>) {
-    let mut out = Vec::with_capacity(v.len());
+    // Compacts in place: what is kept of a group is written at or before the group's start.
+    let mut w = 0;
     let mut i = 0;
     while i < v.len() {
         let j = i + v[i..].iter().take_while(|e| e.key == v[i].key).count();
         let group = &v[i..j];
         let uncommitted = |e: &IndexEntry| e.flags & record_flags::UNCOMMITTED != 0;
-        let committed = group.iter().rposition(|e| !uncommitted(e));
-        let prepared = group.iter().rposition(uncommitted);
-        if let Some(p) = prepared {
-            if committed.is_none_or(|c| p > c) {
-                out.push(group[p]);
-            }
-        }
-        if let Some(c) = committed {
-            out.push(group[c]);
+        let c = group.iter().rposition(|e| !uncommitted(e));
+        let p = group
+            .iter()
+            .rposition(uncommitted)
+            .filter(|&p| c.is_none_or(|c| p > c));
+        // Copies: the group may be overwritten by them.
+        let (prepared, committed) = (p.map(|p| group[p]), c.map(|c| group[c]));
+        for e in prepared.into_iter().chain(committed) {
+            v[w] = e;
+            w += 1;
         }
         i = j;
     }
-    *v = out;
+    v.truncate(w);
 }
 
 impl crate::backend::Backend for BlobBackend {
