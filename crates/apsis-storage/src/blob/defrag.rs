@@ -122,6 +122,21 @@ impl Inner {
         }
         old.defragging.store(true, Ordering::Release);
         let _flag = Flag(&old.defragging);
+        if self.holds_nothing_current(old) {
+            // Every record was superseded: drop the base without reading it (nothing can
+            // come to point into a closed base that nothing points into). The versions that
+            // superseded them must be durable before the old copies go.
+            self.sync_all()?;
+            let old_end = old.end.load(Ordering::Acquire);
+            self.bases.write()[old.slot as usize] = None;
+            self.dir.remove(&base_name(old.number))?;
+            let _ = self.dir.remove(&index_name(old.number));
+            self.dir.sync_dir()?;
+            report.bases_deleted += 1;
+            report.bases_rewritten += 1;
+            report.bytes_reclaimed += old_end;
+            return Ok(());
+        }
         let tmp = format!("{}.tmp", base_name(old.number));
         let dev = self.dir.open(&tmp, true)?;
         let generation = random_u64();
@@ -265,6 +280,16 @@ impl Inner {
         report.records_copied += moves.iter().filter(|m| m.new_off.is_some()).count() as u64;
         report.bytes_reclaimed += old_end.saturating_sub(if empty { 0 } else { new_end });
         Ok(())
+    }
+
+    /// Whether no key's current record, tombstone or reservation is in `b`: its counters say
+    /// so, and the index and the pending map confirm it (the counters decide when to look).
+    fn holds_nothing_current(&self, b: &Base) -> bool {
+        b.live_records.load(Ordering::Acquire) == 0
+            && b.removed_records.load(Ordering::Acquire) == 0
+            && b.live_bytes.load(Ordering::Acquire) == 0
+            && !self.pending.lock().values().any(|l| l.slot() == b.slot)
+            && !self.index.points_into(b.slot)
     }
 
     /// Whether a base older than `number` may hold a record of `key` (then a tombstone for
