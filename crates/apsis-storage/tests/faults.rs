@@ -734,6 +734,106 @@ fn concurrent_durable_writes_survive_a_power_cut_under_them() {
     }
 }
 
+/// Values that say which key and version they are, so a reader can tell a wrong, torn or
+/// stale one.
+fn versioned(k: u64, v: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len.max(16));
+    out.extend_from_slice(&k.to_le_bytes());
+    out.extend_from_slice(&v.to_le_bytes());
+    out.extend((16..len.max(16)).map(|j| (k as usize * 7 + v as usize * 13 + j) as u8));
+    out
+}
+
+/// The background thread flushes the write buffer without the writer lock while writers
+/// append, rewrite in place and read: every read returns a whole value of its key, never older
+/// than one the same reader saw before, and each key ends at its last version.
+#[test]
+fn background_flushes_never_show_a_reader_wrong_or_stale_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = BlobConfig {
+        sync: -1,
+        blob_size: 4 << 20,
+        write_buffer_bytes: 64 << 10,
+        flush_interval_ms: 1,
+        overwrite_in_place: true,
+        defrag_rate_bytes: 0,
+        ..Default::default()
+    };
+    let b = Arc::new(
+        BlobBackend::open(Arc::new(FileDir::open(tmp.path()).unwrap()), cfg)
+            .unwrap()
+            .0,
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..200).map(|_| AtomicU64::new(0)).collect());
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (b, last) = (b.clone(), last.clone());
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                for n in 1..=3000u64 {
+                    let k = t * 50 + rng.u64(..50);
+                    // Same size as before half the time: rewritten in place.
+                    let len = if rng.bool() { 600 } else { rng.usize(16..3000) };
+                    let req = WriteRequest {
+                        data: &versioned(k, n, len),
+                        timestamp: Timestamp::new(n, 0),
+                        ..Default::default()
+                    };
+                    b.write(&key(k), &req).unwrap();
+                    last[k as usize].store(n, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2u64)
+        .map(|r| {
+            let (b, stop) = (b.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(100 + r);
+                let mut seen = vec![0u64; 200];
+                let mut reads = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let k = rng.u64(..200);
+                    let got = match get(&*b, k) {
+                        Ok(got) => got,
+                        Err(StorageError::NotFound) => continue,
+                        Err(e) => panic!("key {k}: {e}"),
+                    };
+                    let v = u64::from_le_bytes(got[8..16].try_into().unwrap());
+                    assert_eq!(
+                        got,
+                        versioned(k, v, got.len()),
+                        "key {k}: a wrong or torn value"
+                    );
+                    assert!(
+                        v >= seen[k as usize],
+                        "key {k}: version {v} after {}",
+                        seen[k as usize]
+                    );
+                    seen[k as usize] = v;
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    for k in 0..200u64 {
+        let v = last[k as usize].load(Ordering::Acquire);
+        if v > 0 {
+            let got = get(&*b, k).unwrap();
+            assert_eq!(&got[8..16], &v.to_le_bytes(), "key {k}");
+        }
+    }
+}
+
 #[test]
 fn iteration_resumes_across_a_restart() {
     let cfg = BlobConfig {

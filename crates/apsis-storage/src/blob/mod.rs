@@ -10,8 +10,8 @@
 //!   range across threads.
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
 //! - `read`: lookup, read, iteration.
-//! - `sync`: the write buffer, group commit for blocking writers, the background thread and
-//!   poisoning.
+//! - `sync`: the write buffer and its flusher thread, group commit for blocking writers, the
+//!   background thread and poisoning.
 //! - `commit`: [`Committer`], group commit for callers that do not block a thread per write.
 //! - `defrag`: online compaction of closed bases.
 //!
@@ -60,10 +60,12 @@ pub struct BlobConfig {
     /// `-1` = never fsync (data reaches the OS within `flush_interval_ms`).
     pub sync: i64,
     /// Small records are gathered into a buffer of this size before reaching the OS; 0 hands
-    /// every write to the OS before acknowledging it. A process crash loses at most what the
-    /// buffer held, and never anything acknowledged under `sync = 0`.
+    /// every write to the OS before acknowledging it. A full buffer is handed to the flusher
+    /// thread, which writes it without the writer lock while writers fill the next one (a
+    /// writer flushes itself only past twice this size). A process crash loses at most what
+    /// the buffers held, and never anything acknowledged under `sync = 0`.
     pub write_buffer_bytes: usize,
-    /// The background thread hands buffered writes to the OS at least this often.
+    /// The flusher thread hands buffered writes to the OS at least this often.
     pub flush_interval_ms: u64,
     /// Defrag rewrites a closed base once this fraction of it is dead (removed/overwritten).
     pub defrag_threshold: f64,
@@ -82,7 +84,7 @@ pub struct BlobConfig {
     pub overwrite_in_place: bool,
     /// log2 of the checksum chunk size (default 16 = 64 KiB).
     pub chunk_log2: u8,
-    /// Run the background thread (flushing, periodic sync, index builds). Tests that want
+    /// Run the background threads (flushing; periodic sync, index builds, defrag). Tests that want
     /// determinism turn it off and call [`BlobBackend::maintenance`].
     pub background: bool,
     /// Serve reads from a read-only memory map of each base instead of `pread` (no system
@@ -210,6 +212,13 @@ pub(crate) struct Writer {
     /// Buffered bytes, which belong at `buf_start..tail` of the open base.
     buf: Vec<u8>,
     buf_start: u64,
+    /// A buffer the flusher thread writes to the device without holding the writer lock
+    /// (see [`Inner::flush_in_background`]): it belongs at `inflight.0..buf_start` of the open
+    /// base, and reads take those bytes from here. Whoever holds the writer lock and then
+    /// `flush_lock` knows that write is over and may drop it.
+    inflight: Option<(u64, Arc<Vec<u8>>)>,
+    /// A cleared buffer kept for reuse.
+    spare: Vec<u8>,
     /// Records appended to the open base.
     open_records: u64,
     /// How far the open base's disk space is reserved (fallocate): appends below it cannot
@@ -249,6 +258,10 @@ pub(crate) struct Inner {
     /// Slot → base. Defrag installs the rewritten base in a new slot and retires the old one.
     bases: RwLock<Vec<Option<Arc<Base>>>>,
     writer: Mutex<Writer>,
+    /// Held through a background flush's write (taken after the writer lock, never before).
+    flush_lock: Mutex<()>,
+    /// The write buffer is full and the flusher thread was asked to write it.
+    flush_requested: AtomicBool,
     /// Group commit: the durable sequence number, who leads, who waits (see `sync.rs`).
     sync_state: std::sync::Mutex<SyncState>,
     /// Per-key locks (striped): writers exclusive, readers shared.
@@ -265,6 +278,8 @@ pub(crate) struct Inner {
     defrag_completed: AtomicU64,
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
+    /// Wakes the flusher thread (with the `shutdown` mutex).
+    flush_cv: Condvar,
     last_sync: Mutex<std::time::Instant>,
     /// Group fsyncs done (for stats).
     fsyncs: AtomicU64,
@@ -278,7 +293,8 @@ const RESERVE_STEP: u64 = 8 << 20;
 /// The blob backend. Dropping it flushes and syncs everything.
 pub struct BlobBackend {
     inner: Arc<Inner>,
-    background: Option<std::thread::JoinHandle<()>>,
+    /// The background thread and the flusher (none when `background` is off).
+    background: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// What the start-up recovery found.
@@ -319,10 +335,11 @@ impl BlobBackend {
         }
         let (inner, report) = Inner::open(dir, cfg)?;
         let inner = Arc::new(inner);
-        let background = inner
-            .cfg
-            .background
-            .then(|| sync::spawn_background(inner.clone()));
+        let background = if inner.cfg.background {
+            sync::spawn_background(inner.clone())
+        } else {
+            Vec::new()
+        };
         Ok((BlobBackend { inner, background }, report))
     }
 
@@ -360,9 +377,12 @@ impl BlobBackend {
 
 impl Drop for BlobBackend {
     fn drop(&mut self) {
-        *self.inner.shutdown.lock() = true;
-        self.inner.shutdown_cv.notify_all();
-        if let Some(h) = self.background.take() {
+        {
+            *self.inner.shutdown.lock() = true;
+            self.inner.shutdown_cv.notify_all();
+            self.inner.flush_cv.notify_all();
+        }
+        for h in self.background.drain(..) {
             let _ = h.join();
         }
         if !self.inner.is_poisoned.load(Ordering::Acquire) {
@@ -535,6 +555,8 @@ impl Inner {
                 tail: open_end,
                 buf: Vec::new(),
                 buf_start: 0,
+                inflight: None,
+                spare: Vec::new(),
                 open_records: open_entries.len() as u64,
                 reserved: 0,
                 zeroed: open_end,
@@ -556,11 +578,14 @@ impl Inner {
             read_only: AtomicBool::new(false),
             index_queue: Mutex::new(Vec::new()),
             defrag_lock: Mutex::new(()),
+            flush_lock: Mutex::new(()),
+            flush_requested: AtomicBool::new(false),
             defrag_running: AtomicBool::new(false),
             defrag_stop: AtomicBool::new(false),
             defrag_completed: AtomicU64::new(0),
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
+            flush_cv: Condvar::new(),
             last_sync: Mutex::new(std::time::Instant::now()),
             fsyncs: AtomicU64::new(0),
             dir: inner_dir,
@@ -775,6 +800,7 @@ impl Inner {
             open: AtomicBool::new(true),
             defragging: AtomicBool::new(false),
         })?;
+        debug_assert!(w.buf.is_empty() && w.inflight.is_none());
         w.open = base;
         w.tail = BASE_HEADER_SIZE;
         w.zeroed = BASE_HEADER_SIZE;

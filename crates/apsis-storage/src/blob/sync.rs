@@ -1,5 +1,12 @@
 //! Getting bytes to the OS and to the disk: the write buffer, group commit, the background
-//! thread, and poisoning after a failed write or fsync.
+//! threads, and poisoning after a failed write or fsync.
+//!
+//! The write buffer reaches the OS through the flusher thread (every `flush_interval_ms`, and
+//! when it fills): it takes the buffer under the writer lock, leaves a fresh one, and writes
+//! without the lock ([`Inner::flush_in_background`]), so a `pwrite` that waits in the kernel
+//! (milliseconds under writeback) no longer holds up every writer. Anything that needs the
+//! bytes on the device ([`Inner::flush_buffer`]: group commit, rotation, iteration, in-place
+//! rewrites of those bytes) waits for that write first.
 //!
 //! Group commit: a writer under `sync = 0` waits until the durable sequence number passes its
 //! own. If no sync is running it becomes the leader: it takes the writer lock just long enough
@@ -93,8 +100,13 @@ impl Inner {
         self.is_poisoned.store(true, Ordering::Release);
     }
 
-    /// Hands the write buffer to the device.
+    /// Hands the write buffer to the device; once it returns, everything up to the open
+    /// base's tail is there (a background flush still writing is waited for).
     pub(crate) fn flush_buffer(&self, w: &mut Writer) -> Result<()> {
+        if w.inflight.is_some() {
+            let _flush = self.flush_lock.lock();
+            self.settle_inflight(w)?;
+        }
         if w.buf.is_empty() {
             return Ok(());
         }
@@ -107,6 +119,63 @@ impl Inner {
         w.buf.clear();
         w.buf_start = w.tail;
         w.open.flushed.store(w.tail, Ordering::Release);
+        Ok(())
+    }
+
+    /// Drops the background flush's buffer once its write is over (call with the writer lock
+    /// and then `flush_lock` held); after a failed write the bytes stay for readers, and the
+    /// backend is poisoned.
+    fn settle_inflight(&self, w: &mut Writer) -> Result<()> {
+        let Some((start, data)) = &w.inflight else {
+            return Ok(());
+        };
+        if w.open.flushed.load(Ordering::Acquire) < start + data.len() as u64 {
+            self.check_poison()?;
+            return Err(StorageError::Poisoned("a write buffer flush failed".into()));
+        }
+        if let Some((_, data)) = w.inflight.take() {
+            if let Ok(mut v) = Arc::try_unwrap(data) {
+                v.clear();
+                w.spare = v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the write buffer to the device without holding the writer lock through the
+    /// write (the flusher thread's way): appends go on into a fresh buffer meanwhile. Under writeback a `pwrite` of a
+    /// megabyte into the page cache can wait milliseconds for the filesystem's journal, and
+    /// with the lock held every writer waited with it. Readers of the bytes being written
+    /// take them from the buffer handed over (`Writer::inflight`); anything that needs them
+    /// on the device ([`Inner::flush_buffer`]) waits for `flush_lock`.
+    pub(crate) fn flush_in_background(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.flush_requested.store(false, Ordering::Release);
+        if w.buf.is_empty() || self.is_poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let flush = self.flush_lock.lock();
+        self.settle_inflight(&mut w)?;
+        let fresh = if w.spare.capacity() > 0 {
+            std::mem::take(&mut w.spare)
+        } else {
+            Vec::with_capacity(self.cfg.write_buffer_bytes)
+        };
+        let data = Arc::new(std::mem::replace(&mut w.buf, fresh));
+        let start = w.buf_start;
+        let base = w.open.clone();
+        w.inflight = Some((start, data.clone()));
+        w.buf_start = w.tail;
+        drop(w);
+        if let Err(e) = base.dev.write_at(&data, start) {
+            let err = StorageError::from_io(e, "flushing the write buffer");
+            self.poison(&format!("write buffer flush failed: {err}"));
+            return Err(StorageError::Poisoned(err.to_string()));
+        }
+        base.flushed
+            .fetch_max(start + data.len() as u64, Ordering::Release);
+        drop(data);
+        drop(flush);
         Ok(())
     }
 
@@ -249,16 +318,14 @@ impl Inner {
     }
 
     pub(crate) fn wake_background(&self) {
-        self.shutdown_cv.notify_all();
+        self.shutdown_cv.notify_one();
     }
 
     /// One round of background work.
     pub(crate) fn maintenance(&self, now: bool) -> Result<()> {
-        {
-            let mut w = self.writer.lock();
-            if !w.buf.is_empty() && !self.is_poisoned.load(Ordering::Acquire) {
-                self.flush_buffer(&mut w)?;
-            }
+        if now {
+            // Otherwise the flusher thread does it.
+            self.flush_in_background()?;
         }
         if self.cfg.sync > 0 || (now && self.cfg.sync == 0) {
             let due =
@@ -273,13 +340,36 @@ impl Inner {
     }
 }
 
-/// Starts the background thread: flushes the buffer every `flush_interval_ms`, syncs every
+/// Starts the background threads: the flusher, which hands the write buffer to the OS every
+/// `flush_interval_ms` and whenever it fills; and the background thread, which syncs every
 /// `sync` seconds, writes the indexes of closed bases, and defrags bases past the threshold.
-pub(crate) fn spawn_background(inner: Arc<Inner>) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
+/// Flushing has a thread of its own so a long index build or defrag never holds it up.
+pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle<()>> {
+    let interval = Duration::from_millis(inner.cfg.flush_interval_ms.max(1));
+    let flusher = inner.clone();
+    let flusher = std::thread::Builder::new()
+        .name("apsis-blob-flush".into())
+        .spawn(move || loop {
+            {
+                let mut stop = flusher.shutdown.lock();
+                if *stop {
+                    return;
+                }
+                if !flusher.flush_requested.load(Ordering::Acquire) {
+                    flusher.flush_cv.wait_for(&mut stop, interval);
+                }
+                if *stop {
+                    return;
+                }
+            }
+            if let Err(e) = flusher.flush_in_background() {
+                tracing::warn!(error = %e, "blob: flushing the write buffer failed");
+            }
+        })
+        .expect("spawning the blob flusher thread");
+    let background = std::thread::Builder::new()
         .name("apsis-blob-bg".into())
         .spawn(move || {
-            let interval = Duration::from_millis(inner.cfg.flush_interval_ms.max(1));
             let mut last_defrag_check = Instant::now();
             loop {
                 {
@@ -308,5 +398,6 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> std::thread::JoinHandle<()>
                 }
             }
         })
-        .expect("spawning the blob background thread")
+        .expect("spawning the blob background thread");
+    vec![flusher, background]
 }

@@ -610,7 +610,16 @@ impl Inner {
             w.tail = off + size;
             w.open.end.store(w.tail, Ordering::Release);
             if w.buf.len() >= self.cfg.write_buffer_bytes {
-                self.flush_buffer(w)?;
+                if self.cfg.background && w.buf.len() < 2 * self.cfg.write_buffer_bytes {
+                    // The flusher thread writes it without the writer lock; writers go on
+                    // meanwhile. Past twice the size, the writer flushes it itself.
+                    if !self.flush_requested.swap(true, Ordering::AcqRel) {
+                        let _g = self.shutdown.lock();
+                        self.flush_cv.notify_one();
+                    }
+                } else {
+                    self.flush_buffer(w)?;
+                }
             }
         } else {
             self.flush_buffer(w)?;
@@ -664,6 +673,12 @@ impl Inner {
         bytes: &[u8],
     ) -> Result<()> {
         let in_open = Arc::ptr_eq(&w.open, base);
+        if let Some((s, _)) = &w.inflight {
+            if in_open && off + bytes.len() as u64 > *s && off < w.buf_start {
+                // Bytes a background flush is writing: let it finish, then write over them.
+                self.flush_buffer(w)?;
+            }
+        }
         if in_open && off + bytes.len() as u64 > w.buf_start {
             if off < w.buf_start {
                 self.flush_buffer(w)?;
@@ -685,26 +700,48 @@ impl Inner {
     }
 }
 
-/// Reads a base region while holding the writer lock (so the buffer cannot move).
+/// Reads a base region while holding the writer lock (so the buffers cannot move): from the
+/// device below the open base's buffers, then from the buffer a background flush is writing,
+/// then from the write buffer.
 pub(crate) fn read_region_locked(w: &Writer, base: &Base, off: u64, buf: &mut [u8]) -> Result<()> {
     let end = off + buf.len() as u64;
     let same = std::ptr::eq(Arc::as_ptr(&w.open), base);
-    if !same || end <= w.buf_start {
+    let dev_end = match &w.inflight {
+        _ if !same => u64::MAX,
+        Some((s, _)) => *s,
+        None => w.buf_start,
+    };
+    if end <= dev_end {
         return base.dev.read_at(buf, off).map_err(Into::into);
     }
-    let dev_part = w.buf_start.saturating_sub(off).min(buf.len() as u64) as usize;
+    let dev_part = dev_end.saturating_sub(off).min(buf.len() as u64) as usize;
     if dev_part > 0 {
         base.dev.read_at(&mut buf[..dev_part], off)?;
     }
-    let from = (off + dev_part as u64 - w.buf_start) as usize;
-    let rest = buf.len() - dev_part;
-    let src = w.buf.get(from..from + rest).ok_or_else(|| {
-        std::io::Error::new(
+    let mut pos = off + dev_part as u64;
+    let pieces = w
+        .inflight
+        .iter()
+        .map(|(s, d)| (*s, &d[..]))
+        .chain(std::iter::once((w.buf_start, &w.buf[..])));
+    for (s, d) in pieces {
+        let e = s + d.len() as u64;
+        if pos >= end || pos >= e || pos < s {
+            continue;
+        }
+        let n = (end.min(e) - pos) as usize;
+        let from = (pos - s) as usize;
+        let to = (pos - off) as usize;
+        buf[to..to + n].copy_from_slice(&d[from..from + n]);
+        pos += n as u64;
+    }
+    if pos < end {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "read past the end of the open base",
         )
-    })?;
-    buf[dev_part..].copy_from_slice(src);
+        .into());
+    }
     Ok(())
 }
 
