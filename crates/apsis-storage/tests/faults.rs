@@ -39,6 +39,14 @@ fn sim(cfg: BlobConfig) -> (SimDir, BlobBackend) {
     (dir, b)
 }
 
+/// Bases of 64 KiB: a few records each, so tests span many bases.
+fn small_bases(sync: i64) -> BlobConfig {
+    BlobConfig {
+        blob_size: 64 << 10,
+        ..quiet(sync)
+    }
+}
+
 fn quiet(sync: i64) -> BlobConfig {
     BlobConfig {
         sync,
@@ -274,10 +282,7 @@ fn bit_rot_in_a_header_loses_only_that_record() {
 
 #[test]
 fn damaged_or_stale_index_files_are_rebuilt() {
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(-1)
-    };
+    let cfg = small_bases(-1);
     let (dir, b) = sim(cfg.clone());
     for i in 0..100 {
         put(&b, i, &value(i, 3000)).unwrap();
@@ -305,10 +310,7 @@ fn damaged_or_stale_index_files_are_rebuilt() {
 /// and a damaged index file is still caught (its checksum spans all parts) and rebuilt.
 #[test]
 fn an_index_load_split_over_threads_matches_a_single_threaded_one() {
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(-1)
-    };
+    let cfg = small_bases(-1);
     let (dir, b) = sim(cfg.clone());
     // Versions of each key spread over many bases; some removed; some prepared only.
     for round in 0..3 {
@@ -377,10 +379,7 @@ fn an_index_load_split_over_threads_matches_a_single_threaded_one() {
 /// defrag (under `sync = -1`) loses nothing.
 #[test]
 fn defrag_drops_wholly_superseded_bases_and_a_crash_after_loses_nothing() {
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(-1)
-    };
+    let cfg = small_bases(-1);
     let (dir, b) = sim(cfg.clone());
     for i in 0..100 {
         put(&b, i, &value(i, 3000)).unwrap();
@@ -416,10 +415,7 @@ fn defrag_drops_wholly_superseded_bases_and_a_crash_after_loses_nothing() {
 
 #[test]
 fn power_lost_during_defrag_loses_nothing() {
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(0)
-    };
+    let cfg = small_bases(0);
     for writes_before_power_loss in [0u64, 1, 2, 3, 5, 8, 13] {
         let (dir, b) = sim(cfg.clone());
         for i in 0..60 {
@@ -836,10 +832,7 @@ fn background_flushes_never_show_a_reader_wrong_or_stale_data() {
 
 #[test]
 fn iteration_resumes_across_a_restart() {
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(-1)
-    };
+    let cfg = small_bases(-1);
     let (dir, b) = sim(cfg.clone());
     for i in 0..200 {
         put(&b, i, &value(i, 700)).unwrap();
@@ -1003,10 +996,7 @@ fn a_clean_shutdown_checkpoints_the_open_base_and_a_stale_checkpoint_is_never_tr
 #[test]
 fn a_dropped_reservation_stays_dropped_after_restart() {
     // Small bases: the reservations end up in closed bases (sorted indexes) and in the open one.
-    let cfg = BlobConfig {
-        blob_size: 64 << 10,
-        ..quiet(-1)
-    };
+    let cfg = small_bases(-1);
     let (dir, b) = sim(cfg.clone());
     let prepare = |b: &BlobBackend, i: u64, t: u64| {
         b.write(
