@@ -18,9 +18,9 @@
 //!
 //! Waiting: when fsyncs are fast (under a millisecond), a writer yields the CPU in a loop,
 //! checking its flag, for up to two fsyncs before it parks ([`Waiter`]); the gathering leader
-//! does the same for its whole window. Waking a thread that has not parked costs a store and no futex call,
-//! and the thread runs at its next turn on a CPU instead of after a cross-CPU wake-up; on a
-//! 2-vCPU VM those wake-ups, fifteen per fsync, were what bounded 16 writers.
+//! does the same for its whole window. Waking a thread that has not parked costs a store and
+//! no futex call, and the thread runs at its next turn on a CPU instead of after a cross-CPU
+//! wake-up; on a 2-vCPU VM those wake-ups, fifteen per fsync, were what bounded 16 writers.
 
 use super::{Inner, Writer};
 use crate::error::{Result, StorageError};
@@ -143,11 +143,11 @@ impl Inner {
     }
 
     /// Hands the write buffer to the device without holding the writer lock through the
-    /// write (the flusher thread's way): appends go on into a fresh buffer meanwhile. Under writeback a `pwrite` of a
-    /// megabyte into the page cache can wait milliseconds for the filesystem's journal, and
-    /// with the lock held every writer waited with it. Readers of the bytes being written
-    /// take them from the buffer handed over (`Writer::inflight`); anything that needs them
-    /// on the device ([`Inner::flush_buffer`]) waits for `flush_lock`.
+    /// write (the flusher thread's way): appends go on into a fresh buffer meanwhile. Under
+    /// writeback a `pwrite` of a megabyte into the page cache can wait milliseconds in the
+    /// kernel, and with the lock held every writer waited with it. Readers of the bytes
+    /// being written take them from the buffer handed over (`Writer::inflight`); anything
+    /// that needs them on the device ([`Inner::flush_buffer`]) waits for `flush_lock`.
     pub(crate) fn flush_in_background(&self) -> Result<()> {
         let mut w = self.writer.lock();
         self.flush_requested.store(false, Ordering::Release);
