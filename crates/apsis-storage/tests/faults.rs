@@ -57,6 +57,36 @@ fn quiet(sync: i64) -> BlobConfig {
     }
 }
 
+/// The flusher's write of the buffer (without the writer lock) fails: the backend refuses
+/// writes from then on, and the records it held are still read from the handed-over buffer.
+#[test]
+fn a_failed_background_flush_poisons_and_its_records_stay_readable() {
+    let (dir, b) = sim(quiet(-1));
+    put(&b, 1, &value(1, 500)).unwrap();
+    b.maintenance().unwrap(); // on the device
+    put(&b, 2, &value(2, 500)).unwrap(); // only in the buffer
+    dir.power_off();
+    let e = b.maintenance().unwrap_err();
+    assert!(matches!(e, StorageError::Poisoned(_)), "{e:?}");
+    assert!(b.stats().poisoned.is_some());
+    assert_eq!(get(&b, 1).unwrap(), value(1, 500));
+    assert_eq!(get(&b, 2).unwrap(), value(2, 500));
+    assert!(matches!(
+        put(&b, 3, b"x").unwrap_err(),
+        StorageError::Poisoned(_)
+    ));
+    assert!(matches!(b.sync().unwrap_err(), StorageError::Poisoned(_)));
+    // Nothing of it claimed durable; a restart serves what reached the device.
+    drop(b);
+    let mut rng = fastrand::Rng::with_seed(3);
+    dir.crash(&mut |n| rng.u64(..n.max(1)), false);
+    let b = BlobBackend::open(Arc::new(dir.clone()), quiet(-1))
+        .unwrap()
+        .0;
+    assert!(matches!(get(&b, 3), Err(StorageError::NotFound)));
+    put(&b, 4, b"after").unwrap();
+}
+
 #[test]
 fn a_failed_fsync_poisons_the_backend_and_reads_go_on() {
     let (dir, b) = sim(quiet(0));
