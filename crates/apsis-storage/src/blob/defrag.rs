@@ -128,11 +128,7 @@ impl Inner {
             // superseded them must be durable before the old copies go.
             self.sync_all()?;
             let old_end = old.end.load(Ordering::Acquire);
-            self.bases.write()[old.slot as usize] = None;
-            self.dir.remove(&base_name(old.number))?;
-            let _ = self.dir.remove(&index_name(old.number));
-            self.dir.sync_dir()?;
-            report.bases_deleted += 1;
+            self.delete_base(old, report)?;
             report.bases_rewritten += 1;
             report.bytes_reclaimed += old_end;
             return Ok(());
@@ -267,11 +263,7 @@ impl Inner {
         let empty = new_base.live_bytes.load(Ordering::Relaxed) == 0;
         if empty {
             // Nothing refers to it any more: remove the base entirely.
-            self.bases.write()[new_base.slot as usize] = None;
-            self.dir.remove(&base_name(old.number))?;
-            let _ = self.dir.remove(&index_name(old.number));
-            self.dir.sync_dir()?;
-            report.bases_deleted += 1;
+            self.delete_base(&new_base, report)?;
         } else {
             self.write_index(&new_base)?;
         }
@@ -279,6 +271,16 @@ impl Inner {
         report.bases_rewritten += 1;
         report.records_copied += moves.iter().filter(|m| m.new_off.is_some()).count() as u64;
         report.bytes_reclaimed += old_end.saturating_sub(if empty { 0 } else { new_end });
+        Ok(())
+    }
+
+    /// Retires base `b` from its slot and removes its data and index files.
+    fn delete_base(&self, b: &Base, report: &mut crate::types::DefragReport) -> Result<()> {
+        self.bases.write()[b.slot as usize] = None;
+        self.dir.remove(&base_name(b.number))?;
+        let _ = self.dir.remove(&index_name(b.number));
+        self.dir.sync_dir()?;
+        report.bases_deleted += 1;
         Ok(())
     }
 

@@ -16,7 +16,7 @@
 
 use super::format::*;
 use super::index::{Batch, Index, Loc};
-use super::{index_name, record_flags, scan, Base, Inner};
+use super::{index_name, record_flags, scan, Base, Inner, LiveCounts};
 use crate::device::Device;
 use crate::error::{Result, StorageError};
 use crate::types::Key;
@@ -50,8 +50,8 @@ struct PartOut {
     batches: Vec<Batch>,
     /// Prepared records newer than any committed one.
     pending: Vec<(Key, Loc)>,
-    /// By source: live bytes, live records, removed records.
-    counts: Vec<[u64; 3]>,
+    /// By source: what of it is current.
+    counts: Vec<LiveCounts>,
     /// By source (index files): the checksum of the entries this part read.
     crcs: Vec<u32>,
 }
@@ -244,9 +244,7 @@ impl Inner {
         let mut batches = Vec::with_capacity(parts);
         for o in outs {
             for (s, c) in sources.iter().zip(&o.counts) {
-                s.base.live_bytes.fetch_add(c[0], Ordering::Relaxed);
-                s.base.live_records.fetch_add(c[1], Ordering::Relaxed);
-                s.base.removed_records.fetch_add(c[2], Ordering::Relaxed);
+                s.base.add_counts(c);
             }
             pending.extend(o.pending);
             batches.push(o.batches);
@@ -276,7 +274,7 @@ impl Inner {
             .collect();
         let mut out = PartOut {
             batches: Index::new_batches(hint),
-            counts: vec![[0; 3]; sources.len()],
+            counts: vec![LiveCounts::default(); sources.len()],
             ..Default::default()
         };
         let mut heads: Vec<Option<IndexEntry>> = Vec::with_capacity(sources.len());
@@ -332,15 +330,7 @@ impl Inner {
                 false
             };
             if count {
-                let c = &mut out.counts[i];
-                c[0] += e.disk_size;
-                if flags & record_flags::UNCOMMITTED == 0 {
-                    c[if flags & record_flags::REMOVE != 0 {
-                        2
-                    } else {
-                        1
-                    }] += 1;
-                }
+                out.counts[i].add(e.disk_size, flags);
             }
             if let Some(n) = cursors[i].next(base.number)? {
                 heap.push(Head(std::cmp::Reverse(n.key), base.number, i));

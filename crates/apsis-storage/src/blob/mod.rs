@@ -165,17 +165,19 @@ impl Base {
     }
     /// Counts a record that became current in this base.
     fn add_live(&self, h: &RecordHeader) {
-        self.count_live(h.disk_size(), h.flags);
+        let mut c = LiveCounts::default();
+        c.add(h.disk_size(), h.flags);
+        self.add_counts(&c);
     }
-    fn count_live(&self, disk_size: u64, flags: u64) {
-        self.live_bytes.fetch_add(disk_size, Ordering::Relaxed);
-        if flags & record_flags::UNCOMMITTED == 0 {
-            let c = if flags & record_flags::REMOVE != 0 {
-                &self.removed_records
-            } else {
-                &self.live_records
-            };
-            c.fetch_add(1, Ordering::Relaxed);
+    fn add_counts(&self, c: &LiveCounts) {
+        for (n, to) in [
+            (c.bytes, &self.live_bytes),
+            (c.records, &self.live_records),
+            (c.removed, &self.removed_records),
+        ] {
+            if n > 0 {
+                to.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
     /// Counts a record of this base that stopped being current.
@@ -193,6 +195,29 @@ impl Base {
         let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
             Some(v.saturating_sub(1))
         });
+    }
+}
+
+/// What is current in a base: bytes (of records, tombstones and reservations), live records,
+/// tombstones.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LiveCounts {
+    bytes: u64,
+    records: u64,
+    removed: u64,
+}
+
+impl LiveCounts {
+    /// Counts one current record (a prepared one counts its bytes only).
+    pub(crate) fn add(&mut self, disk_size: u64, flags: u64) {
+        self.bytes += disk_size;
+        if flags & record_flags::UNCOMMITTED == 0 {
+            if flags & record_flags::REMOVE != 0 {
+                self.removed += 1;
+            } else {
+                self.records += 1;
+            }
+        }
     }
 }
 
@@ -532,9 +557,7 @@ impl Inner {
             open.flushed.store(valid_end, Ordering::Release);
             open.open.store(true, Ordering::Release);
             report.open_base_records = open_entries.len() as u64;
-            // By key, then offset (write order): the newest entries per key win. (A checkpoint
-            // alone is sorted already; pdqsort notices.)
-            open_entries.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
+            // Sorted there; a checkpoint alone is sorted already, which pdqsort notices.
             newest_per_key(&mut open_entries);
         }
         let open_entries = Arc::new(open_entries);
@@ -690,8 +713,6 @@ impl Inner {
                 disk_size: h.disk_size(),
             });
         }
-        // By key, then offset (write order; offsets are unique, so unstable is stable here).
-        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
         newest_per_key(&mut entries);
         let hdr = IndexHeader {
             base_number: b.number,
@@ -1017,11 +1038,12 @@ impl Device for NullDevice {
     }
 }
 
-/// Per key (the input is stably sorted by key, so offset order holds within a key): keeps the
-/// newest committed record and, when a prepared record is newer than it, that one too, first.
-/// A prepared record older than a committed one was superseded by it (a committed write
-/// discards a key's reservation).
+/// Sorts one base's entries by key, then offset (write order; offsets are unique in a base),
+/// and keeps per key the newest committed record and, when a prepared record is newer than
+/// it, that one too, first. A prepared record older than a committed one was superseded by it
+/// (a committed write discards a key's reservation).
 fn newest_per_key(v: &mut Vec<IndexEntry>) {
+    v.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
     // Compacts in place: what is kept of a group is written at or before the group's start.
     let mut w = 0;
     let mut i = 0;
