@@ -234,8 +234,9 @@ impl Conn {
                 loop {
                     match check_frame(&buf, MAX_REPLY_BYTES) {
                         Ok(Some(n)) => {
-                            let f = buf.split_to(n);
-                            let Ok(frame) = Frame::decode(&f) else {
+                            // The frame keeps its part of the read buffer: its payload
+                            // reaches the request without a copy.
+                            let Ok(frame) = Frame::from_bytes(buf.split_to(n).freeze()) else {
                                 break 'outer;
                             };
                             let h = frame.header;

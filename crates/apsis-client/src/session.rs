@@ -82,7 +82,8 @@ pub struct ReadResult {
     /// The reply io_attr: size, total_size, timestamp, user_flags, record_flags, checksum in
     /// `parent` when asked.
     pub io: IoAttr,
-    pub data: Vec<u8>,
+    /// A view of the received reply (no copy); `to_vec()` for an owned vector.
+    pub data: bytes::Bytes,
 }
 
 /// One record from an iterator.
@@ -502,7 +503,7 @@ impl Session {
         let mut p = Vec::with_capacity(IoAttr::SIZE);
         io.encode_into(&mut p);
         let frames = self.transact(r.addr, h, &p).await?;
-        let mut payload = frames
+        let payload = frames
             .into_iter()
             .find(|f| f.payload.len() >= IoAttr::SIZE)
             .ok_or_else(|| ClientError::Protocol("read reply without io_attr".into()))?
@@ -516,12 +517,11 @@ impl Session {
                 data.len()
             )));
         }
-        // The data is the payload after the io_attr: moved down in place, not copied out.
-        payload.drain(..IoAttr::SIZE);
         Ok(ReadResult {
             group,
             io,
-            data: payload,
+            // The payload after the io_attr, where the connection received it.
+            data: payload.slice(IoAttr::SIZE..),
         })
     }
 
@@ -803,7 +803,7 @@ impl Session {
                                     Ok((io, data)) => Ok(ReadResult {
                                         group: g,
                                         io,
-                                        data: data.to_vec(),
+                                        data: f.payload.slice_ref(data),
                                     }),
                                     Err(e) => Err(ClientError::Protocol(e.to_string())),
                                 }
@@ -925,7 +925,7 @@ impl Session {
                 out.items.push(ReadResult {
                     group,
                     io,
-                    data: data.to_vec(),
+                    data: f.payload.slice_ref(data),
                 });
             }
         }

@@ -7,6 +7,7 @@
 use crate::consts::{cflags, VERSION};
 use crate::wire::{Put, Reader};
 use crate::ProtoError;
+use bytes::Bytes;
 
 /// Size of `dnet_cmd` on the wire.
 pub const HEADER_SIZE: usize = 120;
@@ -195,18 +196,40 @@ pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub header: Header,
-    pub payload: Vec<u8>,
+    /// A view of the bytes received ([`Frame::from_bytes`]): a reply's data is handed to the
+    /// caller without being copied out of the connection's read buffer.
+    pub payload: Bytes,
 }
 
 impl Frame {
     /// Builds a frame, setting `header.size` from the payload.
-    pub fn new(mut header: Header, payload: Vec<u8>) -> Frame {
+    pub fn new(mut header: Header, payload: impl Into<Bytes>) -> Frame {
+        let payload = payload.into();
         header.size = payload.len() as u64;
         Frame { header, payload }
     }
 
-    /// Parses a frame that [`check_frame`] reported whole.
+    /// Parses a frame that [`check_frame`] reported whole (the payload is copied; see
+    /// [`Frame::from_bytes`] to keep it where it is).
     pub fn decode(buf: &[u8]) -> Result<Frame, ProtoError> {
+        let header = Self::whole(buf)?;
+        Ok(Frame {
+            header,
+            payload: Bytes::copy_from_slice(&buf[HEADER_SIZE..]),
+        })
+    }
+
+    /// [`Frame::decode`] without copying: the payload is a slice of `buf`.
+    pub fn from_bytes(buf: Bytes) -> Result<Frame, ProtoError> {
+        let header = Self::whole(&buf)?;
+        Ok(Frame {
+            header,
+            payload: buf.slice(HEADER_SIZE..),
+        })
+    }
+
+    /// The header of a buffer holding exactly one frame.
+    fn whole(buf: &[u8]) -> Result<Header, ProtoError> {
         let header = Header::decode(buf)?;
         let total = (HEADER_SIZE as u64).saturating_add(header.size);
         if buf.len() as u64 != total {
@@ -216,10 +239,7 @@ impl Frame {
                 have: buf.len(),
             });
         }
-        Ok(Frame {
-            header,
-            payload: buf[HEADER_SIZE..].to_vec(),
-        })
+        Ok(header)
     }
 
     pub fn encode(&self) -> Vec<u8> {

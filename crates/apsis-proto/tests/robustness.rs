@@ -256,6 +256,25 @@ fn check_frame_limits() {
 }
 
 #[test]
+fn frames_from_received_bytes_match_copied_ones_and_share_the_buffer() {
+    let mut h = Header::new(cmd::READ, cflags::NEED_ACK);
+    h.trans = 7;
+    let whole = Frame::new(h, vec![5u8; 300]).encode();
+    let received = bytes::Bytes::from(whole.clone());
+    let shared = Frame::from_bytes(received.clone()).unwrap();
+    assert_eq!(shared, Frame::decode(&whole).unwrap());
+    // The payload is a view of the received buffer, not a copy of it.
+    assert_eq!(shared.payload.as_ptr(), received[HEADER_SIZE..].as_ptr());
+    // Short, long and header-only buffers are refused as by `decode`.
+    for n in [0, 10, HEADER_SIZE, whole.len() - 1] {
+        assert!(Frame::from_bytes(received.slice(..n)).is_err(), "{n} bytes");
+    }
+    let mut longer = whole.clone();
+    longer.push(0);
+    assert!(Frame::from_bytes(longer.into()).is_err());
+}
+
+#[test]
 fn huge_counts_are_refused_without_allocating() {
     // Address container claiming i32::MAX addresses.
     let mut p = Vec::new();

@@ -78,7 +78,7 @@ fn workload(
                                 .as_ref()
                                 .map(|r| format!("from group {}", r.group))
                                 .unwrap_or_default();
-                            h.push_noted(k, kind, t, outcome(r.map(|r| r.data)), note);
+                            h.push_noted(k, kind, t, outcome(r.map(|r| r.data.to_vec())), note);
                         }
                     }
                 }
@@ -119,7 +119,13 @@ async fn verify(s: &Session, h: &History) {
             .as_ref()
             .map(|r| format!("final, from group {}", r.group))
             .unwrap_or_default();
-        h.push_noted(k, Kind::ReadLatest, t, outcome(r.map(|r| r.data)), note);
+        h.push_noted(
+            k,
+            Kind::ReadLatest,
+            t,
+            outcome(r.map(|r| r.data.to_vec())),
+            note,
+        );
     }
     let v = h.check();
     assert!(v.is_empty(), "history violations: {v:#?}");
@@ -319,7 +325,10 @@ async fn reads_survive_a_ring_change() {
     }
     // New writes go to the new owner and are read back from it.
     s2.write(b"after-change", b"new").await.unwrap();
-    assert_eq!(s2.read(b"after-change", 0, 0).await.unwrap().data, b"new");
+    assert_eq!(
+        s2.read(b"after-change", 0, 0).await.unwrap().data,
+        &b"new"[..]
+    );
     eprintln!("{moved} of {} keys moved to the new node", keys.len());
 }
 
@@ -345,10 +354,10 @@ async fn fallback_read_repair_and_lookups() {
         .unwrap_err()
         .is_not_found());
     let r = all.read(b"missing", 0, 0).await.unwrap();
-    assert_eq!((r.group, r.data.as_slice()), (2, &b"good copy"[..]));
+    assert_eq!((r.group, &r.data[..]), (2, &b"good copy"[..]));
     wait_for(|| async { only(1).read(b"missing", 0, 0).await.is_ok() }).await;
     let repaired = only(1).read(b"missing", 0, 0).await.unwrap();
-    assert_eq!(repaired.data, b"good copy");
+    assert_eq!(repaired.data, &b"good copy"[..]);
     assert_eq!(
         repaired.io.timestamp, r.io.timestamp,
         "repair keeps the timestamp"
@@ -361,7 +370,7 @@ async fn fallback_read_repair_and_lookups() {
     assert_eq!(e.errno(), -errno::EILSEQ, "{e}");
     assert_eq!(
         all.read(b"rotten", 0, 0).await.unwrap().data,
-        b"0123456789abcdef"
+        &b"0123456789abcdef"[..]
     );
     wait_for(|| async { only(1).read(b"rotten", 0, 0).await.is_ok() }).await;
 
@@ -372,12 +381,12 @@ async fn fallback_read_repair_and_lookups() {
     let mut new = session(&c, vec![1, 2], Checker::All);
     new.timestamp = Some(apsis_proto::Time { sec: 200, nsec: 0 });
     new.write(b"stale", b"new").await.unwrap();
-    assert_eq!(all.read_latest(b"stale").await.unwrap().data, b"new");
+    assert_eq!(all.read_latest(b"stale").await.unwrap().data, &b"new"[..]);
     wait_for(|| async {
         only(3)
             .read(b"stale", 0, 0)
             .await
-            .is_ok_and(|r| r.data == b"new")
+            .is_ok_and(|r| r.data == b"new"[..])
     })
     .await;
 
@@ -605,7 +614,7 @@ async fn server_send_and_ranges_across_nodes() {
     assert_eq!(r[0].status, -errno::EBADFD);
     assert_eq!(
         s2.read(&keys[0], 0, 0).await.unwrap().data,
-        b"newer in group 2"
+        &b"newer in group 2"[..]
     );
     let r = s1
         .server_send(&keys[..1], &[2], apsis_proto::iflags::OVERWRITE)

@@ -48,17 +48,20 @@ async fn data_semantics() {
     let l = w.groups[0].result.as_ref().unwrap().as_ref().unwrap();
     assert_eq!(l.info.size, 11);
     assert_eq!(l.info.record_flags, 0x140);
-    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello world");
+    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, &b"hello world"[..]);
 
     // Write at an offset overlays and grows.
     s.write_with(b"k1", b"HELLO", 0, 6).await.unwrap();
-    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello HELLO");
+    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, &b"hello HELLO"[..]);
     s.write_with(b"k1", b"!!", 0, 11).await.unwrap();
-    assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, b"hello HELLO!!");
+    assert_eq!(
+        s.read(b"k1", 0, 0).await.unwrap().data,
+        &b"hello HELLO!!"[..]
+    );
 
     // Partial reads: clipping past the end, E2BIG at or after the end.
     let r = s.read(b"k1", 6, 100).await.unwrap();
-    assert_eq!(r.data, b"HELLO!!");
+    assert_eq!(r.data, &b"HELLO!!"[..]);
     assert_eq!(r.io.total_size, 13);
     assert_eq!(r.io.offset, 6);
     assert_eq!(
@@ -93,7 +96,7 @@ async fn data_semantics() {
     let l = w.groups[0].result.as_ref().unwrap().as_ref().unwrap();
     assert_eq!(l.info.size, 3);
     assert_eq!(l.info.record_flags & 0x10, 0x10, "APPEND flag");
-    assert_eq!(s.read(b"k6", 0, 0).await.unwrap().data, b"abcdef");
+    assert_eq!(s.read(b"k6", 0, 0).await.unwrap().data, &b"abcdef"[..]);
 
     // PREPARE / PLAIN_WRITE / COMMIT: invisible until commit.
     let w = s.write_prepare(b"k8", b"aaaa", 0, 12).await.unwrap();
@@ -122,7 +125,10 @@ async fn data_semantics() {
             .record_flags,
         0x140
     );
-    assert_eq!(s.read(b"k8", 0, 0).await.unwrap().data, b"aaaabbbbcccc");
+    assert_eq!(
+        s.read(b"k8", 0, 0).await.unwrap().data,
+        &b"aaaabbbbcccc"[..]
+    );
 
     // Compare-and-swap on the data checksum: a mismatch is EBADFD and changes nothing.
     s.write(b"k9", b"original").await.unwrap();
@@ -131,11 +137,11 @@ async fn data_semantics() {
         .await
         .unwrap_err();
     assert_eq!(status(e), -errno::EBADFD);
-    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, b"original");
+    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, &b"original"[..]);
     s.write_cas(b"k9", b"replacement", sha(b"original"))
         .await
         .unwrap();
-    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, b"replacement");
+    assert_eq!(s.read(b"k9", 0, 0).await.unwrap().data, &b"replacement"[..]);
     s.write_cas(b"k9-missing", b"new", [7; 64])
         .await
         .expect("a missing key always passes");
@@ -156,7 +162,7 @@ async fn data_semantics() {
         .await
         .unwrap_err();
     assert_eq!(status(e), -errno::EBADFD);
-    assert_eq!(s.read(b"kt", 0, 0).await.unwrap().data, b"new");
+    assert_eq!(s.read(b"kt", 0, 0).await.unwrap().data, &b"new"[..]);
 
     // user_flags and timestamps travel with the record.
     let mut s3 = s.clone();
@@ -208,9 +214,9 @@ async fn data_semantics() {
     // Bulk read: found keys in order, a missing one reported in its position.
     let keys = vec![b"k6".to_vec(), b"missing".to_vec(), b"k9".to_vec()];
     let r = s.bulk_read(&keys).await;
-    assert_eq!(r[0].as_ref().unwrap().data, b"abcdef");
+    assert_eq!(r[0].as_ref().unwrap().data, &b"abcdef"[..]);
     assert_eq!(status(r[1].clone().unwrap_err()), -errno::ENOENT);
-    assert_eq!(r[2].as_ref().unwrap().data, b"replacement");
+    assert_eq!(r[2].as_ref().unwrap().data, &b"replacement"[..]);
 
     // A group this node does not serve: no route on the client (ENXIO), nothing sent.
     let s9 = s.client().session(vec![9]);
@@ -395,7 +401,7 @@ async fn read_only_switches_and_backend_control() {
     assert_eq!(s.remove(b"a").await.unwrap_err().errno(), -errno::EROFS);
     assert_eq!(
         s.read(b"a", 0, 0).await.unwrap().data,
-        b"1",
+        &b"1"[..],
         "reads still work"
     );
     s.backend_control(srv.addr, 1, rw, vec![]).await.unwrap();
@@ -446,7 +452,7 @@ async fn read_only_switches_and_backend_control() {
     assert_eq!(st.state, 1);
     // Data survives disable/enable; routes come back with UPDATE_IDS.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.read(b"a", 0, 0).await.unwrap().data, b"3");
+    assert_eq!(s.read(b"a", 0, 0).await.unwrap().data, &b"3"[..]);
     let list = s.backend_status(srv.addr).await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].backend_id, 1);
@@ -599,7 +605,7 @@ async fn durable_requests_in_flight_on_one_connection_share_fsyncs() {
     for k in &acked[2..] {
         assert_eq!(s.read(k.as_bytes(), 0, 0).await.unwrap().data, k.as_bytes());
     }
-    assert_eq!(s.read(b"m0", 0, 0).await.unwrap().data, b"v19");
+    assert_eq!(s.read(b"m0", 0, 0).await.unwrap().data, &b"v19"[..]);
     assert_eq!(
         status(s.read(b"m1", 0, 0).await.unwrap_err()),
         -errno::ENOENT
@@ -625,7 +631,7 @@ fn read_frame(sock: &mut std::net::TcpStream) -> std::io::Result<apsis_proto::Fr
     sock.read_exact(&mut p)?;
     Ok(apsis_proto::Frame {
         header: hdr,
-        payload: p,
+        payload: p.into(),
     })
 }
 
@@ -705,9 +711,9 @@ async fn garbage_closes_only_that_connection() {
             .unwrap();
     }
     // The node still serves everyone, this connection included.
-    assert_eq!(s.read(b"safe", 0, 0).await.unwrap().data, b"data");
+    assert_eq!(s.read(b"safe", 0, 0).await.unwrap().data, &b"data"[..]);
     let s2 = session(&srv, vec![1]).await;
-    assert_eq!(s2.read(b"safe", 0, 0).await.unwrap().data, b"data");
+    assert_eq!(s2.read(b"safe", 0, 0).await.unwrap().data, &b"data"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -926,7 +932,7 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
         .write_cache(b"volatile", b"in memory", Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(read(b"volatile").await.unwrap(), b"in memory");
+    assert_eq!(read(b"volatile").await.unwrap(), &b"in memory"[..]);
 
     // CACHE: dirty in the cache; offset writes and APPEND patch the cached object.
     s.write_cache(b"hot", b"v1", Duration::ZERO).await.unwrap();
@@ -934,7 +940,7 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
     s.write_with(b"hot", b"+", ioflags::CACHE | ioflags::APPEND, 0)
         .await
         .unwrap();
-    assert_eq!(read(b"hot").await.unwrap(), b"v2+");
+    assert_eq!(read(b"hot").await.unwrap(), &b"v2+"[..]);
     let (_, l) = s.lookup(b"hot").await.unwrap();
     assert_eq!(l.info.size, 3, "lookup sees the cached object");
 
@@ -944,7 +950,7 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
         .await
         .unwrap();
     s.write_with(b"bypass", b"X", 0, 1).await.unwrap();
-    assert_eq!(read(b"bypass").await.unwrap(), b"cXche-2");
+    assert_eq!(read(b"bypass").await.unwrap(), &b"cXche-2"[..]);
 
     // TTL with CACHE_REMOVE_FROM_DISK: gone from the cache and from the disk.
     s.write(b"ephemeral", b"on disk").await.unwrap();
@@ -952,7 +958,7 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
         .write_cache(b"ephemeral", b"short-lived", Duration::from_secs(1))
         .await
         .unwrap();
-    assert_eq!(read(b"ephemeral").await.unwrap(), b"short-lived");
+    assert_eq!(read(b"ephemeral").await.unwrap(), &b"short-lived"[..]);
 
     // DEL drops a dirty entry that never reached the disk.
     s.write_cache(b"gone", b"x", Duration::ZERO).await.unwrap();
@@ -1001,9 +1007,9 @@ async fn cache_ioflags_write_back_ttl_and_coherence() {
         let s = s.clone();
         async move { s.read(k, 0, 0).await.map(|r| r.data) }
     };
-    assert_eq!(get(b"hot").await.unwrap(), b"v2+");
-    assert_eq!(get(b"bypass").await.unwrap(), b"cXche-2");
-    assert_eq!(get(b"last").await.unwrap(), b"flushed at shutdown");
+    assert_eq!(get(b"hot").await.unwrap(), &b"v2+"[..]);
+    assert_eq!(get(b"bypass").await.unwrap(), &b"cXche-2"[..]);
+    assert_eq!(get(b"last").await.unwrap(), &b"flushed at shutdown"[..]);
     for k in [&b"volatile"[..], b"ephemeral", b"gone"] {
         let e = s.read(k, 0, 0).await.unwrap_err();
         assert_eq!(status(e), -errno::ENOENT, "{}", String::from_utf8_lossy(k));

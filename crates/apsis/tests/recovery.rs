@@ -40,7 +40,7 @@ async fn snapshot(c: &Client, g: u32, keys: &[String]) -> Vec<Option<(Time, Vec<
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
         out.push(match s.read(k.as_bytes(), 0, 0).await {
-            Ok(r) => Some((r.io.timestamp, r.data)),
+            Ok(r) => Some((r.io.timestamp, r.data.to_vec())),
             Err(e) if e.is_not_found() => None,
             Err(e) => panic!("group {g} key {k}: {e}"),
         });

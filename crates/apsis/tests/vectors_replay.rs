@@ -1134,12 +1134,12 @@ impl Fake {
                         (cmd::REVERSE_LOOKUP, true) => {
                             let mut ni = NodeInfo::decode(&f.payload).unwrap();
                             ni.addrs = vec![Addr(me)];
-                            f.payload = ni.encode();
+                            f.payload = ni.encode().into();
                         }
                         (cmd::ROUTE_LIST, true) => {
                             let mut rl = RouteList::decode(&f.payload).unwrap();
                             rl.addrs = vec![Addr(me)];
-                            f.payload = rl.encode();
+                            f.payload = rl.encode().into();
                         }
                         _ => {}
                     }
@@ -1205,7 +1205,7 @@ async fn client_03_read() {
     let f = Fake::start("03").await;
     let s = f.session().await;
     let r = s.read(b"k1", 0, 0).await.unwrap();
-    assert_eq!(r.data, b"hello");
+    assert_eq!(r.data, &b"hello"[..]);
     assert_eq!(
         (r.io.total_size, r.io.timestamp.sec, r.io.timestamp.nsec),
         (5, 1795334798, 910339000)
@@ -1282,7 +1282,7 @@ async fn client_18_checksums_e2big() {
     s.write(b"ck", b"checksum me").await.unwrap();
     s.ioflags = ioflags::CHECKSUM;
     let r = s.read(b"ck", 0, 0).await.unwrap();
-    assert_eq!(r.data, b"checksum me");
+    assert_eq!(r.data, &b"checksum me"[..]);
     assert_eq!(r.io.parent, sha512(b"checksum me"));
     s.ioflags = 0;
     s.cflags = cflags::CHECKSUM;
