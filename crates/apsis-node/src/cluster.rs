@@ -126,8 +126,9 @@ impl Cluster {
         if self.joined.flag.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
+        // Boxed: rare, and a request's future would otherwise carry this one's state.
         let mut rx = self.joined.tx.subscribe();
-        let _ = tokio::time::timeout(self.wait_timeout, rx.wait_for(|&j| j)).await;
+        let _ = Box::pin(tokio::time::timeout(self.wait_timeout, rx.wait_for(|&j| j))).await;
     }
 
     /// The backend that owns a data request's id in its group, here or on another node (which

@@ -26,10 +26,11 @@ impl KeyLocks {
         let h = u64::from_le_bytes(id[8..16].try_into().expect("8 bytes"))
             ^ (group as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let m = &self.stripes[(h % STRIPES as u64) as usize];
-        // Nearly always free: try without building a waiter first.
+        // Nearly always free: try without building a waiter first. The wait is boxed: its
+        // future would otherwise be part of (and moved with) every request's.
         match m.clone().try_lock_owned() {
             Ok(g) => g,
-            Err(_) => m.clone().lock_owned().await,
+            Err(_) => Box::pin(m.clone().lock_owned()).await,
         }
     }
 }

@@ -48,7 +48,10 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, con
         // BACKEND_CONTROL CTL's delay: every command the backend serves waits first.
         let ms = slot.state.lock().delay_ms;
         if ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+            Box::pin(tokio::time::sleep(std::time::Duration::from_millis(
+                ms.into(),
+            )))
+            .await;
         }
     }
     out.slot = slot;
@@ -115,11 +118,20 @@ fn relay(
 async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> HResult {
     let hdr = out.req;
     let out = &mut *out;
+    // The hot commands' futures are part of every request's future (built and moved once per
+    // request); the others are boxed, so their larger state is not (a request's future was
+    // 4.5 KiB with them inline, 2.3 KiB without).
     match hdr.cmd {
         cmd::LOOKUP => io::lookup(ctx, out).await,
         cmd::READ => io::read(ctx, out, payload).await,
         cmd::WRITE => io::write(ctx, out, payload).await,
         cmd::DEL => io::del(ctx, out, payload).await,
+        _ => Box::pin(serve_other(ctx, out, payload, conn_id)).await,
+    }
+}
+
+async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> HResult {
+    match out.req.cmd {
         cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
         cmd::READ_RANGE | cmd::DEL_RANGE => range::handle(ctx, out, payload).await,
         cmd::SEND => send::handle(ctx, out, payload).await,
