@@ -344,9 +344,10 @@ impl Out {
 
     /// Encodes a header and payload parts into one buffer and queues it.
     ///
-    /// The common case — a small reply gathered into the connection's pending buffer, or
-    /// held for a sync — does not wait; the rest is boxed, so a request's future (built and
-    /// moved once per request) does not carry the state of writes it rarely makes.
+    /// The common cases — a small reply gathered into the connection's pending buffer, held
+    /// for a sync, or handed to the writer task while its queue has room — do not wait; the
+    /// waits are boxed, so a request's future (built and moved once per request) does not
+    /// carry the state of writes it rarely makes.
     pub async fn send(&self, mut h: Header, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
@@ -357,8 +358,22 @@ impl Out {
             }
             return true;
         }
-        if let Sink::Direct(w) = &self.tx {
-            if len < GATHER_MAX {
+        match &self.tx {
+            Sink::Chan(tx) => {
+                let mut buf = Vec::with_capacity(HEADER_SIZE + len);
+                h.encode_into(&mut buf);
+                for p in parts {
+                    buf.extend_from_slice(p);
+                }
+                match tx.try_send(buf) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(buf)) => {
+                        Box::pin(tx.send(buf)).await.is_ok()
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            }
+            Sink::Direct(w) if len < GATHER_MAX => {
                 let full = {
                     let mut p = w.pending.lock();
                     h.encode_into(&mut p);
@@ -367,22 +382,7 @@ impl Out {
                     }
                     p.len() >= PENDING_FLUSH
                 };
-                return !full || Box::pin(w.flush()).await;
-            }
-        }
-        Box::pin(self.send_waiting(h, parts, len)).await
-    }
-
-    /// [`Out::send`] for a reply through the writer task, or one too large to gather.
-    async fn send_waiting(&self, h: Header, parts: &[&[u8]], len: usize) -> bool {
-        match &self.tx {
-            Sink::Chan(tx) => {
-                let mut buf = Vec::with_capacity(HEADER_SIZE + len);
-                h.encode_into(&mut buf);
-                for p in parts {
-                    buf.extend_from_slice(p);
-                }
-                tx.send(buf).await.is_ok()
+                !full || Box::pin(w.flush()).await
             }
             Sink::Direct(w) => {
                 let mut head = Vec::with_capacity(HEADER_SIZE);
@@ -390,7 +390,7 @@ impl Out {
                 let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
                 all.push(&head);
                 all.extend_from_slice(parts);
-                w.write_parts(&all).await
+                Box::pin(w.write_parts(&all)).await
             }
         }
     }
