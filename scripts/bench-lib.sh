@@ -1,5 +1,7 @@
 # Shared by the bench-*.sh scripts (sourced): release build, a work directory and the
-# processes started, both cleaned up on exit, and `run` to print and run one bench row.
+# processes started, both cleaned up on exit, `run` to print and run one bench row, a single
+# node (`start_apsis`, `stop_apsis`) and a redis-server to compare with (`need_redis`,
+# `start_redis`, `stop_redis`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -13,3 +15,39 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 run() { echo "\$ apsis bench $*"; $APSIS bench "$@"; }
+
+# Installs redis-server (Debian) when missing.
+need_redis() {
+    if ! command -v redis-server >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    fi
+}
+# Starts redis-server on a random port: $1 = appendfsync policy, or "off" (no persistence).
+# Sets REDIS_PID and REDIS_ADDR.
+start_redis() {
+    rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
+    local port=$((20000 + RANDOM % 20000))
+    if [ "$1" = off ]; then
+        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
+    else
+        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
+    fi
+    REDIS_PID=$!
+    PIDS+=($REDIS_PID)
+    REDIS_ADDR=127.0.0.1:$port
+    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
+
+# Starts a fresh single node: $1 = sync, $2 = binary (default $APSIS), $3 = a name for its
+# files in $WORK (default apsis). Sets APSIS_PID and APSIS_ADDR.
+start_apsis() {
+    local bin=${2:-$APSIS} name=${3:-apsis}
+    rm -rf "$WORK/$name"
+    APSIS_LOG=warn "$bin" server --listen 127.0.0.1:0 --data "$WORK/$name" --sync "$1" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    APSIS_PID=$!
+    PIDS+=($APSIS_PID)
+    for _ in $(seq 100); do grep -q listening "$WORK/$name.out" && break; sleep 0.05; done
+    APSIS_ADDR=$(awk '/listening/ {print $2; exit}' "$WORK/$name.out")
+}
+stop_apsis() { kill "$APSIS_PID"; wait "$APSIS_PID" 2>/dev/null || true; }

@@ -10,33 +10,7 @@
 #
 # Needs redis-server (installed here with apt-get when missing).
 source "$(dirname "$0")/bench-lib.sh"
-if ! command -v redis-server >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
-fi
-
-start_apsis() { # $1 = sync
-    rm -rf "$WORK/apsis"
-    APSIS_LOG=warn $APSIS server --listen 127.0.0.1:0 --data "$WORK/apsis" --sync "$1" >"$WORK/apsis.out" 2>"$WORK/apsis.err" &
-    PIDS+=($!)
-    APSIS_PID=$!
-    for _ in $(seq 100); do grep -q listening "$WORK/apsis.out" && break; sleep 0.05; done
-    APSIS_ADDR=$(awk '/listening/ {print $2; exit}' "$WORK/apsis.out")
-}
-stop_apsis() { kill "$APSIS_PID"; wait "$APSIS_PID" 2>/dev/null || true; }
-start_redis() { # $1 = appendfsync policy or "off"
-    rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-    local port=$((20000 + RANDOM % 20000))
-    if [ "$1" = off ]; then
-        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
-    else
-        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
-    fi
-    REDIS_PID=$!
-    PIDS+=($REDIS_PID)
-    REDIS_ADDR=127.0.0.1:$port
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-}
-stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
+need_redis
 
 ROUNDS=${ROUNDS:-3}
 # One run; prints its line and appends its ops/s to the file $1.
