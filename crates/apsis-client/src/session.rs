@@ -280,6 +280,14 @@ impl Session {
         if self.groups.is_empty() {
             return Err(ClientError::NoRoute { group: 0 });
         }
+        if let [group] = self.groups[..] {
+            // One group (the common case): awaited in place. Through `join_all` the request's
+            // future would be built in a vector and moved out of it again.
+            let result = self.write_group(group, io, data).await;
+            return self
+                .check(vec![GroupResult { group, result }])
+                .map(|groups| WriteResult { groups });
+        }
         let futs = self.groups.iter().map(|&g| async move {
             GroupResult {
                 group: g,
