@@ -12,11 +12,12 @@
 //! client learns to drop the node's routes; a killed one also discards what it had not sent.
 
 use crate::error::{ClientError, Result};
-use apsis_proto::{check_frame, cmd, pending_frame_len, Frame, Header};
+use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Frame, Header};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -267,10 +268,14 @@ impl Conn {
                         Err(_) => break 'outer,
                     }
                 }
-                if buf.capacity() - buf.len() < 16 << 10 {
-                    buf.reserve(64 << 10);
-                }
-                match rd.read_buf(&mut buf).await {
+                // Room is made at every poll, not once before waiting: when the reply
+                // arrives, the caller has usually dropped the previous one, and the buffer
+                // can go back to its start (see `make_read_room`).
+                let read = std::future::poll_fn(|cx| {
+                    make_read_room(&mut buf);
+                    std::pin::pin!(rd.read_buf(&mut buf)).poll(cx)
+                });
+                match read.await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }

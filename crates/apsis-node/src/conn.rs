@@ -8,8 +8,9 @@
 
 use crate::reply::{ConnWriter, Sink};
 use crate::Ctx;
-use apsis_proto::{check_frame, cmd, pending_frame_len, Header, HEADER_SIZE};
+use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Header, HEADER_SIZE};
 use bytes::BytesMut;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -101,11 +102,14 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
         if !cw.flush().await {
             break 'conn;
         }
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
+        // Room is made at every poll: a request answered inline has dropped its frame by
+        // then, and the buffer goes back to its start (see `make_read_room`).
+        let read = std::future::poll_fn(|cx| {
+            make_read_room(&mut buf);
+            std::pin::pin!(rd.read_buf(&mut buf)).poll(cx)
+        });
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = read => match r {
                 Ok(0) | Err(_) => break 'conn,
                 Ok(_) => {}
             },

@@ -32,7 +32,9 @@ pub use control::{
     BackendIds, BackendStatus, BackendStatusList, MonitorStatRequest, NodeInfo, NodeStatus,
     RouteList,
 };
-pub use header::{check_frame, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE};
+pub use header::{
+    check_frame, make_read_room, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE, READ_ROOM,
+};
 pub use io::{Addr, FileInfo, IoAttr, LookupReply, Time};
 pub use iterator::{
     action, iflags, itype, BulkRead, IdRange, IteratorRequest, IteratorResponse, ServerSend,

@@ -275,6 +275,35 @@ fn frames_from_received_bytes_match_copied_ones_and_share_the_buffer() {
 }
 
 #[test]
+fn read_buffer_returns_to_its_start_once_no_frame_holds_it() {
+    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    let start = buf.as_ptr();
+    let frame = Frame::new(Header::new(cmd::READ, 0), vec![1u8; 1000]).encode();
+    buf.extend_from_slice(&frame);
+    buf.extend_from_slice(&frame[..50]);
+    let held = Frame::from_bytes(buf.split_to(frame.len()).freeze()).unwrap();
+    // A frame still points into the buffer: it stays where it is (room enough).
+    make_read_room(&mut buf);
+    assert_eq!(buf.as_ptr() as usize, start as usize + frame.len());
+    drop(held);
+    // Now nothing does: the unread 50 bytes move to the start, and all 64 KiB are spare.
+    make_read_room(&mut buf);
+    assert_eq!(buf.as_ptr(), start);
+    assert_eq!(&buf[..], &frame[..50]);
+    assert_eq!(buf.capacity(), 64 << 10);
+    // Empty and at the start: nothing to do.
+    buf.clear();
+    make_read_room(&mut buf);
+    assert_eq!(buf.as_ptr(), start);
+    // Held and nearly full: it grows (to a new allocation) instead of waiting.
+    buf.extend_from_slice(&vec![0u8; (64 << 10) - 100]);
+    let held = buf.split_to(10).freeze();
+    make_read_room(&mut buf);
+    assert!(buf.capacity() - buf.len() >= READ_ROOM);
+    drop(held);
+}
+
+#[test]
 fn huge_counts_are_refused_without_allocating() {
     // Address container claiming i32::MAX addresses.
     let mut p = Vec::new();
