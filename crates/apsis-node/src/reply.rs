@@ -53,7 +53,7 @@ pub struct Deferred {
     size: u64,
     answered: bool,
     /// The request's key lock, released with the reply.
-    _key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _key_lock: Option<crate::locks::KeyGuard>,
 }
 
 impl Deferred {
@@ -135,7 +135,7 @@ impl ConnWriter {
         req: Header,
         started: Instant,
         size: u64,
-        key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+        key_lock: Option<crate::locks::KeyGuard>,
     ) {
         self.deferred
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -298,7 +298,7 @@ pub struct Out {
     held: parking_lot::Mutex<Option<(Arc<Syncer>, Vec<u8>)>>,
     /// The request's key lock, when a mutation keeps it until its reply goes out (for a held
     /// reply: until the mutation is durable, so nobody reads it before).
-    pub key_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
+    pub key_lock: Option<crate::locks::KeyGuard>,
 }
 
 impl Out {

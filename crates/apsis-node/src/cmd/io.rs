@@ -181,7 +181,7 @@ pub(crate) async fn lock(
     ctx: &Ctx,
     hdr: &Header,
     key: &[u8; 64],
-) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+) -> Option<crate::locks::KeyGuard> {
     if hdr.flags & cflags::NOLOCK != 0 {
         None
     } else {
