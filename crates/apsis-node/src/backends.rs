@@ -106,6 +106,9 @@ impl Syncer {
 pub struct Slot {
     pub cfg: BackendConfig,
     pub state: Mutex<SlotState>,
+    /// The directory as lookup replies report it, with its separator: a base's path is this
+    /// and the base's file name.
+    path_prefix: Vec<u8>,
 }
 
 impl Slot {
@@ -141,11 +144,10 @@ impl Slot {
 
     /// The file of a base as lookup replies report it: the real blob file (data at the reply's offset).
     pub fn base_path(&self, base: u64) -> Vec<u8> {
-        self.cfg
-            .dir
-            .join(apsis_storage::base_name(base))
-            .into_os_string()
-            .into_encoded_bytes()
+        let mut p = Vec::with_capacity(self.path_prefix.len() + 24);
+        p.extend_from_slice(&self.path_prefix);
+        apsis_storage::push_base_name(&mut p, base);
+        p
     }
 }
 
@@ -175,6 +177,7 @@ impl Backends {
         for c in cfgs {
             by_id.insert(c.id, slots.len());
             slots.push(Arc::new(Slot {
+                path_prefix: c.dir.join("").into_os_string().into_encoded_bytes(),
                 cfg: c.clone(),
                 state: Mutex::new(SlotState {
                     engine: None,

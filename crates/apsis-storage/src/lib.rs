@@ -33,7 +33,9 @@ pub mod memory;
 pub mod types;
 
 pub use backend::{check_cas, data_checksum, read_range, Backend, WriteOp, OBJECT_SIZE_MAX};
-pub use blob::{base_name, BlobBackend, BlobConfig, RecoveryReport, ZERO_AHEAD_DEFAULT};
+pub use blob::{
+    base_name, push_base_name, BlobBackend, BlobConfig, RecoveryReport, ZERO_AHEAD_DEFAULT,
+};
 pub use device::{Device, Dir, FileDir, SimDir};
 pub use error::{Result, StorageError};
 pub use memory::MemoryBackend;

@@ -48,6 +48,8 @@ impl Hasher for IdentityHasher {
     }
 }
 type FpMap = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+/// A map by full key, hashed by the key's own (random) bytes.
+pub type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<IdentityHasher>>;
 
 /// Keys to load into one shard: `(fingerprint, location)`.
 pub type Batch = Vec<(u64, Loc)>;
@@ -55,7 +57,7 @@ pub type Batch = Vec<(u64, Loc)>;
 #[derive(Default)]
 struct Shard {
     by_fingerprint: FpMap,
-    overflow: HashMap<Key, Loc, BuildHasherDefault<IdentityHasher>>,
+    overflow: KeyMap<Loc>,
 }
 
 const SHARDS: usize = 64;

@@ -43,7 +43,6 @@ use crate::device::{Device, Dir, FileDir};
 use crate::error::{Result, StorageError};
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -223,7 +222,27 @@ impl LiveCounts {
 
 /// The file name of base `number` inside the backend directory.
 pub fn base_name(number: u64) -> String {
-    format!("data-{number:08}.blob")
+    let mut name = Vec::new();
+    push_base_name(&mut name, number);
+    String::from_utf8(name).expect("ASCII")
+}
+
+/// [`base_name`] appended to `out` (a reply's path, built without a `String` or `PathBuf`).
+pub fn push_base_name(out: &mut Vec<u8>, number: u64) {
+    // By hand: `format!`'s zero padding costs a call per fill character.
+    let mut digits = [b'0'; 20];
+    let (mut n, mut at) = (number, digits.len());
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(b"data-");
+    out.extend_from_slice(&digits[at.min(digits.len() - 8)..]);
+    out.extend_from_slice(b".blob");
 }
 pub(crate) fn index_name(number: u64) -> String {
     format!("data-{number:08}.index")
@@ -279,7 +298,7 @@ pub(crate) struct Inner {
     dir: Arc<dyn Dir>,
     index: Index,
     /// Prepared, uncommitted reservations.
-    pending: Mutex<HashMap<Key, Loc>>,
+    pending: Mutex<index::KeyMap<Loc>>,
     /// Slot → base. Defrag installs the rewritten base in a new slot and retires the old one.
     bases: RwLock<Vec<Option<Arc<Base>>>>,
     writer: Mutex<Writer>,
@@ -568,7 +587,7 @@ impl Inner {
             .map_or(BASE_HEADER_SIZE, |b| b.end.load(Ordering::Acquire));
         let mut inner = Inner {
             index: Index::default(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Default::default()),
             bases: RwLock::new(bases.iter().cloned().map(Some).collect()),
             writer: Mutex::new(Writer {
                 open: bases
@@ -1134,5 +1153,22 @@ impl Inner {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base_names_are_zero_padded_to_eight_digits() {
+        for (n, name) in [
+            (0, "data-00000000.blob"),
+            (7, "data-00000007.blob"),
+            (12_345_678, "data-12345678.blob"),
+            (123_456_789, "data-123456789.blob"),
+            (u64::MAX, "data-18446744073709551615.blob"),
+        ] {
+            assert_eq!(super::base_name(n), name);
+            assert_eq!(super::base_name(n), format!("data-{n:08}.blob"));
+        }
     }
 }

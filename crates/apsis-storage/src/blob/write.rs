@@ -166,8 +166,16 @@ impl Inner {
                 op,
                 WriteOp::Replace | WriteOp::Patch { .. } | WriteOp::Append
             ) {
-                // A committed write supersedes a prepared reservation of the key.
-                let p = self.pending.lock().remove(key);
+                // A committed write supersedes a prepared reservation of the key (the map
+                // is nearly always empty: then not even hashed).
+                let p = {
+                    let mut pending = self.pending.lock();
+                    if pending.is_empty() {
+                        None
+                    } else {
+                        pending.remove(key)
+                    }
+                };
                 if let Some(b) = p.and_then(|p| self.base(p.slot()).map(|b| (b, p))) {
                     self.forget_pending(&b.0, b.1);
                 }
@@ -599,14 +607,13 @@ impl Inner {
             self.cfg.write_buffer_bytes > 0 && size as usize <= self.cfg.write_buffer_bytes / 2;
         if buffered {
             debug_assert_eq!(w.buf_start + w.buf.len() as u64, off);
+            // Header, checksums, data; zeros only in the gaps (not the whole record first).
             let s = w.buf.len();
+            w.buf.extend_from_slice(&hdr);
+            w.buf.extend_from_slice(csums);
+            w.buf.resize(s + (data_start + data_at) as usize, 0);
+            w.buf.extend_from_slice(data);
             w.buf.resize(s + size as usize, 0);
-            let r = &mut w.buf[s..];
-            r[..RECORD_HEADER_SIZE as usize].copy_from_slice(&hdr);
-            r[RECORD_HEADER_SIZE as usize..RECORD_HEADER_SIZE as usize + csums.len()]
-                .copy_from_slice(csums);
-            let d = (data_start + data_at) as usize;
-            r[d..d + data.len()].copy_from_slice(data);
             w.tail = off + size;
             w.open.end.store(w.tail, Ordering::Release);
             if w.buf.len() >= self.cfg.write_buffer_bytes {
