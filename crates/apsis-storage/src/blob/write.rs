@@ -440,12 +440,14 @@ impl Inner {
         } else {
             encode_checksums(&h, data)
         };
-        let (loc, seq, base) = {
+        // Counted and described under the writer lock: no reference to the open base is
+        // taken (its count is one cache line every writer would bounce between CPUs).
+        let (loc, seq, info) = {
             let mut w = self.writer.lock();
             let loc = self.append_locked(&mut w, &h, &csums, data_at, data)?;
-            (loc, w.seq, w.open.clone())
+            w.open.add_live(&h);
+            (loc, w.seq, record_info(&h, &w.open, loc))
         };
-        base.add_live(&h);
         if h.is_uncommitted() {
             let old = self.pending.lock().insert(*key, loc);
             if let Some(old) = old {
@@ -456,7 +458,7 @@ impl Inner {
         } else {
             self.index_replace(key, loc, cur, damaged);
         }
-        Ok((record_info(&h, &base, loc), seq))
+        Ok((info, seq))
     }
 
     /// Points the index at `loc` and counts the key's previous record as dead.
