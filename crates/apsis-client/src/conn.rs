@@ -160,6 +160,10 @@ pub struct Conn {
     pub pushed: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
     /// Requests that timed out in a row.
     stalls: AtomicU32,
+    /// The last transaction number given out. Replies are matched per connection, so a
+    /// counter per connection is enough; one per process was a cache line every request
+    /// moved between CPUs.
+    trans: AtomicU64,
     /// Handshakes (REVERSE_LOOKUP, answered with trans 0) one at a time.
     pub handshake_lock: tokio::sync::Mutex<()>,
     reader: tokio::task::AbortHandle,
@@ -192,13 +196,6 @@ impl Drop for ReaderGuard {
         let all = std::mem::take(&mut *self.pending.lock());
         drop(all);
     }
-}
-
-/// Transaction numbers: one counter per process, pre-incremented (the first is 1).
-static TRANS: AtomicU64 = AtomicU64::new(0);
-
-pub fn next_trans() -> u64 {
-    TRANS.fetch_add(1, Relaxed) + 1
 }
 
 impl Conn {
@@ -293,10 +290,17 @@ impl Conn {
             alive,
             pushed: Mutex::new(Some(push_rx)),
             stalls: AtomicU32::new(0),
+            trans: AtomicU64::new(0),
             handshake_lock: tokio::sync::Mutex::new(()),
             reader: reader.abort_handle(),
             ctl,
         }))
+    }
+
+    /// A new transaction number for a request on this connection (the first is 1; 0 is the
+    /// handshake's).
+    pub fn next_trans(&self) -> u64 {
+        self.trans.fetch_add(1, Relaxed) + 1
     }
 
     pub fn is_alive(&self) -> bool {

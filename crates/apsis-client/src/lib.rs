@@ -242,7 +242,7 @@ impl Client {
         if let Some(join) = &self.inner.opts.join {
             let me = join();
             let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
-            h.trans = conn::next_trans();
+            h.trans = conn.next_trans();
             // JOIN has no reply: dropping its `Replies` forgets the trans at once.
             drop(conn.send(h, &me.encode()).await?);
         }
@@ -298,7 +298,7 @@ impl Client {
             cmd::ROUTE_LIST,
             cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
         );
-        h.trans = conn::next_trans();
+        h.trans = conn.next_trans();
         let rx = conn.send(h, &[]).await?;
         let frames = conn::collect(&conn, rx, timeout).await?;
         let Some(f) = frames.iter().find(|f| !f.payload.is_empty()) else {
@@ -417,7 +417,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<apsis_proto::Frame>> {
         let conn = self.conn(addr).await?;
-        h.trans = conn::next_trans();
+        h.trans = conn.next_trans();
         let rx = conn.send_parts(h, parts).await?;
         match conn::collect(&conn, rx, timeout).await {
             Ok(f) => {

@@ -10,7 +10,6 @@
 //! copy — are rewritten in the background with the good copy, its timestamp and user flags,
 //! under CAS_TIMESTAMP, so a repair never replaces a newer copy or undoes a newer delete.
 
-use crate::conn::next_trans;
 use crate::error::{ClientError, Result};
 use crate::routes::Route;
 use crate::Client;
@@ -1057,7 +1056,7 @@ impl Session {
         let mut h = Header::new(cmd::ITERATOR, cflags::NEED_ACK | cflags::NOLOCK);
         h.group = group;
         h.id = route_id;
-        h.trans = next_trans();
+        h.trans = conn.next_trans();
         let rx = conn.send(h, &req.encode()).await?;
         Ok(IterStream {
             rx,
@@ -1079,7 +1078,7 @@ impl Session {
         let conn = self.client.conn(addr).await?;
         let mut h = Header::new(apsis_proto::recovery::cmd::JOB, cflags::NEED_ACK);
         h.backend_id = backend.map_or(-1, |b| b as i32);
-        h.trans = next_trans();
+        h.trans = conn.next_trans();
         let rx = conn.send(h, &req.encode()).await?;
         Ok(JobStream {
             rx,
