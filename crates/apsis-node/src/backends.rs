@@ -13,6 +13,7 @@ use apsis_storage::{Backend, BlobBackend, BlobConfig, StorageError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Size of a ring id.
@@ -29,7 +30,6 @@ pub struct SlotState {
     pub read_only: bool,
     pub last_start: Time,
     pub last_start_err: i32,
-    pub delay_ms: u32,
     pub defrag_running: bool,
     /// For `sync = 0`: the group-commit syncer writes wait on before they are acknowledged.
     pub syncer: Option<Arc<Syncer>>,
@@ -106,6 +106,9 @@ impl Syncer {
 pub struct Slot {
     pub cfg: BackendConfig,
     pub state: Mutex<SlotState>,
+    /// BACKEND_CONTROL CTL's delay before every command, in ms. Outside `state`: every
+    /// request reads it, and the state's lock is a cache line shared by all of them.
+    pub delay_ms: AtomicU32,
     /// The directory as lookup replies report it, with its separator: a base's path is this
     /// and the base's file name.
     path_prefix: Vec<u8>,
@@ -117,9 +120,22 @@ impl Slot {
         self.state.lock().engine.clone()
     }
 
-    /// The cache, when the backend has one and is enabled.
+    /// The cache, when the backend has one and is enabled (without a configured cache,
+    /// without taking the state's lock).
     pub fn cache(&self) -> Option<Arc<Cache>> {
+        if self.cfg.cache_size == 0 {
+            return None;
+        }
         self.state.lock().cache.clone()
+    }
+
+    /// The group-commit syncer of an enabled `sync = 0` backend (for other backends, without
+    /// taking the state's lock).
+    pub fn syncer(&self) -> Option<Arc<Syncer>> {
+        if self.cfg.sync != 0 {
+            return None;
+        }
+        self.state.lock().syncer.clone()
     }
 
     /// Writes back every dirty cache entry (shutdown; blocking).
@@ -138,7 +154,7 @@ impl Slot {
             last_start: s.last_start,
             last_start_err: s.last_start_err,
             read_only: s.read_only,
-            delay_ms: s.delay_ms,
+            delay_ms: self.delay_ms.load(Relaxed),
         }
     }
 
@@ -178,6 +194,7 @@ impl Backends {
             by_id.insert(c.id, slots.len());
             slots.push(Arc::new(Slot {
                 path_prefix: c.dir.join("").into_os_string().into_encoded_bytes(),
+                delay_ms: AtomicU32::new(0),
                 cfg: c.clone(),
                 state: Mutex::new(SlotState {
                     engine: None,
@@ -186,7 +203,6 @@ impl Backends {
                     read_only: c.read_only,
                     last_start: Time::default(),
                     last_start_err: 0,
-                    delay_ms: 0,
                     defrag_running: false,
                     syncer: None,
                     cache: None,

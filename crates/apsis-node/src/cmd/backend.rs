@@ -100,7 +100,8 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
             }
         }
         bc::CTL => {
-            slot.state.lock().delay_ms = req.delay_ms;
+            slot.delay_ms
+                .store(req.delay_ms, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         }
         _ => Err(-errno::ENOTSUP),

@@ -128,7 +128,7 @@ pub(crate) async fn run_acked<T>(
     slot: &Slot,
     f: impl FnOnce() -> Result<T, StorageError>,
 ) -> Result<T, i32> {
-    let syncer = slot.state.lock().syncer.clone();
+    let syncer = slot.syncer();
     match syncer {
         Some(s) if out.is_inline() => {
             let r = f().map_err(storage_errno)?;
@@ -142,7 +142,7 @@ pub(crate) async fn run_acked<T>(
 /// On a `sync = 0` backend, waits for the group commit that makes every mutation made so far
 /// durable; at once elsewhere.
 pub(crate) async fn durable(slot: &Slot) -> Result<(), i32> {
-    let syncer = slot.state.lock().syncer.clone();
+    let syncer = slot.syncer();
     match syncer {
         Some(s) => s.wait().await,
         None => Ok(()),

@@ -46,7 +46,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, con
     out.req.backend_id = backend_id;
     if let Some(slot) = &slot {
         // BACKEND_CONTROL CTL's delay: every command the backend serves waits first.
-        let ms = slot.state.lock().delay_ms;
+        let ms = slot.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
         if ms > 0 {
             Box::pin(tokio::time::sleep(std::time::Duration::from_millis(
                 ms.into(),
