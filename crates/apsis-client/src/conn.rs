@@ -227,7 +227,7 @@ impl Conn {
         let p2 = pending.clone();
         let reader = tokio::spawn(async move {
             let _guard = guard;
-            let mut buf = BytesMut::with_capacity(64 << 10);
+            let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
             'outer: loop {
                 loop {
                     match check_frame(&buf, MAX_REPLY_BYTES) {

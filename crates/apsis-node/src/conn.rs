@@ -39,7 +39,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let mut shutdown = ctx.shutdown_rx();
     // One wait for shutdown, polled with every read (not a new waiter per read).
     let mut stop = std::pin::pin!(shutdown.changed());
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
     let max = ctx.cfg.max_frame_bytes;
     'conn: loop {
         loop {

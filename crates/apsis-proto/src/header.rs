@@ -192,8 +192,12 @@ pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
     (HEADER_SIZE as u64).checked_add(size)?.try_into().ok()
 }
 
+/// A connection's read buffer, as first allocated.
+pub const READ_BUF: usize = 64 << 10;
 /// Spare room a connection's read buffer keeps for the next read.
 pub const READ_ROOM: usize = 16 << 10;
+/// How far a read buffer moves before it tries to go back to its start.
+const REWIND_AFTER: usize = 8 << 10;
 
 /// Makes room in a connection's read buffer before a read. Frames are split off the buffer
 /// as views of it ([`Frame::from_bytes`]), so the buffer only moves forward; once no frame
@@ -201,12 +205,15 @@ pub const READ_ROOM: usize = 16 << 10;
 /// of the allocation, without allocating. The next read then lands in memory that is still in
 /// the CPU's caches instead of walking through the whole allocation: with 50 connections of
 /// 64 KiB each, that walk kept every buffer, and all else a request touches, out of cache.
-/// When the buffer is still shared and less than [`READ_ROOM`] is spare, it grows.
+/// When the buffer is still shared and less than [`READ_ROOM`] is spare, it grows. The
+/// return is tried once the buffer has moved [`REWIND_AFTER`] bytes into a [`READ_BUF`]
+/// allocation (a few small frames), not at every read.
 pub fn make_read_room(buf: &mut bytes::BytesMut) {
     let spare = buf.capacity() - buf.len();
     // One byte more than is spare: reclaimed only by moving back to the start, and only when
     // nothing else holds the allocation and the unread bytes are fewer than those consumed.
-    if !buf.try_reclaim(spare + 1) && spare < READ_ROOM {
+    let rewound = spare < READ_BUF - REWIND_AFTER && buf.try_reclaim(spare + 1);
+    if !rewound && spare < READ_ROOM {
         buf.reserve(4 * READ_ROOM);
     }
 }

@@ -33,7 +33,8 @@ pub use control::{
     RouteList,
 };
 pub use header::{
-    check_frame, make_read_room, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE, READ_ROOM,
+    check_frame, make_read_room, pending_frame_len, Frame, Header, HEADER_SIZE, ID_SIZE, READ_BUF,
+    READ_ROOM,
 };
 pub use io::{Addr, FileInfo, IoAttr, LookupReply, Time};
 pub use iterator::{

@@ -276,9 +276,10 @@ fn frames_from_received_bytes_match_copied_ones_and_share_the_buffer() {
 
 #[test]
 fn read_buffer_returns_to_its_start_once_no_frame_holds_it() {
-    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    let mut buf = bytes::BytesMut::with_capacity(READ_BUF);
     let start = buf.as_ptr();
-    let frame = Frame::new(Header::new(cmd::READ, 0), vec![1u8; 1000]).encode();
+    // Past the distance after which the buffer tries to go back.
+    let frame = Frame::new(Header::new(cmd::READ, 0), vec![1u8; 10_000]).encode();
     buf.extend_from_slice(&frame);
     buf.extend_from_slice(&frame[..50]);
     let held = Frame::from_bytes(buf.split_to(frame.len()).freeze()).unwrap();
@@ -290,13 +291,13 @@ fn read_buffer_returns_to_its_start_once_no_frame_holds_it() {
     make_read_room(&mut buf);
     assert_eq!(buf.as_ptr(), start);
     assert_eq!(&buf[..], &frame[..50]);
-    assert_eq!(buf.capacity(), 64 << 10);
+    assert_eq!(buf.capacity(), READ_BUF);
     // Empty and at the start: nothing to do.
     buf.clear();
     make_read_room(&mut buf);
     assert_eq!(buf.as_ptr(), start);
     // Held and nearly full: it grows (to a new allocation) instead of waiting.
-    buf.extend_from_slice(&vec![0u8; (64 << 10) - 100]);
+    buf.extend_from_slice(&vec![0u8; READ_BUF - 100]);
     let held = buf.split_to(10).freeze();
     make_read_room(&mut buf);
     assert!(buf.capacity() - buf.len() >= READ_ROOM);
