@@ -6,16 +6,18 @@
 #   scripts/bench-ab.sh A_BINARY [SECONDS]            (B: this tree's release build, or
 #                                                     APSIS=B_BINARY; 3 s per run)
 #   W=1 R=5 scripts/bench-ab.sh /tmp/apsis-old        (W: write ratio, R: rounds, default 3)
+#   S=0 W=1 scripts/bench-ab.sh /tmp/apsis-old        (S: the nodes' sync, default -1; with 0,
+#                                                     redis runs with appendfsync always)
 A=$(realpath "$1")
 shift
 set -- "${1:-3}"
 source "$(dirname "$0")/bench-lib.sh"
 B=$(realpath "$APSIS")
-W=${W:-0}; R=${R:-3}
+W=${W:-0}; R=${R:-3}; S=${S:--1}
 need_redis
-start_apsis -1 "$A" a; A_PID=$APSIS_PID; A_ADDR=$APSIS_ADDR
-start_apsis -1 "$B" b; B_PID=$APSIS_PID; B_ADDR=$APSIS_ADDR
-start_redis off
+start_apsis "$S" "$A" a; A_PID=$APSIS_PID; A_ADDR=$APSIS_ADDR
+start_apsis "$S" "$B" b; B_PID=$APSIS_PID; B_ADDR=$APSIS_ADDR
+if [ "$S" = 0 ]; then start_redis always; else start_redis off; fi
 # Untimed fills (the runs read existing keys).
 "$A" bench -r "$A_ADDR" --duration 0.3 >/dev/null 2>&1
 "$B" bench -r "$B_ADDR" --duration 0.3 >/dev/null 2>&1
