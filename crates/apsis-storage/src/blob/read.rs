@@ -82,15 +82,19 @@ impl Inner {
         } else {
             (off, off + len)
         };
-        let region = |start: u64, n: u64| -> Result<Vec<u8>> {
+        // Where the bytes already are (the map, or what was read with the header), borrowed;
+        // else read.
+        let region = |start: u64, n: u64| -> Result<std::borrow::Cow<'_, [u8]>> {
             let s = start - rec;
-            if s + n <= c.head.len() as u64 {
-                Ok(c.head[s as usize..(s + n) as usize].to_vec())
+            if let Some(src) = Self::mapped(&c.base, start, n as usize) {
+                Ok(src.into())
+            } else if s + n <= c.head.len() as u64 {
+                Ok(c.head[s as usize..(s + n) as usize].into())
             } else {
-                self.read_vec(&c.base, start, n as usize)
+                self.read_vec(&c.base, start, n as usize).map(Into::into)
             }
         };
-        let data = region(rec + h.data_start() + from, to - from)?;
+        let data = region(rec + h.data_start() + from, to - from)?.into_owned();
         if verify {
             let first = from / h.chunk_size();
             let count = (to - from).div_ceil(h.chunk_size());

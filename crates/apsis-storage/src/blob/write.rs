@@ -18,7 +18,8 @@ pub(crate) struct Current {
     pub base: Arc<Base>,
     pub loc: Loc,
     pub hdr: RecordHeader,
-    /// The record's first bytes (at least the header).
+    /// The record's first bytes as read with the header (empty when the header was decoded
+    /// in the base's memory map).
     pub head: Vec<u8>,
 }
 
@@ -84,14 +85,20 @@ impl Inner {
             let len = prefetch
                 .max(RECORD_HEADER_SIZE)
                 .min(end.saturating_sub(loc.offset()));
-            let read = if len < RECORD_HEADER_SIZE {
+            // From the map, the header is decoded where it lies and no copy is kept.
+            let mapped = Self::mapped(&base, loc.offset(), len as usize)
+                .filter(|_| len >= RECORD_HEADER_SIZE);
+            let read = if let Some(src) = mapped {
+                Ok((RecordHeader::decode(src), Vec::new()))
+            } else if len < RECORD_HEADER_SIZE {
                 Err(StorageError::Corrupt(
                     "the base ends inside the record".into(),
                 ))
             } else {
                 self.read_vec(&base, loc.offset(), len as usize)
+                    .map(|head| (RecordHeader::decode(&head), head))
             };
-            let head = match read {
+            let (decoded, head) = match read {
                 Ok(h) => h,
                 Err(_) if moved() => continue,
                 // The disk failed to read (EIO): that is not a damaged record, and the
@@ -101,7 +108,7 @@ impl Inner {
                 }
                 Err(_) => return Ok(Located::Damaged(loc)),
             };
-            match RecordHeader::decode(&head) {
+            match decoded {
                 Some(hdr) if hdr.key == *key => {
                     return Ok(Located::Found(Current {
                         base,
