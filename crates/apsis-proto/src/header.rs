@@ -206,7 +206,7 @@ const REWIND_AFTER: usize = 8 << 10;
 /// the CPU's caches instead of walking through the whole allocation: with 50 connections of
 /// 64 KiB each, that walk kept every buffer, and all else a request touches, out of cache.
 /// When the buffer is still shared and less than [`READ_ROOM`] is spare, it grows. The
-/// return is tried once the buffer has moved [`REWIND_AFTER`] bytes into a [`READ_BUF`]
+/// return is tried once the buffer has moved 8 KiB into a [`READ_BUF`]
 /// allocation (a few small frames), not at every read.
 pub fn make_read_room(buf: &mut bytes::BytesMut) {
     let spare = buf.capacity() - buf.len();
