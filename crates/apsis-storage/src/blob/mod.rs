@@ -222,14 +222,27 @@ impl LiveCounts {
 
 /// The file name of base `number` inside the backend directory.
 pub fn base_name(number: u64) -> String {
-    let mut name = Vec::new();
-    push_base_name(&mut name, number);
-    String::from_utf8(name).expect("ASCII")
+    file_name(number, b".blob")
 }
 
 /// [`base_name`] appended to `out` (a reply's path, built without a `String` or `PathBuf`).
 pub fn push_base_name(out: &mut Vec<u8>, number: u64) {
-    // By hand: `format!`'s zero padding costs a call per fill character.
+    push_file_name(out, number, b".blob");
+}
+
+pub(crate) fn index_name(number: u64) -> String {
+    file_name(number, b".index")
+}
+
+fn file_name(number: u64, ext: &[u8]) -> String {
+    let mut name = Vec::new();
+    push_file_name(&mut name, number, ext);
+    String::from_utf8(name).expect("ASCII")
+}
+
+/// `data-NNNNNNNN` (the number zero-padded to 8 digits) and `ext`. By hand: `format!`'s
+/// zero padding costs a call per fill character, and a write's reply names its base.
+fn push_file_name(out: &mut Vec<u8>, number: u64, ext: &[u8]) {
     let mut digits = [b'0'; 20];
     let (mut n, mut at) = (number, digits.len());
     loop {
@@ -242,10 +255,7 @@ pub fn push_base_name(out: &mut Vec<u8>, number: u64) {
     }
     out.extend_from_slice(b"data-");
     out.extend_from_slice(&digits[at.min(digits.len() - 8)..]);
-    out.extend_from_slice(b".blob");
-}
-pub(crate) fn index_name(number: u64) -> String {
-    format!("data-{number:08}.index")
+    out.extend_from_slice(ext);
 }
 
 /// State guarded by the writer lock: the open base and its write buffer.
@@ -1169,6 +1179,7 @@ mod tests {
         ] {
             assert_eq!(super::base_name(n), name);
             assert_eq!(super::base_name(n), format!("data-{n:08}.blob"));
+            assert_eq!(super::index_name(n), format!("data-{n:08}.index"));
         }
     }
 }
