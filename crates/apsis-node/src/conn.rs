@@ -108,12 +108,15 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
             make_read_room(&mut buf);
             std::pin::pin!(rd.read_buf(&mut buf)).poll(cx)
         });
+        // In order (shutdown first), not in the random order that costs a random number per
+        // read.
         tokio::select! {
+            biased;
+            _ = &mut stop => break 'conn,
             r = read => match r {
                 Ok(0) | Err(_) => break 'conn,
                 Ok(_) => {}
             },
-            _ = &mut stop => break 'conn,
         }
     }
     ctx.peers.lock().remove(&conn_id);
