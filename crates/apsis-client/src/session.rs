@@ -262,8 +262,7 @@ impl Session {
     ) -> Result<Option<LookupReply>> {
         let r = self.route(group, &io.id)?;
         let h = self.header(cmd::WRITE, group, io.id, r.backend_id);
-        let mut p = Vec::with_capacity(IoAttr::SIZE);
-        io.encode_into(&mut p);
+        let p = io.encode();
         let frames = self.transact_parts(r.addr, h, &[&p, data]).await?;
         match frames.iter().find(|f| !f.payload.is_empty()) {
             Some(f) => Ok(Some(
@@ -507,8 +506,7 @@ impl Session {
             ..IoAttr::default()
         };
         io.timestamp = Time::default();
-        let mut p = Vec::with_capacity(IoAttr::SIZE);
-        io.encode_into(&mut p);
+        let p = io.encode();
         let frames = self.transact(r.addr, h, &p).await?;
         let payload = frames
             .into_iter()
@@ -750,8 +748,7 @@ impl Session {
                     timestamp: self.now(),
                     ..IoAttr::default()
                 };
-                let mut p = Vec::with_capacity(IoAttr::SIZE);
-                io.encode_into(&mut p);
+                let p = io.encode();
                 self.transact(r.addr, h, &p).await.map(|_| ())
             }
             .await;
@@ -906,8 +903,7 @@ impl Session {
                 timestamp: Time::EMPTY,
                 ..IoAttr::default()
             };
-            let mut p = Vec::with_capacity(IoAttr::SIZE);
-            io.encode_into(&mut p);
+            let p = io.encode();
             let h = self.header(c, group, r.begin, route.backend_id);
             let frames = self.transact(route.addr, h, &p).await?;
             // Per-key READ replies, then the summary (the last READ reply), then the ack.

@@ -127,18 +127,31 @@ impl IoAttr {
     }
 
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.put(&self.parent);
-        out.put(&self.id);
-        out.put_u64(self.start);
-        out.put_u64(self.num);
-        self.timestamp.encode_into(out);
-        out.put_u64(self.user_flags);
-        out.put_u64(self.total_size);
-        out.put_u64(self.record_flags);
-        out.put_u32(self.reserved2);
-        out.put_u32(self.flags);
-        out.put_u64(self.offset);
-        out.put_u64(self.size);
+        out.extend_from_slice(&self.encode());
+    }
+
+    /// The 208 bytes, laid out at fixed offsets (as [`crate::Header::encode`]: every READ and
+    /// WRITE request and reply carries one).
+    pub fn encode(&self) -> [u8; IoAttr::SIZE] {
+        let mut a = [0u8; IoAttr::SIZE];
+        a[..64].copy_from_slice(&self.parent);
+        a[64..128].copy_from_slice(&self.id);
+        for (at, v) in [
+            (128, self.start),
+            (136, self.num),
+            (144, self.timestamp.sec),
+            (152, self.timestamp.nsec),
+            (160, self.user_flags),
+            (168, self.total_size),
+            (176, self.record_flags),
+        ] {
+            a[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        a[184..188].copy_from_slice(&self.reserved2.to_le_bytes());
+        a[188..192].copy_from_slice(&self.flags.to_le_bytes());
+        a[192..200].copy_from_slice(&self.offset.to_le_bytes());
+        a[200..208].copy_from_slice(&self.size.to_le_bytes());
+        a
     }
 }
 

@@ -292,8 +292,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &io.id).await;
     let (rio, data) = read_one(slot.cache().as_deref(), &engine, &io)?;
-    let mut head = Vec::with_capacity(IoAttr::SIZE);
-    rio.encode_into(&mut head);
+    let head = rio.encode();
     out.data(&[&head, &data], false).await;
     Ok(())
 }
@@ -501,8 +500,7 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
             Ok((rio, data)) => {
                 any_ok = true;
                 h.id = k.id;
-                let mut head = Vec::with_capacity(IoAttr::SIZE);
-                rio.encode_into(&mut head);
+                let head = rio.encode();
                 if !out.data_as(h, 0, &[&head, &data], true).await {
                     return Err(-errno::ECONNRESET);
                 }

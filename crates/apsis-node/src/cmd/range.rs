@@ -150,8 +150,7 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
             match read_one(slot.cache().as_deref(), &engine, &kio) {
                 Ok((rio, data)) => {
                     done += 1;
-                    let mut head = Vec::with_capacity(IoAttr::SIZE);
-                    rio.encode_into(&mut head);
+                    let head = rio.encode();
                     if !out.data_as(h, 0, &[&head, &data], true).await {
                         return Err(-errno::ECONNRESET);
                     }
@@ -174,8 +173,7 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let mut sum = io;
     sum.num = done;
     sum.start = skip;
-    let mut head = Vec::with_capacity(IoAttr::SIZE);
-    sum.encode_into(&mut head);
+    let head = sum.encode();
     let mut h = hdr;
     h.cmd = cmd::READ;
     h.reserved = 0;
