@@ -255,6 +255,50 @@ mod tests {
         assert!(idle(&locks), "a stripe left held or queued");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn waiters_that_give_up_at_any_moment_never_leave_a_stripe_stuck() {
+        let locks = Arc::new(KeyLocks::default());
+        let inside: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let (taken, gave_up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for t in 0..12u64 {
+            let (locks, inside) = (locks.clone(), inside.clone());
+            let (taken, gave_up) = (taken.clone(), gave_up.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(t);
+                for _ in 0..100 {
+                    // Three keys, held up to a few ms; many waits are cut short, at any
+                    // point of the wait (queued, or just handed the lock).
+                    let k = rng.usize(0..3);
+                    let wait = Duration::from_micros(rng.u64(0..3000));
+                    if let Ok(g) = tokio::time::timeout(wait, locks.lock(&id(k as u8), 1)).await {
+                        assert_eq!(inside[k].fetch_add(1, SeqCst), 0, "two holders at once");
+                        if rng.bool() {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        } else {
+                            tokio::task::yield_now().await;
+                        }
+                        inside[k].fetch_sub(1, SeqCst);
+                        drop(g);
+                        taken.fetch_add(1, SeqCst);
+                    } else {
+                        gave_up.fetch_add(1, SeqCst);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(idle(&locks), "a stripe left held or queued");
+        eprintln!(
+            "taken {} gave up {}",
+            taken.load(SeqCst),
+            gave_up.load(SeqCst)
+        );
+        assert!(taken.load(SeqCst) > 0 && gave_up.load(SeqCst) > 0);
+    }
+
     #[tokio::test]
     async fn waiters_are_served_in_order_and_newcomers_queue_behind_them() {
         let locks = Arc::new(KeyLocks::default());
