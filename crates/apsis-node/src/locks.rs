@@ -40,7 +40,8 @@ struct Waiter {
 }
 
 /// One shard's waiters: (stripe, waiter), oldest first.
-type Queue = Mutex<VecDeque<(usize, Arc<Waiter>)>>;
+type Entries = VecDeque<(usize, Arc<Waiter>)>;
+type Queue = Mutex<Entries>;
 
 struct Table {
     state: Box<[AtomicU32]>,
@@ -52,6 +53,16 @@ impl Table {
         &self.queues[stripe % SHARDS]
     }
 
+    /// Takes entry `i` (a waiter for `stripe`) out of the stripe's queue, clearing QUEUED when
+    /// it was the stripe's last. Called under the queue's lock.
+    fn dequeue(&self, q: &mut Entries, stripe: usize, i: usize) -> Arc<Waiter> {
+        let (_, w) = q.remove(i).expect("a queued waiter");
+        if !q.iter().any(|(s, _)| *s == stripe) {
+            self.state[stripe].fetch_and(!QUEUED, AcqRel);
+        }
+        w
+    }
+
     /// Releases a held stripe: free it, or hand it to its first waiter.
     fn release(&self, stripe: usize) {
         let state = &self.state[stripe];
@@ -60,18 +71,14 @@ impl Table {
         }
         // QUEUED is set, and only changes under the queue's lock.
         let mut q = self.queue(stripe).lock();
-        let first = q.iter().position(|(s, _)| *s == stripe);
-        let Some(next) = first.and_then(|i| q.remove(i)) else {
+        let Some(first) = q.iter().position(|(s, _)| *s == stripe) else {
             // Its waiters gave up meanwhile.
             state.store(0, Release);
             return;
         };
-        if !q.iter().any(|(s, _)| *s == stripe) {
-            state.fetch_and(!QUEUED, AcqRel);
-        }
+        let w = self.dequeue(&mut q, stripe, first);
         drop(q);
-        // Still HELD: it now belongs to `next`.
-        let w = next.1;
+        // Still HELD: it now belongs to `w`.
         w.granted.store(true, Release);
         let waker = w.waker.lock().take();
         if let Some(waker) = waker {
@@ -199,10 +206,7 @@ impl Drop for Granted<'_> {
         let mut q = table.queue(self.stripe).lock();
         match q.iter().position(|(_, w)| Arc::ptr_eq(w, &self.w)) {
             Some(i) => {
-                q.remove(i);
-                if !q.iter().any(|(s, _)| *s == self.stripe) {
-                    table.state[self.stripe].fetch_and(!QUEUED, AcqRel);
-                }
+                table.dequeue(&mut q, self.stripe, i);
             }
             None => {
                 // Out of the queue: the stripe was handed to this waiter. Pass it on.
