@@ -5,12 +5,17 @@
 //! owns its `trans`. A request's replies gather in one vector it takes whole, ending with the
 //! first reply without MORE. Dropping a request before its final reply forgets its `trans`.
 //!
+//! A request sent with a timeout carries a deadline on the client's coarse clock
+//! ([`crate::clock`]); the sweeper ends it with [`ClientError::Timeout`] when the deadline
+//! passes, and forgets it.
+//!
 //! Failure detection (Elliptics' stall count) counts the requests that timed out in a row on
 //! a connection ([`Conn::note_timeout`]); the client pings a stalled connection and
 //! [`Conn::kill`]s it when the ping fails too. A killed or closed connection ends every
 //! waiting request with a connection error and closes its push channel, which is how the
 //! client learns to drop the node's routes; a killed one also discards what it had not sent.
 
+use crate::clock::{Clock, NEVER};
 use crate::error::{ClientError, Result};
 use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Frame, Header};
 use bytes::BytesMut;
@@ -29,9 +34,18 @@ use tokio::sync::mpsc;
 /// Largest reply payload accepted (a bigger one closes the connection).
 pub const MAX_REPLY_BYTES: u64 = 1 << 30;
 
-/// Requests waiting for replies, by `trans`. Fx hashing: the keys are our own counter, not
-/// input an attacker picks, and SipHash showed in profiles at one lookup per reply.
-type Pending = Arc<Mutex<FxHashMap<u64, ReplyTx>>>;
+/// Requests waiting for replies, by `trans`.
+type Pending = Arc<Mutex<Waiting>>;
+
+#[derive(Default)]
+struct Waiting {
+    /// Fx hashing: the keys are our own counter, not input an attacker picks, and SipHash
+    /// showed in profiles at one lookup per reply.
+    map: FxHashMap<u64, ReplyTx>,
+    /// No deadline in `map` is earlier (some may be later: requests answered since do not
+    /// raise it). The sweeper looks at the requests only once this tick has come.
+    earliest: u64,
+}
 
 /// One request's replies: the reader pushes frames, the request takes them. A plain
 /// mutex-guarded vector with one waker; lighter than a channel per request (no block
@@ -42,18 +56,24 @@ struct ReplyQueue {
     frames: Vec<Frame>,
     /// The reader dropped its end: no more frames will come.
     closed: bool,
+    /// The sweeper closed it: the deadline passed before the final reply.
+    timed_out: bool,
     waker: Option<Waker>,
 }
 
-/// The reader's end of a request's replies; dropping it (the final reply, or the
-/// connection ending) closes the queue and wakes the request.
-struct ReplyTx(Arc<Mutex<ReplyQueue>>);
+/// The reader's end of a request's replies; dropping it (the final reply, the connection
+/// ending, the deadline passing) closes the queue and wakes the request.
+struct ReplyTx {
+    q: Arc<Mutex<ReplyQueue>>,
+    /// The tick of the client's clock by which the final reply must arrive.
+    deadline: u64,
+}
 
 impl ReplyTx {
     /// Changes the queue, then wakes the request (outside the lock).
     fn update(&self, f: impl FnOnce(&mut ReplyQueue)) {
         let waker = {
-            let mut q = self.0.lock();
+            let mut q = self.q.lock();
             f(&mut q);
             q.waker.take()
         };
@@ -70,6 +90,14 @@ impl ReplyTx {
     fn finish(self, frame: Frame) {
         self.update(|q| {
             q.frames.push(frame);
+            q.closed = true;
+        });
+    }
+
+    /// The deadline passed: closed as timed out.
+    fn time_out(self) {
+        self.update(|q| {
+            q.timed_out = true;
             q.closed = true;
         });
     }
@@ -92,13 +120,26 @@ pub struct Replies {
     trans: u64,
 }
 
+/// How a request's queue ended, seen with its last frames.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Open,
+    Closed,
+    TimedOut,
+}
+
 impl Replies {
     /// Waits until the queue has frames or is closed; takes the frames.
-    async fn take(&mut self) -> (Vec<Frame>, bool) {
+    async fn take(&mut self) -> (Vec<Frame>, End) {
         std::future::poll_fn(|cx| {
             let mut q = self.q.lock();
             if !q.frames.is_empty() || q.closed {
-                return Poll::Ready((std::mem::take(&mut q.frames), q.closed));
+                let end = match (q.closed, q.timed_out) {
+                    (false, _) => End::Open,
+                    (true, false) => End::Closed,
+                    (true, true) => End::TimedOut,
+                };
+                return Poll::Ready((std::mem::take(&mut q.frames), end));
             }
             if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 q.waker = Some(cx.waker().clone());
@@ -117,21 +158,26 @@ impl Replies {
         self.taken.pop_front()
     }
 
-    /// Every reply up to the final one (without MORE); `None` if the connection ended first.
-    async fn all(&mut self) -> Option<Vec<Frame>> {
+    /// Every reply up to the final one (without MORE). Fails with [`ClientError::Timeout`]
+    /// when the request's deadline passed first, or a connection error when the connection
+    /// ended first.
+    pub async fn all(mut self, conn: &Conn) -> Result<Vec<Frame>> {
         let mut out: Vec<Frame> = self.taken.drain(..).collect();
         loop {
             if out.last().is_some_and(|f| !f.header.has_more()) {
-                return Some(out);
+                return Ok(out);
             }
-            let (frames, closed) = self.take().await;
+            let (frames, end) = self.take().await;
             if out.is_empty() {
                 out = frames;
             } else {
                 out.extend(frames);
             }
-            if closed && out.last().is_none_or(|f| f.header.has_more()) {
-                return None;
+            if end != End::Open && out.last().is_none_or(|f| f.header.has_more()) {
+                return Err(match end {
+                    End::TimedOut => ClientError::Timeout,
+                    _ => conn.closed(),
+                });
             }
         }
     }
@@ -139,9 +185,10 @@ impl Replies {
 
 impl Drop for Replies {
     fn drop(&mut self) {
-        // Closed: the reader already removed the request (final reply or connection end).
+        // Closed: the request is out of the map already (final reply, connection end, or
+        // deadline).
         if !self.q.lock().closed {
-            let gone = self.pending.lock().remove(&self.trans);
+            let gone = self.pending.lock().map.remove(&self.trans);
             drop(gone);
         }
     }
@@ -169,6 +216,8 @@ pub struct Conn {
     reader: tokio::task::AbortHandle,
     /// The socket itself (a duplicate descriptor), to set options on.
     ctl: std::net::TcpStream,
+    /// Deadlines are ticks of this clock.
+    clock: Arc<Clock>,
 }
 
 /// The socket's write half and the buffer a request's frame is assembled in (kept, so a
@@ -193,13 +242,19 @@ impl Drop for ReaderGuard {
         self.alive.store(false, Relaxed);
         // Dropping the senders ends every waiting request with a connection error (outside
         // the lock: each drop wakes its request).
-        let all = std::mem::take(&mut *self.pending.lock());
+        let all = std::mem::take(&mut self.pending.lock().map);
         drop(all);
     }
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr, timeout: std::time::Duration) -> Result<Arc<Conn>> {
+    /// Connects within `timeout`; the requests' deadlines count on `clock`, whose sweeper
+    /// watches the new connection.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: std::time::Duration,
+        clock: &Arc<Clock>,
+    ) -> Result<Arc<Conn>> {
         let err = |m: String| ClientError::Connection {
             addr: addr.to_string(),
             msg: m,
@@ -216,7 +271,10 @@ impl Conn {
             .and_then(|(ctl, s)| Ok((ctl, TcpStream::from_std(s)?)));
         let (ctl, sock) = ctl.map_err(|e| err(e.to_string()))?;
         let (mut rd, wr) = sock.into_split();
-        let pending: Pending = Arc::new(Mutex::new(FxHashMap::default()));
+        let pending: Pending = Arc::new(Mutex::new(Waiting {
+            map: FxHashMap::default(),
+            earliest: NEVER,
+        }));
         let alive = Arc::new(AtomicBool::new(true));
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         // Reader: route replies by trans.
@@ -245,12 +303,12 @@ impl Conn {
                                 continue;
                             }
                             if h.has_more() {
-                                if let Some(s) = p2.lock().get(&h.trans) {
+                                if let Some(s) = p2.lock().map.get(&h.trans) {
                                     s.push(frame);
                                 }
                             } else {
                                 // Out of the map first, then woken once (outside the lock).
-                                let done = p2.lock().remove(&h.trans);
+                                let done = p2.lock().map.remove(&h.trans);
                                 if let Some(s) = done {
                                     s.finish(frame);
                                 }
@@ -279,7 +337,7 @@ impl Conn {
             }
             drop(push_tx);
         });
-        Ok(Arc::new(Conn {
+        let conn = Arc::new(Conn {
             addr,
             wr: tokio::sync::Mutex::new(Writer {
                 half: wr,
@@ -294,7 +352,10 @@ impl Conn {
             handshake_lock: tokio::sync::Mutex::new(()),
             reader: reader.abort_handle(),
             ctl,
-        }))
+            clock: clock.clone(),
+        });
+        clock.watch(&conn);
+        Ok(conn)
     }
 
     /// A new transaction number for a request on this connection (the first is 1; 0 is the
@@ -330,69 +391,141 @@ impl Conn {
         self.reader.abort();
     }
 
-    /// Sends a request and returns the channel its replies arrive on. `trans` 0 (handshake)
-    /// is keyed as 0.
-    pub async fn send(&self, h: Header, payload: &[u8]) -> Result<Replies> {
-        self.send_parts(h, &[payload]).await
+    /// Sends a request (as `h.trans`) and returns the queue its replies arrive on; with a
+    /// `timeout`, the queue ends in a timeout when the final reply is not in by then.
+    /// `trans` 0 (handshake) is keyed as 0.
+    pub async fn send(
+        &self,
+        h: &Header,
+        payload: &[u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Replies> {
+        self.send_parts(h, h.trans, &[payload], timeout).await
     }
 
-    /// [`Conn::send`] with the payload in parts (an io_attr and the data behind it), so the
-    /// caller need not copy them together first. A frame under 64 KiB is assembled once and
-    /// written with one system call; a larger one writes its parts as they are.
-    pub async fn send_parts(&self, mut h: Header, parts: &[&[u8]]) -> Result<Replies> {
+    /// [`Conn::send`] as `trans`, with the payload in parts (an io_attr and the data behind
+    /// it), so the caller need not copy them together first. A frame under 64 KiB is
+    /// assembled once and written with one system call; a larger one writes its parts as
+    /// they are. The header is borrowed: a request's future holds it once, however many
+    /// layers pass it down.
+    pub fn send_parts<'a>(
+        &'a self,
+        h: &'a Header,
+        trans: u64,
+        parts: &'a [&'a [u8]],
+        timeout: Option<std::time::Duration>,
+    ) -> impl Future<Output = Result<Replies>> + Send + 'a {
+        // Registered before the first await: the future holds the queue, not the setup's
+        // arguments (it is moved as a whole into the request's future).
+        let replies = self.register(trans, timeout);
+        async move {
+            let replies = replies?;
+            if !self.write_frame(h, trans, parts).await? {
+                // Dropping `replies` forgets the request.
+                self.alive.store(false, Relaxed);
+                return Err(self.closed());
+            }
+            Ok(replies)
+        }
+    }
+
+    /// Puts a request in the map of waiting ones, with its deadline.
+    fn register(&self, trans: u64, timeout: Option<std::time::Duration>) -> Result<Replies> {
         if !self.is_alive() {
             return Err(self.closed());
         }
         let q = Arc::new(Mutex::new(ReplyQueue::default()));
-        self.pending.lock().insert(h.trans, ReplyTx(q.clone()));
-        let replies = Replies {
+        let deadline = timeout.map_or(NEVER, |t| self.clock.deadline(t));
+        {
+            let mut p = self.pending.lock();
+            p.map.insert(
+                trans,
+                ReplyTx {
+                    q: q.clone(),
+                    deadline,
+                },
+            );
+            p.earliest = p.earliest.min(deadline);
+        }
+        if deadline != NEVER {
+            self.clock.note_waiting();
+        }
+        Ok(Replies {
             q,
             taken: VecDeque::new(),
             pending: self.pending.clone(),
-            trans: h.trans,
-        };
+            trans,
+        })
+    }
+
+    /// Writes one frame under the writer's lock; `false` when the socket failed.
+    async fn write_frame(&self, h: &Header, trans: u64, parts: &[&[u8]]) -> Result<bool> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        h.size = len as u64;
         let small = len < 64 << 10;
-        let ok = {
-            let mut w = match self.wr.try_lock() {
-                Ok(w) => w,
-                Err(_) => self.wr.lock().await,
-            };
-            let Writer { half, buf, torn } = &mut *w;
-            if *torn {
-                // A request was cancelled in the middle of its frame: the stream is
-                // unusable.
-                drop(w);
-                self.kill();
-                return Err(self.closed());
-            }
-            buf.clear();
-            h.encode_into(buf);
-            if small {
-                for p in parts {
-                    buf.extend_from_slice(p);
-                }
-            }
-            *torn = true;
-            let mut ok = half.write_all(buf).await.is_ok();
-            if !small {
-                for p in parts {
-                    ok = ok && half.write_all(p).await.is_ok();
-                }
-            }
-            *torn = false;
-            if buf.capacity() > 256 << 10 {
-                *buf = Vec::new();
-            }
-            ok
+        let mut w = match self.wr.try_lock() {
+            Ok(w) => w,
+            // Boxed: the lock's future is 120 bytes, and contention is the rare case.
+            Err(_) => Box::pin(self.wr.lock()).await,
         };
-        if !ok {
-            // Dropping `replies` forgets the request.
-            self.alive.store(false, Relaxed);
+        let Writer { half, buf, torn } = &mut *w;
+        if *torn {
+            // A request was cancelled in the middle of its frame: the stream is unusable.
+            drop(w);
+            self.kill();
             return Err(self.closed());
         }
-        Ok(replies)
+        buf.clear();
+        {
+            // In a block: a borrowed local would stay in the future's state across the
+            // awaits below until the end of its scope.
+            let mut h = *h;
+            h.trans = trans;
+            h.size = len as u64;
+            h.encode_into(buf);
+        }
+        if small {
+            for p in parts {
+                buf.extend_from_slice(p);
+            }
+        }
+        *torn = true;
+        let mut ok = half.write_all(buf).await.is_ok();
+        if !small {
+            for p in parts {
+                ok = ok && half.write_all(p).await.is_ok();
+            }
+        }
+        *torn = false;
+        if buf.capacity() > 256 << 10 {
+            *buf = Vec::new();
+        }
+        Ok(ok)
+    }
+
+    /// The sweeper's tick `now`: ends the requests whose deadline has come. Returns whether
+    /// requests with a deadline may still be waiting.
+    pub(crate) fn expire(&self, now: u64) -> bool {
+        let mut due = Vec::new();
+        let waiting = {
+            let mut p = self.pending.lock();
+            if p.earliest <= now {
+                let keys: Vec<u64> = (p.map.iter())
+                    .filter(|(_, tx)| tx.deadline <= now)
+                    .map(|(&k, _)| k)
+                    .collect();
+                due.extend(keys.iter().filter_map(|k| p.map.remove(k)));
+                p.earliest = p.map.values().map(|tx| tx.deadline).min().unwrap_or(NEVER);
+            }
+            if p.map.is_empty() {
+                p.earliest = NEVER;
+            }
+            p.earliest != NEVER
+        };
+        // Woken outside the lock.
+        for tx in due {
+            tx.time_out();
+        }
+        waiting
     }
 
     pub fn closed(&self) -> ClientError {
@@ -400,19 +533,5 @@ impl Conn {
             addr: self.addr.to_string(),
             msg: "connection closed".into(),
         }
-    }
-}
-
-/// Collects a transaction's replies until the final one, within `timeout` (a request that
-/// times out is forgotten when `rx` is dropped: late replies are discarded).
-pub async fn collect(
-    conn: &Conn,
-    mut rx: Replies,
-    timeout: std::time::Duration,
-) -> Result<Vec<Frame>> {
-    match tokio::time::timeout(timeout, rx.all()).await {
-        Ok(Some(frames)) => Ok(frames),
-        Ok(None) => Err(conn.closed()),
-        Err(_) => Err(ClientError::Timeout),
     }
 }

@@ -16,9 +16,11 @@
 //! # Layout
 //! - [`error`]: [`ClientError`] with its errno.
 //! - [`conn`]: one connection: writer queue, reply routing by `trans`, timeouts.
+//! - [`clock`]: the coarse clock request deadlines count on, and its sweeper.
 //! - [`routes`]: the per-group route table and owner lookup (from `apsis-ring`).
 //! - [`session`]: [`Session`] and the operations; [`Checker`]; result types.
 
+pub mod clock;
 pub mod conn;
 pub mod error;
 pub mod routes;
@@ -31,6 +33,7 @@ pub use session::{
 };
 
 use apsis_proto::{cflags, cmd, Addr, Header, NodeInfo, RouteList, VERSION};
+use clock::Clock;
 use conn::Conn;
 use parking_lot::{Mutex, RwLock};
 use routes::RouteTable;
@@ -105,6 +108,8 @@ struct Inner {
     /// One lock per node being connected to, so concurrent requests do not connect twice
     /// and a slow node does not hold up the others.
     connecting: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    /// Request deadlines.
+    clock: Arc<Clock>,
 }
 
 impl Client {
@@ -119,6 +124,7 @@ impl Client {
                 known: Mutex::new(BTreeSet::new()),
                 infos: Mutex::new(HashMap::new()),
                 connecting: Mutex::new(HashMap::new()),
+                clock: Clock::start(),
             }),
         };
         let period = c.inner.opts.check_timeout;
@@ -174,8 +180,8 @@ impl Client {
         let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::DIRECT | cflags::NOLOCK);
         h.set_version(VERSION);
         h.trans = 0;
-        let rx = conn.send(h, &[]).await?;
-        let frames = conn::collect(conn, rx, timeout).await?;
+        let rx = conn.send(&h, &[], Some(timeout)).await?;
+        let frames = rx.all(conn).await?;
         let f = frames
             .last()
             .ok_or_else(|| ClientError::Protocol("empty handshake".into()))?;
@@ -237,14 +243,14 @@ impl Client {
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<()> {
-        let conn = Conn::connect(addr, self.inner.opts.connect_timeout).await?;
+        let conn = Conn::connect(addr, self.inner.opts.connect_timeout, &self.inner.clock).await?;
         let info = self.handshake(&conn).await?;
         if let Some(join) = &self.inner.opts.join {
             let me = join();
             let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
             h.trans = conn.next_trans();
             // JOIN has no reply: dropping its `Replies` forgets the trans at once.
-            drop(conn.send(h, &me.encode()).await?);
+            drop(conn.send(&h, &me.encode(), None).await?);
         }
         tracing::debug!(%addr, backends = info.backends.len(), "node connected");
         self.learn(addr, info);
@@ -299,8 +305,8 @@ impl Client {
             cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
         );
         h.trans = conn.next_trans();
-        let rx = conn.send(h, &[]).await?;
-        let frames = conn::collect(&conn, rx, timeout).await?;
+        let rx = conn.send(&h, &[], Some(timeout)).await?;
+        let frames = rx.all(&conn).await?;
         let Some(f) = frames.iter().find(|f| !f.payload.is_empty()) else {
             return Ok(());
         };
@@ -400,7 +406,7 @@ impl Client {
     pub async fn request(
         &self,
         addr: SocketAddr,
-        h: Header,
+        h: &Header,
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Vec<apsis_proto::Frame>> {
@@ -412,14 +418,15 @@ impl Client {
     pub async fn request_parts(
         &self,
         addr: SocketAddr,
-        mut h: Header,
+        h: &Header,
         parts: &[&[u8]],
         timeout: Duration,
     ) -> Result<Vec<apsis_proto::Frame>> {
         let conn = self.conn(addr).await?;
-        h.trans = conn.next_trans();
-        let rx = conn.send_parts(h, parts).await?;
-        match conn::collect(&conn, rx, timeout).await {
+        let rx = conn
+            .send_parts(h, conn.next_trans(), parts, Some(timeout))
+            .await?;
+        match rx.all(&conn).await {
             Ok(f) => {
                 conn.note_reply();
                 Ok(f)

@@ -190,7 +190,7 @@ pub async fn relay(
     let frames = ctx
         .cluster
         .client
-        .request(addr, h, payload, ctx.cluster.wait_timeout)
+        .request(addr, &h, payload, ctx.cluster.wait_timeout)
         .await
         .map_err(|e| {
             tracing::debug!(%addr, error = %e, "forward failed");

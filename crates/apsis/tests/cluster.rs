@@ -273,7 +273,7 @@ async fn nodes_forward_what_they_do_not_own() {
             };
             let mut p = Vec::new();
             io.encode_into(&mut p);
-            s.transact(other, h, &p).await
+            s.transact(other, &h, &p).await
         }
     };
     let frames = read_at(0).await.expect("forwarded read");
@@ -472,6 +472,38 @@ async fn group_writes_go_out_in_parallel() {
         took < Duration::from_millis(600),
         "3 groups in parallel: {took:?}"
     );
+}
+
+/// A request not answered within its session's timeout fails with a timeout close to that
+/// time (the client's coarse clock: within two 10 ms ticks); its late reply is discarded, and
+/// the connection serves the next request. The client was idle before the slow request, so
+/// its deadline sweeper had gone to sleep and the request had to wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_times_out_on_time_and_its_late_reply_is_dropped() {
+    let cluster = Cluster::start(BIN, ClusterSpec::new(vec![vec![1]], Net::Loopback)).unwrap();
+    let c = cluster.client().await;
+    let mut s = session(&c, vec![1], Checker::All);
+    let a = cluster.addrs()[0];
+    s.write(b"slow", b"v").await.unwrap();
+    s.backend_delay(a, 1, 800).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.timeout = Duration::from_millis(300);
+    let t = Instant::now();
+    let e = s.read(b"slow", 0, 0).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(matches!(e, ClientError::Timeout), "{e:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(500),
+        "a 300 ms timeout fired after {took:?}"
+    );
+    s.timeout = Duration::from_secs(5);
+    s.backend_delay(a, 1, 0).await.unwrap();
+    // The timed-out read's reply comes in while these run, for a trans nobody waits for.
+    for _ in 0..3 {
+        let r = s.read(b"slow", 0, 0).await.unwrap();
+        assert_eq!(&r.data[..], b"v");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// The command line against a cluster: a write to three groups through one remote (the others

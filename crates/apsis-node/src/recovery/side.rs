@@ -185,7 +185,7 @@ impl Side {
         let frames = ctx
             .cluster
             .client
-            .request(route.addr, h, payload, peer_timeout(ctx))
+            .request(route.addr, &h, payload, peer_timeout(ctx))
             .await
             .map_err(|e| e.errno())?;
         match frames.last() {
