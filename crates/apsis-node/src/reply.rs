@@ -227,6 +227,17 @@ impl ConnWriter {
     }
 
     /// Writes what is pending; false when the socket failed.
+    /// Adds a frame (`h` with its size set) to the pending buffer; returns whether the
+    /// buffer should be written out now.
+    fn gather(&self, h: &Header, parts: &[&[u8]]) -> bool {
+        let mut p = self.pending.lock();
+        h.encode_into(&mut p);
+        for part in parts {
+            p.extend_from_slice(part);
+        }
+        p.len() >= PENDING_FLUSH
+    }
+
     pub async fn flush(&self) -> bool {
         let buf = {
             let mut p = self.pending.lock();
@@ -374,15 +385,7 @@ impl Out {
                 }
             }
             Sink::Direct(w) if len < GATHER_MAX => {
-                let full = {
-                    let mut p = w.pending.lock();
-                    h.encode_into(&mut p);
-                    for part in parts {
-                        p.extend_from_slice(part);
-                    }
-                    p.len() >= PENDING_FLUSH
-                };
-                !full || Box::pin(w.flush()).await
+                !w.gather(&h, parts) || Box::pin(w.flush()).await
             }
             Sink::Direct(w) => {
                 let mut head = Vec::with_capacity(HEADER_SIZE);
@@ -392,6 +395,23 @@ impl Out {
                 all.extend_from_slice(parts);
                 Box::pin(w.write_parts(&all)).await
             }
+        }
+    }
+
+    /// A data reply (the only one: no items follow) added to an inline request's connection
+    /// buffer at once, where the caller has its parts only for a moment (a read's bytes in
+    /// the engine's map). `Some(full)`, full when the buffer should be written out now
+    /// ([`Out::flush`]); `None` when this reply cannot be gathered (held, answered from a
+    /// task, or large): send it with [`Out::data`].
+    pub fn gather_data(&self, parts: &[&[u8]]) -> Option<bool> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        match &self.tx {
+            Sink::Direct(w) if len < GATHER_MAX && self.held.lock().is_none() => {
+                let mut h = self.req.reply(0, 0, self.need_ack);
+                h.size = len as u64;
+                Some(w.gather(&h, parts))
+            }
+            _ => None,
         }
     }
 

@@ -198,6 +198,15 @@ pub struct ReadResult {
     pub data: Vec<u8>,
 }
 
+/// A read's answer with its bytes borrowed where the engine has them
+/// ([`BlobBackend::read_with`](crate::BlobBackend::read_with)).
+pub struct ReadView<'a> {
+    pub info: RecordInfo,
+    /// The offset the data starts at, inside the object.
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
 /// A removal: the tombstone's timestamp, and whether to record it even when the key is
 /// missing (recovery propagates deletes to replicas that never saw the key).
 #[derive(Clone, Debug, Default)]

@@ -50,6 +50,15 @@ async fn data_semantics() {
     assert_eq!(l.info.record_flags, 0x140);
     assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, &b"hello world"[..]);
 
+    // A reply too large to gather into the connection's buffer (64 KiB) goes out from its
+    // own; whole and in a range that starts and ends inside checksum chunks.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    s.write(b"big", &big).await.unwrap();
+    assert_eq!(s.read(b"big", 0, 0).await.unwrap().data, &big[..]);
+    let r = s.read(b"big", 70_001, 100_003).await.unwrap();
+    assert_eq!(r.data, &big[70_001..170_004]);
+    assert_eq!((r.io.offset, r.io.total_size), (70_001, 300_000));
+
     // Write at an offset overlays and grows.
     s.write_with(b"k1", b"HELLO", 0, 6).await.unwrap();
     assert_eq!(s.read(b"k1", 0, 0).await.unwrap().data, &b"hello HELLO"[..]);

@@ -218,38 +218,61 @@ pub(crate) fn read_one(
         },
         None => None,
     };
-    // (data, offset, total size, timestamp, user flags, record flags) from either source.
-    let (data, offset, total, timestamp, user_flags, rflags) = match hit {
+    match hit {
         Some(h) => {
             let (off, len) = read_range(h.data.len() as u64, &req).map_err(storage_errno)?;
             let data = h.data[off as usize..(off + len) as usize].to_vec();
-            let total = h.data.len() as u64;
-            (data, off, total, h.timestamp, h.user_flags, 0)
+            let served = Served {
+                offset: off,
+                total: h.data.len() as u64,
+                timestamp: h.timestamp,
+                user_flags: h.user_flags,
+                record_flags: 0,
+            };
+            Ok((reply_io(io, &served, &data), data))
         }
         None => {
             let r = engine.read(&key, &req).map_err(storage_errno)?;
-            let rf = wire_flags(&r.info);
-            (
-                r.data,
-                r.offset,
-                r.info.size,
-                r.info.timestamp,
-                r.info.user_flags,
-                rf,
-            )
+            let rio = reply_io(io, &Served::record(&r.info, r.offset), &r.data);
+            Ok((rio, r.data))
         }
-    };
+    }
+}
+
+/// What a read reply says about the bytes it carries, from the cache or the engine.
+struct Served {
+    offset: u64,
+    total: u64,
+    timestamp: Timestamp,
+    user_flags: u64,
+    record_flags: u64,
+}
+
+impl Served {
+    fn record(info: &RecordInfo, offset: u64) -> Served {
+        Served {
+            offset,
+            total: info.size,
+            timestamp: info.timestamp,
+            user_flags: info.user_flags,
+            record_flags: wire_flags(info),
+        }
+    }
+}
+
+/// A read reply's io_attr: the request's, with what was served.
+fn reply_io(io: &IoAttr, s: &Served, data: &[u8]) -> IoAttr {
     let mut rio = *io;
     if io.flags & ioflags::CHECKSUM != 0 {
-        rio.parent = data_checksum(&data);
+        rio.parent = data_checksum(data);
     }
-    rio.offset = offset;
+    rio.offset = s.offset;
     rio.size = data.len() as u64;
-    rio.total_size = total;
-    rio.timestamp = ts_out(timestamp);
-    rio.user_flags = user_flags;
-    rio.record_flags = rflags;
-    Ok((rio, data))
+    rio.total_size = s.total;
+    rio.timestamp = ts_out(s.timestamp);
+    rio.user_flags = s.user_flags;
+    rio.record_flags = s.record_flags;
+    rio
 }
 
 /// A READ with CACHE that missed: the whole object comes from the engine (verified) and is
@@ -291,7 +314,33 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
     let _g = lock(ctx, &hdr, &io.id).await;
-    let (rio, data) = read_one(slot.cache().as_deref(), &engine, &io)?;
+    let cache = slot.cache();
+    if cache.is_none() && out.is_inline() {
+        // Without a cache, the bytes go from the engine's map straight into the
+        // connection's reply buffer: one copy, no vector per read.
+        let req = ReadRequest {
+            offset: io.offset,
+            size: io.size,
+            nocsum: io.flags & ioflags::NOCSUM != 0,
+        };
+        let sent = engine
+            .read_with(&apsis_storage::Key(io.id), &req, |v| {
+                let head = reply_io(&io, &Served::record(&v.info, v.offset), v.data).encode();
+                // Too large to gather: copied out, and written from its own buffer.
+                out.gather_data(&[&head, v.data])
+                    .ok_or_else(|| [&head[..], v.data].concat())
+            })
+            .map_err(storage_errno)?;
+        match sent {
+            Ok(true) => out.flush().await,
+            Ok(false) => {}
+            Err(payload) => {
+                out.data(&[&payload], false).await;
+            }
+        }
+        return Ok(());
+    }
+    let (rio, data) = read_one(cache.as_deref(), &engine, &io)?;
     let head = rio.encode();
     out.data(&[&head, &data], false).await;
     Ok(())

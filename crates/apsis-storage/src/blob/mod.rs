@@ -369,6 +369,18 @@ pub struct RecoveryReport {
 }
 
 impl BlobBackend {
+    /// [`Backend::read`](crate::Backend::read) handing `f` the record's bytes where the
+    /// engine has them (the memory map, verified, under the key's lock) instead of in a new
+    /// vector: a server copies them once, into its reply.
+    pub fn read_with<R>(
+        &self,
+        key: &Key,
+        req: &ReadRequest,
+        f: impl FnOnce(ReadView<'_>) -> R,
+    ) -> Result<R> {
+        self.inner.read_with(key, req, f)
+    }
+
     /// Opens (or creates) a backend in a directory on the filesystem.
     pub fn open_path(path: impl AsRef<std::path::Path>, cfg: BlobConfig) -> Result<BlobBackend> {
         let dir = FileDir::open(path).map_err(|e| StorageError::Open(e.to_string()))?;

@@ -28,6 +28,21 @@ impl Inner {
     }
 
     pub(crate) fn read(&self, key: &Key, req: &ReadRequest) -> Result<ReadResult> {
+        self.read_with(key, req, |v| ReadResult {
+            info: v.info,
+            offset: v.offset,
+            data: v.data.to_vec(),
+        })
+    }
+
+    /// A read that hands `f` the bytes where they are (in the map, under the key's lock,
+    /// verified), so a caller copies them once, straight to where they go.
+    pub(crate) fn read_with<R>(
+        &self,
+        key: &Key,
+        req: &ReadRequest,
+        f: impl FnOnce(ReadView<'_>) -> R,
+    ) -> Result<R> {
         let _g = self.key_lock(key).read();
         let c = self.live(key, PREFETCH)?;
         let (off, len) = read_range(c.hdr.data_size, req)?;
@@ -36,11 +51,12 @@ impl Inner {
                 "a read returns at most {READ_SIZE_MAX} bytes; read in ranges"
             )));
         }
-        let data = self.read_data(&c, off, len, !req.nocsum)?;
-        Ok(ReadResult {
-            info: record_info(&c.hdr, &c.base, c.loc),
-            offset: off,
-            data,
+        self.with_data(&c, off, len, !req.nocsum, |data| {
+            f(ReadView {
+                info: record_info(&c.hdr, &c.base, c.loc),
+                offset: off,
+                data,
+            })
         })
     }
 
@@ -70,6 +86,19 @@ impl Inner {
         len: u64,
         verify: bool,
     ) -> Result<Vec<u8>> {
+        self.with_data(c, off, len, verify, <[u8]>::to_vec)
+    }
+
+    /// [`Inner::read_data`] handing the bytes to `f` where they are (the map, or what was
+    /// read with the header) instead of copying them out.
+    fn with_data<R>(
+        &self,
+        c: &Current,
+        off: u64,
+        len: u64,
+        verify: bool,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         let h = &c.hdr;
         let rec = c.loc.offset();
         let verify = verify && h.verifies() && len > 0;
@@ -94,7 +123,7 @@ impl Inner {
                 self.read_vec(&c.base, start, n as usize).map(Into::into)
             }
         };
-        let data = region(rec + h.data_start() + from, to - from)?.into_owned();
+        let data = region(rec + h.data_start() + from, to - from)?;
         if verify {
             let first = from / h.chunk_size();
             let count = (to - from).div_ceil(h.chunk_size());
@@ -104,11 +133,7 @@ impl Inner {
             })?;
         }
         let s = (off - from) as usize;
-        Ok(if s == 0 && data.len() as u64 == len {
-            data
-        } else {
-            data[s..s + len as usize].to_vec()
-        })
+        Ok(f(&data[s..s + len as usize]))
     }
 
     /// One batch of an iteration in storage order (base by base, record by record).
