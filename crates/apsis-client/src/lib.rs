@@ -114,7 +114,8 @@ struct Inner {
 
 impl Client {
     /// A client that knows no node yet; [`Client::add_remotes`] adds them. Starts the
-    /// periodic refresh (it stops when the last `Client` clone is dropped).
+    /// periodic refresh and the request-deadline sweeper ([`clock`]), tokio tasks that stop
+    /// when the last `Client` clone (and connection) is dropped: call it inside a runtime.
     pub fn new(opts: ClientOptions) -> Client {
         let c = Client {
             inner: Arc::new(Inner {
