@@ -36,9 +36,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     // inline too; its reply is held for the group commit and sent after it, not waited for
     // here (see `reply`).
     let inflight = Arc::new(Semaphore::new(ctx.cfg.max_inflight_per_connection.max(1)));
-    let mut shutdown = ctx.shutdown_rx();
-    // One wait for shutdown, polled with every read (not a new waiter per read).
-    let mut stop = std::pin::pin!(shutdown.changed());
+    // The connection's own stop signal, polled with every read.
+    let mut stop = ctx.conn_stops.signal(conn_id);
     let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
     let max = ctx.cfg.max_frame_bytes;
     'conn: loop {
@@ -119,6 +118,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
             },
         }
     }
+    drop(stop);
     ctx.peers.lock().remove(&conn_id);
     ctx.joined.lock().remove(&conn_id);
     // Replies waiting for a group commit go out before the socket closes.

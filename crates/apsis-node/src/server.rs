@@ -83,6 +83,7 @@ impl Node {
             log_level: AtomicU32::new(crate::log_level_number(&cfg.log_level)),
             log_setter,
             shutdown,
+            conn_stops: Default::default(),
             started: std::time::Instant::now(),
             cfg,
         });

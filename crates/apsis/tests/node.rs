@@ -502,7 +502,17 @@ async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
         }
         s.remove(b"r7").await.unwrap();
     }
+    // An idle client connection is told to stop too: the node does not wait out its 10 s
+    // drain limit for it.
+    let idle = session(&srv, vec![1]).await;
+    let t = std::time::Instant::now();
     assert!(srv.stop().success());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "graceful stop with an idle connection took {:?}",
+        t.elapsed()
+    );
+    drop(idle);
     srv.restart();
     let s = session(&srv, vec![1]).await;
     for i in 0..200 {
