@@ -226,7 +226,6 @@ impl ConnWriter {
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes what is pending; false when the socket failed.
     /// Adds a frame (`h` with its size set) to the pending buffer; returns whether the
     /// buffer should be written out now.
     fn gather(&self, h: &Header, parts: &[&[u8]]) -> bool {
@@ -238,6 +237,7 @@ impl ConnWriter {
         p.len() >= PENDING_FLUSH
     }
 
+    /// Writes what is pending; false when the socket failed.
     pub async fn flush(&self) -> bool {
         let buf = {
             let mut p = self.pending.lock();

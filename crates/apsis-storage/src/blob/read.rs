@@ -8,6 +8,7 @@ use super::Inner;
 use crate::backend::{data_checksum, read_range};
 use crate::error::{Result, StorageError};
 use crate::types::*;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 /// Bytes read speculatively with the header, so small records cost one read.
@@ -86,7 +87,17 @@ impl Inner {
         len: u64,
         verify: bool,
     ) -> Result<Vec<u8>> {
-        self.with_data(c, off, len, verify, <[u8]>::to_vec)
+        let (data, s) = self.verified(c, off, len, verify)?;
+        let range = s..s + len as usize;
+        Ok(match data {
+            // Read into a buffer of its own (no map): kept, not copied again.
+            Cow::Owned(mut v) => {
+                v.truncate(range.end);
+                v.drain(..range.start);
+                v
+            }
+            Cow::Borrowed(b) => b[range].to_vec(),
+        })
     }
 
     /// [`Inner::read_data`] handing the bytes to `f` where they are (the map, or what was
@@ -99,6 +110,20 @@ impl Inner {
         verify: bool,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R> {
+        let (data, s) = self.verified(c, off, len, verify)?;
+        Ok(f(&data[s..s + len as usize]))
+    }
+
+    /// The verified stretch of a record's data that holds `len` bytes from `off` (whole
+    /// checksum chunks when `verify`), borrowed where the bytes already are (the map, or what
+    /// was read with the header), else read; and where the asked bytes start in it.
+    fn verified<'a>(
+        &'a self,
+        c: &'a Current,
+        off: u64,
+        len: u64,
+        verify: bool,
+    ) -> Result<(Cow<'a, [u8]>, usize)> {
         let h = &c.hdr;
         let rec = c.loc.offset();
         let verify = verify && h.verifies() && len > 0;
@@ -111,9 +136,7 @@ impl Inner {
         } else {
             (off, off + len)
         };
-        // Where the bytes already are (the map, or what was read with the header), borrowed;
-        // else read.
-        let region = |start: u64, n: u64| -> Result<std::borrow::Cow<'_, [u8]>> {
+        let region = |start: u64, n: u64| -> Result<Cow<'a, [u8]>> {
             let s = start - rec;
             if let Some(src) = Self::mapped(&c.base, start, n as usize) {
                 Ok(src.into())
@@ -132,8 +155,7 @@ impl Inner {
                 StorageError::Corrupt(format!("base {} offset {}: {e}", c.base.number, rec))
             })?;
         }
-        let s = (off - from) as usize;
-        Ok(f(&data[s..s + len as usize]))
+        Ok((data, (off - from) as usize))
     }
 
     /// One batch of an iteration in storage order (base by base, record by record).
