@@ -485,7 +485,9 @@ async fn a_request_times_out_on_time_and_its_late_reply_is_dropped() {
     let mut s = session(&c, vec![1], Checker::All);
     let a = cluster.addrs()[0];
     s.write(b"slow", b"v").await.unwrap();
-    s.backend_delay(a, 1, 800).await.unwrap();
+    // Delays short enough that the client's route refresh (a handshake every second, on the
+    // same connection, behind the delayed reads, with a 1 s timeout) still gets through.
+    s.backend_delay(a, 1, 600).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.timeout = Duration::from_millis(300);
     let t = Instant::now();
@@ -496,9 +498,27 @@ async fn a_request_times_out_on_time_and_its_late_reply_is_dropped() {
         took >= Duration::from_millis(300) && took < Duration::from_millis(500),
         "a 300 ms timeout fired after {took:?}"
     );
+    // Requests with different timeouts on one connection: the short one times out, the long
+    // one (due later) still gets its reply. (A successful request first: two timeouts in a
+    // row would make the client ping the node, which this delay stalls, and reset it.)
+    let mut patient = s.clone();
+    patient.timeout = Duration::from_secs(5);
+    patient.backend_delay(a, 1, 300).await.unwrap();
+    // The timed-out read is still being served: let it finish first.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.timeout = Duration::from_millis(100);
+    let t = Instant::now();
+    let (short, long) = tokio::join!(s.read(b"slow", 0, 0), patient.read(b"slow", 0, 0));
+    assert!(matches!(short, Err(ClientError::Timeout)), "{short:?}");
+    assert_eq!(&long.unwrap().data[..], b"v");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     s.timeout = Duration::from_secs(5);
     s.backend_delay(a, 1, 0).await.unwrap();
-    // The timed-out read's reply comes in while these run, for a trans nobody waits for.
+    // The timed-out reads' replies come in while these run, for trans nobody waits for.
     for _ in 0..3 {
         let r = s.read(b"slow", 0, 0).await.unwrap();
         assert_eq!(&r.data[..], b"v");
