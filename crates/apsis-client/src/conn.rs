@@ -34,8 +34,17 @@ use tokio::sync::mpsc;
 /// Largest reply payload accepted (a bigger one closes the connection).
 pub const MAX_REPLY_BYTES: u64 = 1 << 30;
 
+/// What a connection's reader, its requests and the sweeper share.
+type Pending = Arc<Shared>;
+
+struct Shared {
+    waiting: Mutex<Waiting>,
+    /// Cleared when the connection ends or is killed; read by every request, so it sits
+    /// beside the map every request locks, not in an allocation of its own.
+    alive: AtomicBool,
+}
+
 /// Requests waiting for replies, by `trans`.
-type Pending = Arc<Mutex<Waiting>>;
 
 #[derive(Default)]
 struct Waiting {
@@ -188,7 +197,7 @@ impl Drop for Replies {
         // Closed: the request is out of the map already (final reply, connection end, or
         // deadline).
         if !self.q.lock().closed {
-            let gone = self.pending.lock().map.remove(&self.trans);
+            let gone = self.pending.waiting.lock().map.remove(&self.trans);
             drop(gone);
         }
     }
@@ -201,7 +210,6 @@ pub struct Conn {
     /// writer task, so a request costs one wake-up (its reply) instead of two.
     wr: tokio::sync::Mutex<Writer>,
     pending: Pending,
-    alive: Arc<AtomicBool>,
     /// Messages the server pushed (UPDATE_IDS), for the route table. The channel closes when
     /// the connection does.
     pub pushed: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
@@ -234,15 +242,14 @@ struct Writer {
 /// ends (EOF, error, or aborted by [`Conn::kill`]).
 struct ReaderGuard {
     pending: Pending,
-    alive: Arc<AtomicBool>,
 }
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
-        self.alive.store(false, Relaxed);
+        self.pending.alive.store(false, Relaxed);
         // Dropping the senders ends every waiting request with a connection error (outside
         // the lock: each drop wakes its request).
-        let all = std::mem::take(&mut self.pending.lock().map);
+        let all = std::mem::take(&mut self.pending.waiting.lock().map);
         drop(all);
     }
 }
@@ -271,16 +278,17 @@ impl Conn {
             .and_then(|(ctl, s)| Ok((ctl, TcpStream::from_std(s)?)));
         let (ctl, sock) = ctl.map_err(|e| err(e.to_string()))?;
         let (mut rd, wr) = sock.into_split();
-        let pending: Pending = Arc::new(Mutex::new(Waiting {
-            map: FxHashMap::default(),
-            earliest: NEVER,
-        }));
-        let alive = Arc::new(AtomicBool::new(true));
+        let pending: Pending = Arc::new(Shared {
+            waiting: Mutex::new(Waiting {
+                map: FxHashMap::default(),
+                earliest: NEVER,
+            }),
+            alive: AtomicBool::new(true),
+        });
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         // Reader: route replies by trans.
         let guard = ReaderGuard {
             pending: pending.clone(),
-            alive: alive.clone(),
         };
         let p2 = pending.clone();
         let reader = tokio::spawn(async move {
@@ -303,12 +311,12 @@ impl Conn {
                                 continue;
                             }
                             if h.has_more() {
-                                if let Some(s) = p2.lock().map.get(&h.trans) {
+                                if let Some(s) = p2.waiting.lock().map.get(&h.trans) {
                                     s.push(frame);
                                 }
                             } else {
                                 // Out of the map first, then woken once (outside the lock).
-                                let done = p2.lock().map.remove(&h.trans);
+                                let done = p2.waiting.lock().map.remove(&h.trans);
                                 if let Some(s) = done {
                                     s.finish(frame);
                                 }
@@ -345,7 +353,6 @@ impl Conn {
                 torn: false,
             }),
             pending,
-            alive,
             pushed: Mutex::new(Some(push_rx)),
             stalls: AtomicU32::new(0),
             trans: AtomicU64::new(0),
@@ -365,7 +372,7 @@ impl Conn {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Relaxed)
+        self.pending.alive.load(Relaxed)
     }
 
     /// Counts a request that timed out; returns how many did in a row.
@@ -386,7 +393,7 @@ impl Conn {
     /// the partition heals, over whatever was written since. Closing with SO_LINGER 0 resets
     /// the connection instead of sending the queue.
     pub fn kill(&self) {
-        self.alive.store(false, Relaxed);
+        self.pending.alive.store(false, Relaxed);
         let _ = socket2::SockRef::from(&self.ctl).set_linger(Some(std::time::Duration::ZERO));
         self.reader.abort();
     }
@@ -422,7 +429,7 @@ impl Conn {
             let replies = replies?;
             if !self.write_frame(h, trans, parts).await? {
                 // Dropping `replies` forgets the request.
-                self.alive.store(false, Relaxed);
+                self.pending.alive.store(false, Relaxed);
                 return Err(self.closed());
             }
             Ok(replies)
@@ -437,7 +444,7 @@ impl Conn {
         let q = Arc::new(Mutex::new(ReplyQueue::default()));
         let deadline = timeout.map_or(NEVER, |t| self.clock.deadline(t));
         {
-            let mut p = self.pending.lock();
+            let mut p = self.pending.waiting.lock();
             p.map.insert(
                 trans,
                 ReplyTx {
@@ -507,7 +514,7 @@ impl Conn {
     pub(crate) fn expire(&self, now: u64) -> bool {
         let mut due = Vec::new();
         let waiting = {
-            let mut p = self.pending.lock();
+            let mut p = self.pending.waiting.lock();
             if p.earliest <= now {
                 let keys: Vec<u64> = (p.map.iter())
                     .filter(|(_, tx)| tx.deadline <= now)
