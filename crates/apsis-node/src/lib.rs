@@ -78,92 +78,9 @@ pub struct Ctx {
     pub log_level: AtomicU32,
     pub log_setter: Option<LogLevelSetter>,
     shutdown: watch::Sender<bool>,
-    /// Each connection's own stop signal (see [`ConnStops`]).
-    pub conn_stops: ConnStops,
+    /// Each connection's own stop signal (see [`conn::ConnStops`]).
+    pub(crate) conn_stops: conn::ConnStops,
     pub started: std::time::Instant,
-}
-
-/// The connections' stop signals, fired by [`Ctx::request_shutdown`]. A connection polls its
-/// [`StopSignal`] with every read; after its first poll that is one load of a flag no one
-/// writes until the node stops. (A wait on the shared shutdown watch took a lock every
-/// connection shares at each poll: 2 % of a node's time under 1 KiB GETs.)
-/// On cache lines of its own: the flag is read at every poll, and the counters around it in
-/// [`Ctx`] are written at every request.
-#[derive(Default)]
-#[repr(align(128))]
-pub struct ConnStops {
-    stopping: AtomicBool,
-    /// The waiting connections' wakers; `stopping` is set under this lock too.
-    wakers: Mutex<HashMap<u64, std::task::Waker>>,
-}
-
-impl ConnStops {
-    /// Connection `id`'s stop signal; ready once the node is stopping. It must be polled
-    /// from the connection's own task (the waker it registers first is kept).
-    pub fn signal(&self, id: u64) -> StopSignal<'_> {
-        StopSignal {
-            stops: self,
-            id,
-            registered: false,
-        }
-    }
-
-    fn stop_all(&self) {
-        let wakers = {
-            let mut w = self.wakers.lock();
-            self.stopping
-                .store(true, std::sync::atomic::Ordering::Release);
-            std::mem::take(&mut *w)
-        };
-        wakers.into_values().for_each(std::task::Waker::wake);
-    }
-}
-
-/// See [`ConnStops::signal`].
-pub struct StopSignal<'a> {
-    stops: &'a ConnStops,
-    id: u64,
-    registered: bool,
-}
-
-impl std::future::Future for StopSignal<'_> {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self
-            .stops
-            .stopping
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return std::task::Poll::Ready(());
-        }
-        if !self.registered {
-            let mut w = self.stops.wakers.lock();
-            // Checked again under the lock `stop_all` sets it under: no wake-up is missed.
-            if self
-                .stops
-                .stopping
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return std::task::Poll::Ready(());
-            }
-            w.insert(self.id, cx.waker().clone());
-            drop(w);
-            self.registered = true;
-        }
-        std::task::Poll::Pending
-    }
-}
-
-impl Drop for StopSignal<'_> {
-    fn drop(&mut self) {
-        if self.registered {
-            self.stops.wakers.lock().remove(&self.id);
-        }
-    }
 }
 
 impl Ctx {
