@@ -204,11 +204,7 @@ pub(crate) fn read_one(
     io: &IoAttr,
 ) -> Result<(IoAttr, Vec<u8>), i32> {
     let key = apsis_storage::Key(io.id);
-    let req = ReadRequest {
-        offset: io.offset,
-        size: io.size,
-        nocsum: io.flags & ioflags::NOCSUM != 0,
-    };
+    let req = read_request(io);
     let hit = match cache {
         Some(c) => match c.get(&key) {
             Some(h) => Some(h),
@@ -236,6 +232,15 @@ pub(crate) fn read_one(
             let rio = reply_io(io, &Served::record(&r.info, r.offset), &r.data);
             Ok((rio, r.data))
         }
+    }
+}
+
+/// The engine's read request for a READ's io_attr.
+fn read_request(io: &IoAttr) -> ReadRequest {
+    ReadRequest {
+        offset: io.offset,
+        size: io.size,
+        nocsum: io.flags & ioflags::NOCSUM != 0,
     }
 }
 
@@ -318,11 +323,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     if cache.is_none() && out.is_inline() {
         // Without a cache, the bytes go from the engine's map straight into the
         // connection's reply buffer: one copy, no vector per read.
-        let req = ReadRequest {
-            offset: io.offset,
-            size: io.size,
-            nocsum: io.flags & ioflags::NOCSUM != 0,
-        };
+        let req = read_request(&io);
         let sent = engine
             .read_with(&apsis_storage::Key(io.id), &req, |v| {
                 let head = reply_io(&io, &Served::record(&v.info, v.offset), v.data).encode();
