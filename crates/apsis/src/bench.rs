@@ -5,6 +5,11 @@
 //! Redis: pipelined batches). Keys are drawn uniformly from `bench-0 .. bench-{keys-1}`; an
 //! operation is a write with probability `write_ratio`, else a read. Reads need the keys to
 //! exist, so they are written first (untimed) unless `--no-prefill`.
+//!
+//! Besides throughput and latency, a run reports the CPU time it cost per operation (user and
+//! system, from `/proc`): the load tool's own, and with `--server-pid` the server's. On a
+//! machine where the tool and the server share the cores, throughput is the cores divided by
+//! that total, so the split shows which side a difference comes from.
 
 use crate::ClientOpts;
 use clap::Args;
@@ -45,6 +50,9 @@ pub struct BenchArgs {
     /// Do not write the keys before a run with reads.
     #[arg(long)]
     no_prefill: bool,
+    /// Also report this (local) server process's CPU time per operation.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[command(flatten)]
     c: ClientOpts,
 }
@@ -79,6 +87,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "redis" => true,
         t => anyhow::bail!("target {t:?}: apsis or redis"),
     };
+    if let Some(p) = a.server_pid {
+        anyhow::ensure!(
+            CpuTime::of(Some(p)).is_some(),
+            "--server-pid {p}: no such process here (/proc/{p}/stat)"
+        );
+    }
     // Connections first (not timed).
     let mut sessions = Vec::new();
     let mut redis_conns = Vec::new();
@@ -109,6 +123,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     });
     let mut tasks = Vec::new();
     let started = Instant::now();
+    let cpu_before = (
+        CpuTime::of(None),
+        a.server_pid.and_then(|p| CpuTime::of(Some(p))),
+    );
     if redis {
         for (i, conn) in redis_conns.into_iter().enumerate() {
             let (sh, v) = (shared.clone(), value.clone());
@@ -139,6 +157,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let ops = shared.ops.load(Relaxed);
+    let per_op = |before: Option<CpuTime>, pid| Some(CpuTime::of(pid)?.since(before?, ops));
+    let tool_cpu = per_op(cpu_before.0, None);
+    let server_cpu = a.server_pid.and_then(|p| per_op(cpu_before.1, Some(p)));
     let errors = shared.errors.load(Relaxed);
     let mb = shared.bytes.load(Relaxed) as f64 / (1 << 20) as f64 / secs;
     let r = json!({
@@ -147,6 +168,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "seconds": secs, "ops": ops, "errors": errors, "ops_per_sec": ops as f64 / secs, "mib_per_sec": mb,
         "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
                        "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
+        "cpu_us_per_op": {"tool": tool_cpu.map(CpuTime::json), "server": server_cpu.map(CpuTime::json)},
     });
     if a.c.json {
         println!("{r}");
@@ -167,11 +189,65 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             hist.value_at_quantile(0.999),
             hist.max()
         );
+        let show = |name: &str, c: Option<CpuTime>| {
+            c.map(|c| format!("{name} user {:.2} sys {:.2}", c.user, c.sys))
+        };
+        let parts: Vec<String> = [show("tool", tool_cpu), show("server", server_cpu)]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !parts.is_empty() {
+            let total: f64 = [tool_cpu, server_cpu]
+                .iter()
+                .flatten()
+                .map(|c| c.user + c.sys)
+                .sum();
+            println!("  cpu us/op: {}; total {total:.2}", parts.join(", "));
+        }
     }
     if errors > 0 && ops == 0 {
         anyhow::bail!("every request failed");
     }
     Ok(())
+}
+
+/// A process's CPU time (seconds, or microseconds per operation after [`CpuTime::since`]).
+#[derive(Clone, Copy)]
+struct CpuTime {
+    user: f64,
+    sys: f64,
+}
+
+impl CpuTime {
+    /// From `/proc/PID/stat` (`None`: this process); `None` where there is no such file.
+    fn of(pid: Option<u32>) -> Option<CpuTime> {
+        let path = pid.map_or("/proc/self/stat".into(), |p| format!("/proc/{p}/stat"));
+        let stat = std::fs::read_to_string(path).ok()?;
+        // After the command name (in parentheses, and it may hold spaces): state is field 3,
+        // utime and stime fields 14 and 15, in clock ticks.
+        let mut f = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+        let mut field = |n: usize| f.nth(n)?.parse::<f64>().ok();
+        let (utime, stime) = (field(11)?, field(0)?);
+        // SAFETY: sysconf only reads a configuration value.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (tick > 0.0).then(|| CpuTime {
+            user: utime / tick,
+            sys: stime / tick,
+        })
+    }
+
+    /// Microseconds per operation spent since `before`.
+    fn since(self, before: CpuTime, ops: u64) -> CpuTime {
+        let per = 1e6 / ops.max(1) as f64;
+        CpuTime {
+            user: (self.user - before.user) * per,
+            sys: (self.sys - before.sys) * per,
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        json!({"user": self.user, "sys": self.sys})
+    }
 }
 
 async fn prefill(

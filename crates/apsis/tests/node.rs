@@ -903,6 +903,7 @@ fn cli_object_and_admin_commands() {
         "bench writes fail on a read-only node, reads then find nothing"
     );
     run(&["status", "--rw"], None);
+    let pid = srv.child.as_ref().expect("running").id().to_string();
     let o = run(
         &[
             "bench",
@@ -914,6 +915,8 @@ fn cli_object_and_admin_commands() {
             "20",
             "--write-ratio",
             "0.5",
+            "--server-pid",
+            &pid,
             "--json",
         ],
         None,
@@ -922,6 +925,16 @@ fn cli_object_and_admin_commands() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["ops"].as_u64().unwrap() > 0);
     assert_eq!(v["errors"], 0);
+    // CPU per operation, the tool's and the server's: counted (clock ticks, so a short run
+    // may show 0 on one side, never a negative or missing figure).
+    for side in ["tool", "server"] {
+        let c = &v["cpu_us_per_op"][side];
+        let (u, s) = (c["user"].as_f64().unwrap(), c["sys"].as_f64().unwrap());
+        assert!(u >= 0.0 && s >= 0.0 && u + s > 0.0, "{side}: {c}");
+    }
+    let o = run(&["bench", "--duration", "0.1", "--server-pid", "0"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--server-pid 0"));
 }
 
 /// A backend with a cache: CACHE_ONLY never reaches the disk, CACHE writes are written back
