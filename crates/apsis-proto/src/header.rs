@@ -5,7 +5,7 @@
 //! only then does the caller split off `HEADER_SIZE + size` bytes and parse them.
 
 use crate::consts::{cflags, VERSION};
-use crate::wire::Reader;
+use crate::wire::{le_u32, le_u64, Reader};
 use crate::ProtoError;
 use bytes::Bytes;
 
@@ -79,19 +79,22 @@ impl Header {
     }
 
     /// Parses the first 120 bytes of `buf`.
+    /// Checked once for its length, then read at the offsets [`Header::encode`] writes.
     pub fn decode(buf: &[u8]) -> Result<Header, ProtoError> {
-        let mut r = Reader::new(buf, "dnet_cmd");
+        let a: &[u8; HEADER_SIZE] = Reader::new(buf, "dnet_cmd").fixed()?;
+        let mut id = [0u8; ID_SIZE];
+        id.copy_from_slice(&a[..ID_SIZE]);
         Ok(Header {
-            id: r.array()?,
-            group: r.u32()?,
-            reserved: r.u64()?,
-            status: r.i32()?,
-            cmd: r.i32()?,
-            backend_id: r.i32()?,
-            trace_id: r.u64()?,
-            flags: r.u64()?,
-            trans: r.u64()?,
-            size: r.u64()?,
+            id,
+            group: le_u32(a, 64),
+            reserved: le_u64(a, 68),
+            status: le_u32(a, 76) as i32,
+            cmd: le_u32(a, 80) as i32,
+            backend_id: le_u32(a, 84) as i32,
+            trace_id: le_u64(a, 88),
+            flags: le_u64(a, 96),
+            trans: le_u64(a, 104),
+            size: le_u64(a, 112),
         })
     }
 

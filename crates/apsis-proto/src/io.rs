@@ -1,6 +1,6 @@
 //! `dnet_time`, `dnet_io_attr`, `dnet_addr`, `dnet_file_info` and the lookup reply.
 
-use crate::wire::{Put, Reader};
+use crate::wire::{le_u32, le_u64, Put, Reader};
 use crate::{ProtoError, ID_SIZE};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -102,20 +102,30 @@ impl std::fmt::Debug for IoAttr {
 impl IoAttr {
     pub const SIZE: usize = 208;
 
+    /// Checked once for its 208 bytes, then read at the offsets [`IoAttr::encode`] writes.
     pub fn decode(r: &mut Reader<'_>) -> Result<IoAttr, ProtoError> {
+        let a: &[u8; IoAttr::SIZE] = r.fixed()?;
+        let id = |at: usize| {
+            let mut v = [0u8; ID_SIZE];
+            v.copy_from_slice(&a[at..at + ID_SIZE]);
+            v
+        };
         Ok(IoAttr {
-            parent: r.array()?,
-            id: r.array()?,
-            start: r.u64()?,
-            num: r.u64()?,
-            timestamp: Time::decode(r)?,
-            user_flags: r.u64()?,
-            total_size: r.u64()?,
-            record_flags: r.u64()?,
-            reserved2: r.u32()?,
-            flags: r.u32()?,
-            offset: r.u64()?,
-            size: r.u64()?,
+            parent: id(0),
+            id: id(64),
+            start: le_u64(a, 128),
+            num: le_u64(a, 136),
+            timestamp: Time {
+                sec: le_u64(a, 144),
+                nsec: le_u64(a, 152),
+            },
+            user_flags: le_u64(a, 160),
+            total_size: le_u64(a, 168),
+            record_flags: le_u64(a, 176),
+            reserved2: le_u32(a, 184),
+            flags: le_u32(a, 188),
+            offset: le_u64(a, 192),
+            size: le_u64(a, 200),
         })
     }
 

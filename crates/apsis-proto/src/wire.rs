@@ -37,6 +37,18 @@ impl<'a> Reader<'a> {
         self.pos = self.buf.len();
         s
     }
+    /// The next `N` bytes as a fixed-size array, borrowed: a structure of fixed layout is
+    /// checked once, then read at constant offsets ([`le_u64`], [`le_u32`]) without a bounds
+    /// check per field.
+    pub fn fixed<const N: usize>(&mut self) -> Result<&'a [u8; N], ProtoError> {
+        let s = self.take(N)?;
+        // `take` returned exactly N bytes.
+        s.try_into().map_err(|_| ProtoError::Short {
+            what: self.what,
+            need: N,
+            have: s.len(),
+        })
+    }
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtoError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
@@ -70,6 +82,23 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// The little-endian `u64` at byte `at` of a fixed-size structure (see [`Reader::fixed`]);
+/// with a constant `at`, the bounds are checked when compiling.
+#[inline]
+pub fn le_u64<const N: usize>(a: &[u8; N], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&a[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// The little-endian `u32` at byte `at` of a fixed-size structure.
+#[inline]
+pub fn le_u32<const N: usize>(a: &[u8; N], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&a[at..at + 4]);
+    u32::from_le_bytes(b)
 }
 
 /// Appends little-endian fields to a buffer.
