@@ -78,8 +78,8 @@ impl Header {
         }
     }
 
-    /// Parses the first 120 bytes of `buf`.
-    /// Checked once for its length, then read at the offsets [`Header::encode`] writes.
+    /// Parses the first 120 bytes of `buf`: their length checked once, then read at the
+    /// offsets [`Header::encode`] writes.
     pub fn decode(buf: &[u8]) -> Result<Header, ProtoError> {
         let a: &[u8; HEADER_SIZE] = Reader::new(buf, "dnet_cmd").fixed()?;
         let mut id = [0u8; ID_SIZE];

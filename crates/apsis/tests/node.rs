@@ -925,8 +925,8 @@ fn cli_object_and_admin_commands() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["ops"].as_u64().unwrap() > 0);
     assert_eq!(v["errors"], 0);
-    // CPU per operation, the tool's and the server's: counted (clock ticks, so a short run
-    // may show 0 on one side, never a negative or missing figure).
+    // CPU per operation, the tool's and the server's: both present; in clock ticks, so user
+    // or system alone may be 0 in a short run, never both, never negative.
     for side in ["tool", "server"] {
         let c = &v["cpu_us_per_op"][side];
         let (u, s) = (c["user"].as_f64().unwrap(), c["sys"].as_f64().unwrap());
