@@ -10,6 +10,7 @@ use crate::config::BackendConfig;
 use apsis_proto::{backend_state, BackendIds, BackendStatus, Time};
 use apsis_storage::blob::Committer;
 use apsis_storage::{Backend, BlobBackend, BlobConfig, StorageError};
+use arc_swap::ArcSwapOption;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +24,6 @@ pub const IDS_MAX: usize = 4096;
 
 /// A backend's mutable state.
 pub struct SlotState {
-    pub engine: Option<Arc<BlobBackend>>,
     /// One of [`backend_state`].
     pub state: i32,
     pub ids: Vec<[u8; ID_SIZE]>,
@@ -106,6 +106,11 @@ impl Syncer {
 pub struct Slot {
     pub cfg: BackendConfig,
     pub state: Mutex<SlotState>,
+    /// The open engine (`None` unless enabled). Outside `state`, and read without a lock or a
+    /// reference count taken ([`Slot::engine_ref`]): every request reads it, and a lock or a
+    /// count shared by all of them is a cache line every request moves between CPUs. Changed
+    /// only under `state`'s lock.
+    engine: ArcSwapOption<BlobBackend>,
     /// BACKEND_CONTROL CTL's delay before every command, in ms. Outside `state`: every
     /// request reads it, and the state's lock is a cache line shared by all of them.
     pub delay_ms: AtomicU32,
@@ -117,7 +122,13 @@ pub struct Slot {
 impl Slot {
     /// The open engine, or `None` when the backend is not enabled.
     pub fn engine(&self) -> Option<Arc<BlobBackend>> {
-        self.state.lock().engine.clone()
+        self.engine.load_full()
+    }
+
+    /// The open engine for the length of a request, without taking a reference count (see
+    /// `engine`'s field doc); `None` inside when the backend is not enabled.
+    pub fn engine_ref(&self) -> arc_swap::Guard<Option<Arc<BlobBackend>>> {
+        self.engine.load()
     }
 
     /// The cache, when the backend has one and is enabled (without a configured cache,
@@ -196,8 +207,8 @@ impl Backends {
                 path_prefix: c.dir.join("").into_os_string().into_encoded_bytes(),
                 delay_ms: AtomicU32::new(0),
                 cfg: c.clone(),
+                engine: ArcSwapOption::empty(),
                 state: Mutex::new(SlotState {
-                    engine: None,
                     state: backend_state::DISABLED,
                     ids: Vec::new(),
                     read_only: c.read_only,
@@ -261,7 +272,7 @@ impl Backends {
                         std::time::Duration::from_secs(slot.cfg.cache_sync_timeout_secs),
                     ))
                 });
-                s.engine = Some(engine);
+                slot.engine.store(Some(engine));
                 s.ids = ids;
                 s.state = backend_state::ENABLED;
                 s.last_start_err = 0;
@@ -291,7 +302,7 @@ impl Backends {
             s.syncer = None;
             // The cache writes back what is dirty when its last user drops it.
             drop(s.cache.take());
-            s.engine.take()
+            slot.engine.swap(None)
         };
         self.rebuild_routes();
         if let Some(e) = engine {
@@ -381,7 +392,7 @@ impl Backends {
                 s.state = backend_state::DISABLED;
                 s.syncer = None;
                 drop(s.cache.take());
-                s.engine.take()
+                slot.engine.swap(None)
             };
             drop(e);
         }

@@ -50,16 +50,15 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
     );
     if categories & MonitorStatRequest::COMMANDS != 0 {
         let mut cmds = Map::new();
-        for (i, c) in ctx.stats.cmds.iter().enumerate() {
-            let ok = c.successes.load(Relaxed);
-            let fail = c.failures.load(Relaxed);
+        for (i, c) in ctx.stats.commands() {
+            let (ok, fail) = (c.successes, c.failures);
             if ok == 0 && fail == 0 {
                 continue;
             }
             cmds.insert(
                 cmd::name(i as i32).into(),
                 json!({
-                    "disk": {"outside": {"successes": ok, "failures": fail, "size": c.bytes.load(Relaxed), "time": c.time_us.load(Relaxed)}},
+                    "disk": {"outside": {"successes": ok, "failures": fail, "size": c.bytes, "time": c.time_us}},
                     "total": {"storage": {"successes": ok, "failures": fail}},
                 }),
             );
@@ -205,8 +204,9 @@ fn procfs() -> Value {
 pub fn prometheus(ctx: &Ctx) -> String {
     let mut s = String::new();
     s.push_str("# HELP apsis_commands_total Commands handled, by command and result.\n# TYPE apsis_commands_total counter\n");
-    for (i, c) in ctx.stats.cmds.iter().enumerate() {
-        let (ok, fail) = (c.successes.load(Relaxed), c.failures.load(Relaxed));
+    let totals: Vec<_> = ctx.stats.commands().collect();
+    for &(i, c) in &totals {
+        let (ok, fail) = (c.successes, c.failures);
         if ok + fail == 0 {
             continue;
         }
@@ -221,9 +221,9 @@ pub fn prometheus(ctx: &Ctx) -> String {
         );
     }
     s.push_str("# HELP apsis_command_seconds_total Time spent in commands.\n# TYPE apsis_command_seconds_total counter\n");
-    for (i, c) in ctx.stats.cmds.iter().enumerate() {
-        let t = c.time_us.load(Relaxed);
-        if c.successes.load(Relaxed) + c.failures.load(Relaxed) == 0 {
+    for &(i, c) in &totals {
+        let t = c.time_us;
+        if c.successes + c.failures == 0 {
             continue;
         }
         let _ = writeln!(

@@ -93,7 +93,7 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 Err(-errno::EALREADY)
             } else {
                 s.read_only = want;
-                if let Some(e) = &s.engine {
+                if let Some(e) = &*slot.engine_ref() {
                     e.set_read_only(want);
                 }
                 Ok(())

@@ -317,9 +317,12 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     out.no_ack();
     let (io, _) = io_attr(payload)?;
     let hdr = out.req;
-    let (slot, engine) = backend_for(out)?;
+    // Borrowed for the request, not counted (backend_for's clones): every READ would write
+    // the slot's and the engine's reference counts, lines shared by all requests.
+    let slot = out.slot.as_deref().ok_or(-errno::ENOTSUP)?;
+    let (engine, cache) = (slot.engine_ref(), slot.cache());
+    let engine = engine.as_ref().ok_or(-errno::ENOTSUP)?;
     let _g = lock(ctx, &hdr, &io.id).await;
-    let cache = slot.cache();
     if cache.is_none() && out.is_inline() {
         // Without a cache, the bytes go from the engine's map straight into the
         // connection's reply buffer: one copy, no vector per read.
@@ -341,7 +344,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         }
         return Ok(());
     }
-    let (rio, data) = read_one(cache.as_deref(), &engine, &io)?;
+    let (rio, data) = read_one(cache.as_deref(), engine, &io)?;
     let head = rio.encode();
     out.data(&[&head, &data], false).await;
     Ok(())
