@@ -31,6 +31,11 @@ pub struct SlotState {
     pub last_start: Time,
     pub last_start_err: i32,
     pub defrag_running: bool,
+}
+
+/// What an enabled backend serves requests with, published as one value ([`Slot::live`]).
+pub struct Live {
+    pub engine: Arc<BlobBackend>,
     /// For `sync = 0`: the group-commit syncer writes wait on before they are acknowledged.
     pub syncer: Option<Arc<Syncer>>,
     /// The backend's cache (`cache_size` > 0), created with the engine.
@@ -106,11 +111,11 @@ impl Syncer {
 pub struct Slot {
     pub cfg: BackendConfig,
     pub state: Mutex<SlotState>,
-    /// The open engine (`None` unless enabled). Outside `state`, and read without a lock or a
-    /// reference count taken ([`Slot::engine_ref`]): every request reads it, and a lock or a
-    /// count shared by all of them is a cache line every request moves between CPUs. Changed
-    /// only under `state`'s lock.
-    engine: ArcSwapOption<BlobBackend>,
+    /// The engine, syncer and cache of an enabled backend (`None` otherwise). Outside `state`,
+    /// and read without a lock or a reference count taken ([`Slot::live`]): every request
+    /// reads it, and a lock or a count shared by all of them is a cache line every request
+    /// moves between CPUs. Changed only under `state`'s lock.
+    live: ArcSwapOption<Live>,
     /// BACKEND_CONTROL CTL's delay before every command, in ms. Outside `state`: every
     /// request reads it, and the state's lock is a cache line shared by all of them.
     pub delay_ms: AtomicU32,
@@ -120,33 +125,25 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// What the enabled backend serves with, for the length of a request, without taking a
+    /// reference count (see the field's doc); `None` inside when it is not enabled.
+    pub fn live(&self) -> arc_swap::Guard<Option<Arc<Live>>> {
+        self.live.load()
+    }
+
     /// The open engine, or `None` when the backend is not enabled.
     pub fn engine(&self) -> Option<Arc<BlobBackend>> {
-        self.engine.load_full()
+        self.live().as_ref().map(|l| l.engine.clone())
     }
 
-    /// The open engine for the length of a request, without taking a reference count (see
-    /// `engine`'s field doc); `None` inside when the backend is not enabled.
-    pub fn engine_ref(&self) -> arc_swap::Guard<Option<Arc<BlobBackend>>> {
-        self.engine.load()
-    }
-
-    /// The cache, when the backend has one and is enabled (without a configured cache,
-    /// without taking the state's lock).
+    /// The cache, when the backend has one and is enabled.
     pub fn cache(&self) -> Option<Arc<Cache>> {
-        if self.cfg.cache_size == 0 {
-            return None;
-        }
-        self.state.lock().cache.clone()
+        self.live().as_ref().and_then(|l| l.cache.clone())
     }
 
-    /// The group-commit syncer of an enabled `sync = 0` backend (for other backends, without
-    /// taking the state's lock).
+    /// The group-commit syncer of an enabled `sync = 0` backend.
     pub fn syncer(&self) -> Option<Arc<Syncer>> {
-        if self.cfg.sync != 0 {
-            return None;
-        }
-        self.state.lock().syncer.clone()
+        self.live().as_ref().and_then(|l| l.syncer.clone())
     }
 
     /// Writes back every dirty cache entry (shutdown; blocking).
@@ -207,7 +204,7 @@ impl Backends {
                 path_prefix: c.dir.join("").into_os_string().into_encoded_bytes(),
                 delay_ms: AtomicU32::new(0),
                 cfg: c.clone(),
-                engine: ArcSwapOption::empty(),
+                live: ArcSwapOption::empty(),
                 state: Mutex::new(SlotState {
                     state: backend_state::DISABLED,
                     ids: Vec::new(),
@@ -215,8 +212,6 @@ impl Backends {
                     last_start: Time::default(),
                     last_start_err: 0,
                     defrag_running: false,
-                    syncer: None,
-                    cache: None,
                 }),
             }));
         }
@@ -264,15 +259,19 @@ impl Backends {
             Ok((engine, ids)) => {
                 engine.set_read_only(s.read_only);
                 let engine = Arc::new(engine);
-                s.syncer = (slot.cfg.sync == 0).then(|| Syncer::start(&engine, id));
-                s.cache = (slot.cfg.cache_size > 0).then(|| {
+                let syncer = (slot.cfg.sync == 0).then(|| Syncer::start(&engine, id));
+                let cache = (slot.cfg.cache_size > 0).then(|| {
                     Arc::new(Cache::new(
                         engine.clone(),
                         slot.cfg.cache_size,
                         std::time::Duration::from_secs(slot.cfg.cache_sync_timeout_secs),
                     ))
                 });
-                slot.engine.store(Some(engine));
+                slot.live.store(Some(Arc::new(Live {
+                    engine,
+                    syncer,
+                    cache,
+                })));
                 s.ids = ids;
                 s.state = backend_state::ENABLED;
                 s.last_start_err = 0;
@@ -299,10 +298,10 @@ impl Backends {
                 return Err(-apsis_proto::errno::EALREADY);
             }
             s.state = backend_state::DEACTIVATING;
-            s.syncer = None;
-            // The cache writes back what is dirty when its last user drops it.
-            drop(s.cache.take());
-            slot.engine.swap(None)
+            // The syncer settles what is queued and the cache writes back what is dirty when
+            // their last user drops them (with the `Live`, here or at the end of a request in
+            // flight).
+            slot.live.swap(None).map(|l| l.engine.clone())
         };
         self.rebuild_routes();
         if let Some(e) = engine {
@@ -390,9 +389,7 @@ impl Backends {
             let e = {
                 let mut s = slot.state.lock();
                 s.state = backend_state::DISABLED;
-                s.syncer = None;
-                drop(s.cache.take());
-                slot.engine.swap(None)
+                slot.live.swap(None)
             };
             drop(e);
         }

@@ -93,8 +93,8 @@ pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 Err(-errno::EALREADY)
             } else {
                 s.read_only = want;
-                if let Some(e) = &*slot.engine_ref() {
-                    e.set_read_only(want);
+                if let Some(l) = &*slot.live() {
+                    l.engine.set_read_only(want);
                 }
                 Ok(())
             }

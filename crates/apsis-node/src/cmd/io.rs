@@ -319,9 +319,9 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let hdr = out.req;
     // Borrowed for the request, not counted (backend_for's clones): every READ would write
     // the slot's and the engine's reference counts, lines shared by all requests.
-    let slot = out.slot.as_deref().ok_or(-errno::ENOTSUP)?;
-    let (engine, cache) = (slot.engine_ref(), slot.cache());
-    let engine = engine.as_ref().ok_or(-errno::ENOTSUP)?;
+    let live = out.slot.as_deref().ok_or(-errno::ENOTSUP)?.live();
+    let live = live.as_ref().ok_or(-errno::ENOTSUP)?;
+    let (engine, cache) = (&live.engine, live.cache.as_deref());
     let _g = lock(ctx, &hdr, &io.id).await;
     if cache.is_none() && out.is_inline() {
         // Without a cache, the bytes go from the engine's map straight into the
@@ -344,7 +344,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         }
         return Ok(());
     }
-    let (rio, data) = read_one(cache.as_deref(), engine, &io)?;
+    let (rio, data) = read_one(cache, engine, &io)?;
     let head = rio.encode();
     out.data(&[&head, &data], false).await;
     Ok(())
