@@ -23,19 +23,30 @@ need_redis() {
     fi
 }
 # Starts redis-server on a random port: $1 = appendfsync policy, or "off" (no persistence).
-# Sets REDIS_PID and REDIS_ADDR.
+# Sets REDIS_PID and REDIS_ADDR. A port found taken (redis exits) is retried with another.
 start_redis() {
-    rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-    local port=$((20000 + RANDOM % 20000))
-    if [ "$1" = off ]; then
-        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
-    else
-        redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
-    fi
-    REDIS_PID=$!
-    PIDS+=($REDIS_PID)
-    REDIS_ADDR=127.0.0.1:$port
-    for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    local port
+    for _ in 1 2 3 4 5; do
+        rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
+        # Below the ephemeral range (32768 up by default), where connections take ports.
+        port=$((10000 + RANDOM % 20000))
+        if [ "$1" = off ]; then
+            redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
+        else
+            redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
+        fi
+        REDIS_PID=$!
+        PIDS+=($REDIS_PID)
+        REDIS_ADDR=127.0.0.1:$port
+        for _ in $(seq 100); do
+            redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill "$REDIS_PID" 2>/dev/null || true
+    done
+    echo "redis-server did not start (5 ports tried)" >&2
+    return 1
 }
 stop_redis() { kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; }
 
