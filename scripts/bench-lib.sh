@@ -25,16 +25,13 @@ need_redis() {
 # Starts redis-server on a random port: $1 = appendfsync policy, or "off" (no persistence).
 # Sets REDIS_PID and REDIS_ADDR. A port found taken (redis exits) is retried with another.
 start_redis() {
-    local port
+    local port persist=(--appendonly no)
+    [ "$1" = off ] || persist=(--appendonly yes --appendfsync "$1")
     for _ in 1 2 3 4 5; do
         rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
         # Below the ephemeral range (32768 up by default), where connections take ports.
         port=$((10000 + RANDOM % 20000))
-        if [ "$1" = off ]; then
-            redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly no --daemonize no >/dev/null &
-        else
-            redis-server --port "$port" --dir "$WORK/redis" --save '' --appendonly yes --appendfsync "$1" --daemonize no >/dev/null &
-        fi
+        redis-server --port "$port" --dir "$WORK/redis" --save '' "${persist[@]}" --daemonize no >/dev/null &
         REDIS_PID=$!
         PIDS+=($REDIS_PID)
         REDIS_ADDR=127.0.0.1:$port

@@ -14,12 +14,13 @@ pub const CMD_SLOTS: usize = 29;
 /// Sets of per-command counters; threads take them in turn (more threads than sets share).
 pub const CMD_SHARDS: usize = 16;
 
+/// One command's counters in one shard.
 #[derive(Default)]
-pub struct CmdCounter {
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
-    pub time_us: AtomicU64,
-    pub bytes: AtomicU64,
+struct CmdCounter {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    time_us: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// One command's counters summed over the shards.

@@ -5,7 +5,7 @@
 //! only then does the caller split off `HEADER_SIZE + size` bytes and parse them.
 
 use crate::consts::{cflags, VERSION};
-use crate::wire::{le_u32, le_u64, Reader};
+use crate::wire::{array_at, le_u32, le_u64, Reader};
 use crate::ProtoError;
 use bytes::Bytes;
 
@@ -82,10 +82,8 @@ impl Header {
     /// offsets [`Header::encode`] writes.
     pub fn decode(buf: &[u8]) -> Result<Header, ProtoError> {
         let a: &[u8; HEADER_SIZE] = Reader::new(buf, "dnet_cmd").fixed()?;
-        let mut id = [0u8; ID_SIZE];
-        id.copy_from_slice(&a[..ID_SIZE]);
         Ok(Header {
-            id,
+            id: array_at(a, 0),
             group: le_u32(a, 64),
             reserved: le_u64(a, 68),
             status: le_u32(a, 76) as i32,

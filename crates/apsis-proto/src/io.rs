@@ -1,6 +1,6 @@
 //! `dnet_time`, `dnet_io_attr`, `dnet_addr`, `dnet_file_info` and the lookup reply.
 
-use crate::wire::{le_u32, le_u64, Put, Reader};
+use crate::wire::{array_at, le_u32, le_u64, Put, Reader};
 use crate::{ProtoError, ID_SIZE};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -105,14 +105,9 @@ impl IoAttr {
     /// Checked once for its 208 bytes, then read at the offsets [`IoAttr::encode`] writes.
     pub fn decode(r: &mut Reader<'_>) -> Result<IoAttr, ProtoError> {
         let a: &[u8; IoAttr::SIZE] = r.fixed()?;
-        let id = |at: usize| {
-            let mut v = [0u8; ID_SIZE];
-            v.copy_from_slice(&a[at..at + ID_SIZE]);
-            v
-        };
         Ok(IoAttr {
-            parent: id(0),
-            id: id(64),
+            parent: array_at(a, 0),
+            id: array_at(a, ID_SIZE),
             start: le_u64(a, 128),
             num: le_u64(a, 136),
             timestamp: Time {

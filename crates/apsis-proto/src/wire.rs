@@ -84,21 +84,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The little-endian `u64` at byte `at` of a fixed-size structure (see [`Reader::fixed`]);
-/// with a constant `at`, the bounds are checked when compiling.
+/// The `M` bytes at byte `at` of a fixed-size structure (see [`Reader::fixed`]); with a
+/// constant `at`, the bounds are checked when compiling.
+#[inline]
+pub fn array_at<const M: usize, const N: usize>(a: &[u8; N], at: usize) -> [u8; M] {
+    let mut b = [0u8; M];
+    b.copy_from_slice(&a[at..at + M]);
+    b
+}
+
+/// The little-endian `u64` at byte `at` of a fixed-size structure.
 #[inline]
 pub fn le_u64<const N: usize>(a: &[u8; N], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&a[at..at + 8]);
-    u64::from_le_bytes(b)
+    u64::from_le_bytes(array_at(a, at))
 }
 
 /// The little-endian `u32` at byte `at` of a fixed-size structure.
 #[inline]
 pub fn le_u32<const N: usize>(a: &[u8; N], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&a[at..at + 4]);
-    u32::from_le_bytes(b)
+    u32::from_le_bytes(array_at(a, at))
 }
 
 /// Appends little-endian fields to a buffer.
