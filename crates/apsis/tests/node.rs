@@ -1235,3 +1235,53 @@ async fn stop_defrag_stops_a_running_pass() {
         .await
         .unwrap();
 }
+
+/// Many requests multiplexed on one connection are each answered, with some of them cancelled
+/// while they wait (their late replies are discarded, not given to another request), and a
+/// connection left idle still sees the node go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_share_one_connection_and_an_idle_one_sees_the_node_go() {
+    let d = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(d.path(), &[]);
+    let s = session(&srv, vec![1]).await;
+    for i in 0..64u32 {
+        s.write(format!("k{i}").as_bytes(), &i.to_le_bytes())
+            .await
+            .unwrap();
+    }
+    let read_all = |cancel: bool| {
+        let mut set = tokio::task::JoinSet::new();
+        for n in 0..256u32 {
+            let s = s.clone();
+            set.spawn(async move {
+                let key = format!("k{}", n % 64);
+                if cancel && n % 3 == 0 {
+                    // Dropped part way: before its frame is sent, or while it waits.
+                    let wait = Duration::from_micros(u64::from(n) * 7 % 400);
+                    let _ = tokio::time::timeout(wait, s.read(key.as_bytes(), 0, 0)).await;
+                    return;
+                }
+                let r = s.read(key.as_bytes(), 0, 0).await.unwrap();
+                assert_eq!(r.data, &(n % 64).to_le_bytes()[..]);
+            });
+        }
+        set
+    };
+    for cancel in [false, true, false, true] {
+        let all = tokio::time::timeout(Duration::from_secs(20), read_all(cancel).join_all());
+        all.await.expect("every request answered");
+    }
+    assert_eq!(s.client().nodes(), vec![srv.addr]);
+
+    // Idle now: nothing is waiting on the connection. The node going away still closes it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    srv.kill9();
+    let gone = async {
+        while !s.client().nodes().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), gone)
+        .await
+        .expect("the idle connection saw the node go");
+}
