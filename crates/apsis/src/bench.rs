@@ -285,15 +285,17 @@ async fn prefill(
     value: &[u8],
 ) -> anyhow::Result<()> {
     if let Some(conn) = redis.first_mut() {
+        let (mut buf, mut key, mut line, mut bulk) =
+            (Vec::new(), String::new(), String::new(), Vec::new());
         let mut k = 0;
         while k < keys {
             let n = (keys - k).min(64);
-            let mut buf = Vec::new();
+            buf.clear();
             for i in k..k + n {
-                resp_set(&mut buf, &format!("bench-{i}"), value);
+                key_name(&mut key, i);
+                resp_set(&mut buf, &key, value);
             }
             conn.get_mut().write_all(&buf).await?;
-            let (mut line, mut bulk) = (String::new(), Vec::new());
             for _ in 0..n {
                 read_reply(conn, &mut line, &mut bulk).await?;
             }
@@ -307,9 +309,10 @@ async fn prefill(
         let s = s.clone();
         let v = value.to_vec();
         tasks.push(tokio::spawn(async move {
-            let mut i = w as u64;
+            let (mut i, mut key) = (w as u64, String::new());
             while i < keys {
-                s.write(format!("bench-{i}").as_bytes(), &v).await?;
+                key_name(&mut key, i);
+                s.write(key.as_bytes(), &v).await?;
                 i += per;
             }
             Ok::<_, apsis_client::ClientError>(())
