@@ -12,7 +12,6 @@
 
 use super::format::*;
 use super::index::Loc;
-use super::scan::Scanner;
 use super::{base_name, index_name, random_u64, Base, Inner};
 use crate::error::{Result, StorageError};
 use crate::types::*;
@@ -158,7 +157,7 @@ impl Inner {
                 bytes: 0,
             };
             let end = old.end.load(Ordering::Acquire);
-            let mut sc = Scanner::new(&*old.dev, BASE_HEADER_SIZE, end);
+            let mut sc = old.scanner(BASE_HEADER_SIZE, end);
             while let Some((off, h)) = sc.next_record()? {
                 if self.defrag_stop.load(Ordering::Acquire) {
                     return Ok(None);
@@ -229,6 +228,7 @@ impl Inner {
             removed_records: AtomicU64::new(0),
             open: AtomicBool::new(false),
             defragging: AtomicBool::new(false),
+            written_here: true,
         })?;
         // Move index entries that still point at the old copies.
         for m in &moves {

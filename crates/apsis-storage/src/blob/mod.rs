@@ -146,9 +146,24 @@ pub(crate) struct Base {
     defragging: AtomicBool,
     /// The base mapped for reads (see [`BlobConfig::mmap_reads`]).
     map: Option<memmap2::Mmap>,
+    /// Every record in it was written by this process (a base created since start, or a
+    /// defrag's copy), so none can have been torn by a crash; a base found at start may
+    /// hold damaged records, which its index build must leave out.
+    written_here: bool,
 }
 
 impl Base {
+    /// A scanner of `[start, end)`: through the map when the base has one and those bytes
+    /// were handed to the device.
+    fn scanner(&self, start: u64, end: u64) -> scan::Scanner<'_> {
+        match &self.map {
+            Some(m) if end <= self.flushed.load(Ordering::Acquire) => {
+                scan::Scanner::mapped(&*self.dev, m, start, end)
+            }
+            _ => scan::Scanner::new(&*self.dev, start, end),
+        }
+    }
+
     fn stats(&self) -> BaseStats {
         let size = self.end.load(Ordering::Acquire);
         let live = self.live_bytes.load(Ordering::Relaxed);
@@ -548,6 +563,7 @@ impl Inner {
                 removed_records: AtomicU64::new(0),
                 open: AtomicBool::new(false),
                 defragging: AtomicBool::new(false),
+                written_here: false,
             }));
         }
         if bases.len() > u16::MAX as usize / 2 {
@@ -734,10 +750,16 @@ impl Inner {
     /// Scans a closed base and writes its sorted index (via a temporary file and rename).
     fn write_index(&self, b: &Base) -> Result<()> {
         let end = b.end.load(Ordering::Acquire);
-        let mut entries = Vec::new();
-        let mut sc = scan::Scanner::new(&*b.dev, BASE_HEADER_SIZE, end);
+        // Records this process wrote and flushed were not torn by a crash: only a base found
+        // at start (or a backend whose writes failed) needs its data checked.
+        let check = !b.written_here || self.is_poisoned.load(Ordering::Acquire);
+        // At least this many (overwritten records come on top).
+        let live =
+            b.live_records.load(Ordering::Relaxed) + b.removed_records.load(Ordering::Relaxed);
+        let mut entries = Vec::with_capacity(live.min(end / RECORD_HEADER_SIZE) as usize);
+        let mut sc = b.scanner(BASE_HEADER_SIZE, end);
         while let Some((off, h)) = sc.next_record()? {
-            if !h.is_uncommitted() && sc.verify(off, &h)?.is_err() {
+            if check && !h.is_uncommitted() && sc.verify(off, &h)?.is_err() {
                 // Torn by a crash before the base was synced: the key keeps its previous
                 // version.
                 tracing::warn!(
@@ -861,6 +883,7 @@ impl Inner {
             removed_records: AtomicU64::new(0),
             open: AtomicBool::new(true),
             defragging: AtomicBool::new(false),
+            written_here: true,
         })?;
         debug_assert!(w.buf.is_empty() && w.inflight.is_none());
         w.open = base;
@@ -1054,6 +1077,7 @@ fn bases_placeholder(_dir: &Arc<dyn Dir>) -> Arc<Base> {
         removed_records: AtomicU64::new(0),
         open: AtomicBool::new(false),
         defragging: AtomicBool::new(false),
+        written_here: true,
     })
 }
 

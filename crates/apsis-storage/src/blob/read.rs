@@ -2,7 +2,6 @@
 
 use super::format::*;
 use super::index::Loc;
-use super::scan::Scanner;
 use super::write::{record_info, Current, Located};
 use super::Inner;
 use crate::backend::{data_checksum, read_range};
@@ -197,7 +196,7 @@ impl Inner {
             };
             start_number = 0;
             let end = base.flushed.load(Ordering::Acquire);
-            let mut sc = Scanner::new(&*base.dev, from, end);
+            let mut sc = base.scanner(from, end);
             while let Some((off, h)) = sc.next_record()? {
                 let loc = Loc::new(base.slot, off);
                 let current = if h.is_uncommitted() {

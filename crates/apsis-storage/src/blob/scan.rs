@@ -5,6 +5,9 @@
 //! steps) for the next valid one, so one damaged header loses one record, not the rest of the
 //! base. A record whose extent passes the end of the scanned region ends the scan: it is the
 //! torn tail.
+//!
+//! A scanner over a mapped base reads records straight from the map (no copy); one over a
+//! device reads it in windows with `pread`.
 
 use super::format::*;
 use crate::device::Device;
@@ -15,6 +18,8 @@ const WINDOW: u64 = 1 << 20;
 
 pub struct Scanner<'a> {
     dev: &'a dyn Device,
+    /// The base's mapping, when it covers `[start, end)`.
+    map: Option<&'a [u8]>,
     pos: u64,
     end: u64,
     win: Vec<u8>,
@@ -30,6 +35,7 @@ impl<'a> Scanner<'a> {
     pub fn new(dev: &'a dyn Device, start: u64, end: u64) -> Scanner<'a> {
         Scanner {
             dev,
+            map: None,
             pos: start,
             end,
             win: Vec::new(),
@@ -39,8 +45,23 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Bytes `[off, off + len)`, from the window when they are in it.
+    /// Scans `[start, end)` of `dev` through `map`, its mapping, which must hold `end` bytes
+    /// that are all on the device (the scanner falls back to reading where it does not).
+    pub fn mapped(dev: &'a dyn Device, map: &'a [u8], start: u64, end: u64) -> Scanner<'a> {
+        Scanner {
+            map: Some(map),
+            ..Scanner::new(dev, start, end)
+        }
+    }
+
+    /// Bytes `[off, off + len)`: from the map, or from the window when they are in it.
     pub fn bytes(&mut self, off: u64, len: u64) -> io::Result<&[u8]> {
+        let mapped = self
+            .map
+            .and_then(|m| m.get(usize::try_from(off).ok()?..usize::try_from(off + len).ok()?));
+        if let Some(b) = mapped {
+            return Ok(b);
+        }
         let in_window =
             off >= self.win_start && off + len <= self.win_start + self.win.len() as u64;
         if !in_window {
