@@ -8,6 +8,8 @@
 //! storage-bench durable-threads [N] [SECS]   N blocking writer threads only
 //! storage-bench durable-async [N] [SECS]     N async writer tasks only
 //! storage-bench index   [KEYS]     index RAM per key and restart time at KEYS keys (default 10000000)
+//! storage-bench close   [N]        closing a base of N 1 KiB records (default 1000000): its sorted
+//!                                  index, for a base this process wrote and for one found at start
 //! storage-bench all                all of the above with their defaults
 //! ```
 //! Data goes to a temporary directory under `$APSIS_BENCH_DIR` (default: the system temp dir).
@@ -391,6 +393,70 @@ fn index_open(dir: &str, n: usize) {
     println!();
 }
 
+/// CPU time of the calling thread (`/proc/thread-self/schedstat`, nanoseconds on a CPU).
+fn thread_cpu() -> Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = s.split_whitespace().next().and_then(|v| v.parse().ok());
+    Duration::from_nanos(ns.unwrap_or(0))
+}
+
+/// What closing a full base costs: its data synced first, then `rotate` timed (the base cut to
+/// its last record, its sorted index written and synced), wall and CPU. Once for a base this
+/// process wrote (data not checked again), once for the same base found at start (every
+/// record's data checked against its checksums, as after a crash).
+fn close(n: usize) {
+    println!("## Closing a base of {n} 1 KiB records (30 % of them overwrites)");
+    println!("| base | rotate wall | rotate CPU |");
+    println!("|---|---:|---:|");
+    let dir = tmp();
+    let cfg = || BlobConfig {
+        sync: -1,
+        // Room for the records (the engine reserves a base's size up front).
+        blob_size: (n as u64 * 1300).max(1 << 20),
+        background: false,
+        ..Default::default()
+    };
+    let val = value(1024, 9);
+    let distinct = (n as u64 * 7 / 10).max(1);
+    // n records: every key once, then overwrites of random ones.
+    let fill = |b: &BlobBackend, first_ts: u64| {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for i in 0..n as u64 {
+            let k = if i < distinct { i } else { rng.u64(..distinct) };
+            let mut id = [0u8; 64];
+            fastrand::Rng::with_seed(k).fill(&mut id);
+            b.write(
+                &Key(id),
+                &WriteRequest {
+                    data: &val,
+                    timestamp: Timestamp::new(first_ts + i, 0),
+                    ..Default::default()
+                },
+            )
+            .expect("put");
+        }
+    };
+    let timed = |b: &BlobBackend, what: &str| {
+        b.sync().expect("sync");
+        let (t, c) = (Instant::now(), thread_cpu());
+        b.rotate().expect("rotate");
+        println!(
+            "| {what} | {:.2} s | {:.2} s |",
+            t.elapsed().as_secs_f64(),
+            (thread_cpu() - c).as_secs_f64()
+        );
+    };
+    let b = BlobBackend::open_path(dir.path(), cfg()).expect("open");
+    fill(&b, 1);
+    timed(&b, "written by this process");
+    // The next base gets as many records and is found at start by a new process.
+    fill(&b, 1 + n as u64);
+    drop(b);
+    let b = BlobBackend::open_path(dir.path(), cfg()).expect("reopen");
+    timed(&b, "found at start (data checked)");
+    println!();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: u64| -> u64 {
@@ -419,14 +485,16 @@ fn main() {
         Some("index") => index(arg(1, 10_000_000) as usize),
         Some("index-write") => index_write(&args[1], arg(2, 0) as usize),
         Some("index-open") => index_open(&args[1], arg(2, 0) as usize),
+        Some("close") => close(arg(1, 1_000_000) as usize),
         Some("all") => {
             small(200_000);
             large(1024);
             durable(5);
             index(10_000_000);
+            close(1_000_000);
         }
         _ => {
-            eprintln!("usage: storage-bench small [N] | large [MIB] | durable [SECS] | index [KEYS] | all");
+            eprintln!("usage: storage-bench small [N] | large [MIB] | durable [SECS] | index [KEYS] | close [N] | all");
             std::process::exit(2);
         }
     }
