@@ -153,14 +153,15 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    /// A scanner of `[start, end)`: through the map when the base has one and those bytes
-    /// were handed to the device.
+    /// A scanner of `[start, end)`: through the map where reads may use it
+    /// ([`Inner::mapped`]), otherwise with `pread`.
     fn scanner(&self, start: u64, end: u64) -> scan::Scanner<'_> {
-        match &self.map {
-            Some(m) if end <= self.flushed.load(Ordering::Acquire) => {
-                scan::Scanner::mapped(&*self.dev, m, start, end)
-            }
-            _ => scan::Scanner::new(&*self.dev, start, end),
+        let map = usize::try_from(end)
+            .ok()
+            .and_then(|len| Inner::mapped(self, 0, len));
+        match map {
+            Some(m) => scan::Scanner::mapped(&*self.dev, m, start, end),
+            None => scan::Scanner::new(&*self.dev, start, end),
         }
     }
 
