@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side load: `apsis bench` against an Apsis node and against redis-server (Debian),
-# same tool, same load. Figures go to docs/benchmarks.md.
+# same tool, same load. Figures go to docs/benchmarks.md. Apsis is driven two ways in every
+# round: `--client plain` (a protocol loop per connection, as the RESP loop drives Redis: the
+# servers compared) and `--client session` (through the client library users call).
 #
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
 #   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis and redis alternate ROUNDS times,
@@ -27,17 +29,23 @@ run_ops() {
     grep -o 'total [0-9.]*' <<<"$out" | cut -d' ' -f2 >>"$into.cpu"
 }
 median() { sort -n "$1" | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
-# The same load on both targets, alternating ROUNDS times (the machine's noise moves both
-# alike within a pair); prints the medians and the ratio.
+# The same load on both targets, alternating ROUNDS times (the machine's noise moves all
+# alike within a round): Apsis through the plain protocol loop (the counterpart of the RESP
+# loop that drives Redis) and through the client library, then Redis. Prints the medians and
+# the ratios to Redis.
 pair() {
-    rm -f "$WORK/a" "$WORK/a.cpu" "$WORK/r" "$WORK/r.cpu"
+    rm -f "$WORK"/p "$WORK"/p.cpu "$WORK"/s "$WORK"/s.cpu "$WORK"/r "$WORK"/r.cpu
     for _ in $(seq "$ROUNDS"); do
-        run_ops "$WORK/a" --target apsis -r "$APSIS_ADDR" --server-pid "$APSIS_PID" "$@"
+        run_ops "$WORK/p" --target apsis --client plain -r "$APSIS_ADDR" --server-pid "$APSIS_PID" "$@"
+        run_ops "$WORK/s" --target apsis --client session -r "$APSIS_ADDR" --server-pid "$APSIS_PID" "$@"
         run_ops "$WORK/r" --target redis --redis "$REDIS_ADDR" --server-pid "$REDIS_PID" "$@"
     done
-    local a r ac rc; a=$(median "$WORK/a"); r=$(median "$WORK/r")
-    ac=$(median "$WORK/a.cpu"); rc=$(median "$WORK/r.cpu")
-    awk -v a="$a" -v r="$r" -v ac="$ac" -v rc="$rc" -v n="$ROUNDS" 'BEGIN {printf "median of %d: apsis %.0f ops/s, redis %.0f ops/s, ratio %.2fx; cpu us/op (tool + server) apsis %.1f, redis %.1f\n", n, a, r, a/r, ac, rc}'
+    local p s r pc sc rc
+    p=$(median "$WORK/p"); s=$(median "$WORK/s"); r=$(median "$WORK/r")
+    pc=$(median "$WORK/p.cpu"); sc=$(median "$WORK/s.cpu"); rc=$(median "$WORK/r.cpu")
+    awk -v p="$p" -v s="$s" -v r="$r" -v pc="$pc" -v sc="$sc" -v rc="$rc" -v n="$ROUNDS" 'BEGIN {
+        printf "median of %d: apsis/plain %.0f ops/s (%.2fx redis), apsis/session %.0f ops/s (%.2fx), redis %.0f ops/s\n", n, p, p/r, s, s/r, r
+        printf "  cpu us/op (tool + server): apsis/plain %.1f, apsis/session %.1f, redis %.1f\n", pc, sc, rc }'
 }
 
 ROWS=${ROWS:-memory durable large}
@@ -61,7 +69,10 @@ fi
 if want large; then
 echo "## 1 MiB values over loopback"
 start_apsis -1
-run --target apsis -r "$APSIS_ADDR" --server-pid "$APSIS_PID" --connections 8 --value-size 1M --keys 256 --write-ratio 0 --duration "$SECS"
-run --target apsis -r "$APSIS_ADDR" --server-pid "$APSIS_PID" --connections 8 --value-size 1M --keys 256 --write-ratio 1 --duration "$SECS"
+for client in plain session; do
+    for ratio in 0 1; do
+        run --target apsis --client "$client" -r "$APSIS_ADDR" --server-pid "$APSIS_PID" --connections 8 --value-size 1M --keys 256 --write-ratio "$ratio" --duration "$SECS"
+    done
+done
 stop_apsis
 fi

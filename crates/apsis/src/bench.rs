@@ -1,10 +1,22 @@
 //! `apsis bench`: a load generator for an Apsis node, or a Redis server with the same load.
 //!
-//! Each connection is its own TCP connection (for Apsis, its own client); each keeps
-//! `inflight` requests outstanding (Apsis: concurrent requests multiplexed on the connection;
-//! Redis: pipelined batches). Keys are drawn uniformly from `bench-0 .. bench-{keys-1}`; an
-//! operation is a write with probability `write_ratio`, else a read. Reads need the keys to
-//! exist, so they are written first (untimed) unless `--no-prefill`.
+//! Each connection is its own TCP connection; each keeps `inflight` requests outstanding.
+//! Keys are drawn uniformly from `bench-0 .. bench-{keys-1}`; an operation is a write with
+//! probability `write_ratio`, else a read. Reads need the keys to exist, so they are written
+//! first (untimed) unless `--no-prefill`.
+//!
+//! Two ways to drive an Apsis node (`--client`):
+//! - `session` (default): each connection is its own [`apsis_client::Session`]'s client, the
+//!   library users call: routing, requests multiplexed on the connection by transaction,
+//!   a reader task per connection, timeouts, fallback and read repair. Works with a cluster.
+//! - `plain`: a protocol loop like the one driving Redis: each worker writes its requests'
+//!   frames (a READ or WRITE as the session builds it: the key's SHA-512 id, its backend from
+//!   the route table, NEED_ACK, an io_attr) on its own socket and reads the replies back until
+//!   each request's final one. One node only. It measures the server with as little of the
+//!   load tool's own work as the RESP loop leaves for Redis, which matters where the two share
+//!   the machine's cores.
+//!
+//! Redis is driven by a RESP loop: pipelined batches of `inflight` SET or GET commands.
 //!
 //! Besides throughput and latency, a run reports the CPU time it cost per operation (user and
 //! system, from `/proc`): the load tool's own, and with `--server-pid` the server's. On a
@@ -15,9 +27,11 @@
 //! into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
 
 use crate::ClientOpts;
-use clap::Args;
+use apsis_proto::{cflags, cmd, Header, IoAttr, Time, HEADER_SIZE};
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,8 +70,18 @@ pub struct BenchArgs {
     /// Also report this (local) server process's CPU time per operation.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// How to drive an Apsis node: `session` (the client library) or `plain` (a protocol
+    /// loop per connection, as for Redis; one node only).
+    #[arg(long, value_enum, default_value = "session")]
+    client: ClientKind,
     #[command(flatten)]
     c: ClientOpts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientKind {
+    Session,
+    Plain,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<usize> {
@@ -121,23 +145,39 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             "--server-pid {p}: no such process here (/proc/{p}/stat)"
         );
     }
-    // Connections first (not timed).
+    let n = a.connections.max(1);
+    let plain = match (redis, a.client) {
+        (false, ClientKind::Plain) => Some(Arc::new(Plain::new(a.c.session().await?)?)),
+        _ => None,
+    };
+    // Connections first (not timed): a session each, or a socket each (RESP or plain).
     let mut sessions = Vec::new();
-    let mut redis_conns = Vec::new();
-    for _ in 0..a.connections.max(1) {
+    let mut socks = Vec::new();
+    for _ in 0..n {
         if redis {
-            let s = TcpStream::connect(&a.redis)
-                .await
-                .map_err(|e| anyhow::anyhow!("redis {}: {e}", a.redis))?;
-            s.set_nodelay(true)?;
-            redis_conns.push(BufReader::with_capacity(256 << 10, s));
+            socks.push(
+                connect(&a.redis)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("redis {}: {e}", a.redis))?,
+            );
+        } else if let Some(p) = &plain {
+            socks.push(
+                connect(&p.addr.to_string())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.addr))?,
+            );
         } else {
             sessions.push(a.c.session().await?);
         }
     }
     if a.write_ratio < 1.0 && !a.no_prefill {
         let t = Instant::now();
-        prefill(&sessions, &mut redis_conns, keys, &value).await?;
+        match (&plain, socks.first_mut()) {
+            (None, Some(conn)) => prefill_redis(conn, keys, &value).await?,
+            // The plain loop's keys are written through its session, `n` requests at a time.
+            (Some(p), _) => prefill(&vec![p.session.clone(); n], keys, &value).await?,
+            (None, None) => prefill(&sessions, keys, &value).await?,
+        }
         eprintln!(
             "prefilled {keys} keys in {:.1} s",
             t.elapsed().as_secs_f64()
@@ -152,12 +192,16 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         CpuTime::of(None),
         a.server_pid.and_then(|p| CpuTime::of(Some(p))),
     );
-    if redis {
-        for (i, conn) in redis_conns.into_iter().enumerate() {
+    if redis || plain.is_some() {
+        for (i, conn) in socks.into_iter().enumerate() {
             let (sh, v) = (shared.clone(), value.clone());
             let (inflight, ratio) = (a.inflight.max(1), a.write_ratio);
+            let p = plain.clone();
             tasks.push(tokio::spawn(async move {
-                redis_worker(conn, i as u64, sh, v, keys, inflight, ratio).await
+                match p {
+                    Some(p) => plain_worker(conn, p, i as u64, sh, v, keys, inflight, ratio).await,
+                    None => redis_worker(conn, i as u64, sh, v, keys, inflight, ratio).await,
+                }
             }));
         }
     } else {
@@ -190,8 +234,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let server_cpu = a.server_pid.and_then(|p| per_op(cpu_before.1, Some(p)));
     let errors = all.errors;
     let mb = all.bytes as f64 / (1 << 20) as f64 / secs;
+    let client = match (redis, a.client) {
+        (true, _) => "resp",
+        (false, ClientKind::Session) => "session",
+        (false, ClientKind::Plain) => "plain",
+    };
     let r = json!({
-        "target": a.target, "connections": a.connections, "inflight": a.inflight,
+        "target": a.target, "client": client, "connections": a.connections, "inflight": a.inflight,
         "value_size": value.len(), "write_ratio": a.write_ratio, "keys": keys,
         "seconds": secs, "ops": ops, "errors": errors, "ops_per_sec": ops as f64 / secs, "mib_per_sec": mb,
         "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
@@ -202,7 +251,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("{r}");
     } else {
         println!(
-            "{} {} conns x {} inflight, {} B values, {:.0}% writes: {:.0} ops/s, {:.1} MiB/s, {} errors; latency us p50 {} p90 {} p99 {} p999 {} max {}",
+            "{}/{client} {} conns x {} inflight, {} B values, {:.0}% writes: {:.0} ops/s, {:.1} MiB/s, {} errors; latency us p50 {} p90 {} p99 {} p999 {} max {}",
             a.target,
             a.connections,
             a.inflight,
@@ -278,31 +327,19 @@ impl CpuTime {
     }
 }
 
+/// Opens one load connection (no Nagle: one small request at a time).
+async fn connect(addr: &str) -> std::io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(BufReader::with_capacity(256 << 10, s))
+}
+
+/// Writes every key once through `sessions`, each its share, concurrently.
 async fn prefill(
     sessions: &[apsis_client::Session],
-    redis: &mut [BufReader<TcpStream>],
     keys: u64,
     value: &[u8],
 ) -> anyhow::Result<()> {
-    if let Some(conn) = redis.first_mut() {
-        let (mut buf, mut key, mut line, mut bulk) =
-            (Vec::new(), String::new(), String::new(), Vec::new());
-        let mut k = 0;
-        while k < keys {
-            let n = (keys - k).min(64);
-            buf.clear();
-            for i in k..k + n {
-                key_name(&mut key, i);
-                resp_set(&mut buf, &key, value);
-            }
-            conn.get_mut().write_all(&buf).await?;
-            for _ in 0..n {
-                read_reply(conn, &mut line, &mut bulk).await?;
-            }
-            k += n;
-        }
-        return Ok(());
-    }
     let per = sessions.len() as u64;
     let mut tasks = Vec::new();
     for (w, s) in sessions.iter().enumerate() {
@@ -320,6 +357,31 @@ async fn prefill(
     }
     for t in tasks {
         t.await??;
+    }
+    Ok(())
+}
+
+/// Writes every key once over one RESP connection, 64 SETs at a time.
+async fn prefill_redis(
+    conn: &mut BufReader<TcpStream>,
+    keys: u64,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let (mut buf, mut key, mut line, mut bulk) =
+        (Vec::new(), String::new(), String::new(), Vec::new());
+    let mut k = 0;
+    while k < keys {
+        let n = (keys - k).min(64);
+        buf.clear();
+        for i in k..k + n {
+            key_name(&mut key, i);
+            resp_set(&mut buf, &key, value);
+        }
+        conn.get_mut().write_all(&buf).await?;
+        for _ in 0..n {
+            read_reply(conn, &mut line, &mut bulk).await?;
+        }
+        k += n;
     }
     Ok(())
 }
@@ -432,6 +494,209 @@ async fn redis_worker(
                     t.bytes += if n == 0 { v.len() } else { n } as u64;
                 }
                 Err(_) => t.errors += 1,
+            }
+            let _ = t.hist.record(start.elapsed().as_micros().max(1) as u64);
+        }
+    }
+    t
+}
+
+/// `--client plain`'s view of the node: a session for ids (and the prefill), the route table
+/// its handshake brought (a copy: the loop follows no route changes, it drives one node), and
+/// the one address the routes of its group point at.
+struct Plain {
+    session: apsis_client::Session,
+    routes: apsis_client::routes::RouteTable,
+    group: u32,
+    addr: SocketAddr,
+}
+
+/// What one final reply of the plain loop settled.
+enum Settled {
+    /// A write, or a read that brought `bytes` of data.
+    Done { write: bool, bytes: usize },
+    /// The request failed (a negative status).
+    Failed,
+}
+
+impl Plain {
+    fn new(session: apsis_client::Session) -> anyhow::Result<Plain> {
+        let &[group] = &session.groups[..] else {
+            anyhow::bail!(
+                "--client plain drives one group, {} given (use --client session)",
+                session.groups.len()
+            );
+        };
+        let routes = session.client().with_routes(Clone::clone);
+        let addrs: std::collections::BTreeSet<SocketAddr> = routes
+            .ranges(group)
+            .into_iter()
+            .map(|(_, r)| r.addr)
+            .collect();
+        let addr = match (addrs.len(), addrs.first()) {
+            (1, Some(&a)) => a,
+            (0, _) => anyhow::bail!("group {group}: no routes"),
+            (k, _) => anyhow::bail!(
+                "--client plain drives one node; group {group} is on {k} (use --client session)"
+            ),
+        };
+        Ok(Plain {
+            session,
+            routes,
+            group,
+            addr,
+        })
+    }
+
+    /// Appends one request's frame to `buf`, as the session builds it: a WRITE of `data`, or
+    /// a READ of the whole object; NEED_ACK, the key's id and its backend from the routes.
+    fn request(
+        &self,
+        buf: &mut Vec<u8>,
+        key: &[u8],
+        data: Option<&[u8]>,
+        trans: u64,
+    ) -> anyhow::Result<()> {
+        let id = self.session.id(key);
+        let r = self
+            .routes
+            .owner(self.group, &id)
+            .filter(|r| r.addr == self.addr)
+            .ok_or_else(|| anyhow::anyhow!("no route to {} in group {}", self.addr, self.group))?;
+        let c = if data.is_some() {
+            cmd::WRITE
+        } else {
+            cmd::READ
+        };
+        let mut h = Header::new(c, cflags::NEED_ACK | self.session.cflags);
+        h.group = self.group;
+        h.id = id;
+        h.backend_id = r.backend_id;
+        h.trans = trans;
+        h.trace_id = self.session.trace_id;
+        let io = match data {
+            Some(d) => IoAttr {
+                id,
+                timestamp: Time::now(),
+                user_flags: self.session.user_flags,
+                flags: self.session.ioflags,
+                size: d.len() as u64,
+                ..IoAttr::default()
+            },
+            None => IoAttr {
+                parent: id,
+                id,
+                flags: self.session.ioflags,
+                ..IoAttr::default()
+            },
+        };
+        h.size = (IoAttr::SIZE + data.map_or(0, <[u8]>::len)) as u64;
+        buf.extend_from_slice(&h.encode());
+        buf.extend_from_slice(&io.encode());
+        buf.extend_from_slice(data.unwrap_or_default());
+        Ok(())
+    }
+}
+
+/// Reads frames until the final reply of one of the `pending` requests (trans, is a write),
+/// which it removes. A reply larger than `max` bytes, one to a request not asked, or a read's
+/// data not of the size its io_attr gives is an error (the connection is then given up).
+async fn plain_reply(
+    conn: &mut BufReader<TcpStream>,
+    payload: &mut Vec<u8>,
+    pending: &mut Vec<(u64, bool)>,
+    max: u64,
+) -> anyhow::Result<Settled> {
+    let mut head = [0u8; HEADER_SIZE];
+    let mut bytes = 0;
+    loop {
+        conn.read_exact(&mut head).await?;
+        let h = Header::decode(&head)?;
+        anyhow::ensure!(h.size <= max, "a reply of {} bytes (at most {max})", h.size);
+        let size = h.size as usize;
+        // Grown, never shrunk: zeroed once, not per reply.
+        if payload.len() < size {
+            payload.resize(size, 0);
+        }
+        let body = &mut payload[..size];
+        conn.read_exact(body).await?;
+        if h.cmd == cmd::READ && h.status == 0 && size >= IoAttr::SIZE {
+            let (io, data) = IoAttr::split(body)?;
+            anyhow::ensure!(
+                io.size == data.len() as u64,
+                "read reply: size {} with {} bytes",
+                io.size,
+                data.len()
+            );
+            bytes += data.len();
+        }
+        if h.has_more() {
+            continue;
+        }
+        let i = pending
+            .iter()
+            .position(|p| p.0 == h.trans)
+            .ok_or_else(|| anyhow::anyhow!("a reply to trans {}, not asked", h.trans))?;
+        let (_, write) = pending.swap_remove(i);
+        return Ok(if h.status < 0 {
+            Settled::Failed
+        } else {
+            Settled::Done { write, bytes }
+        });
+    }
+}
+
+/// The plain loop on one connection: `inflight` requests written in one go, their replies
+/// read back, again, as [`redis_worker`] does with RESP.
+#[allow(clippy::too_many_arguments)]
+async fn plain_worker(
+    mut conn: BufReader<TcpStream>,
+    p: Arc<Plain>,
+    seed: u64,
+    sh: Arc<Shared>,
+    v: Arc<Vec<u8>>,
+    keys: u64,
+    inflight: usize,
+    ratio: f64,
+) -> Tally {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut t = Tally::new();
+    let (mut buf, mut key, mut payload, mut pending) =
+        (Vec::new(), String::new(), Vec::new(), Vec::new());
+    // A reply carries the value and an io_attr, or a file info with the path: far less than
+    // a MiB besides the value.
+    let max = v.len() as u64 + (1 << 20);
+    let mut trans = 0u64;
+    'run: while !sh.stop.load(Relaxed) {
+        buf.clear();
+        for _ in 0..inflight {
+            key_name(&mut key, rng.u64(..keys));
+            let write = rng.f64() < ratio;
+            trans += 1;
+            match p.request(&mut buf, key.as_bytes(), write.then_some(&v[..]), trans) {
+                Ok(()) => pending.push((trans, write)),
+                Err(_) => t.errors += 1,
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let start = Instant::now();
+        if conn.get_mut().write_all(&buf).await.is_err() {
+            t.errors += pending.len() as u64;
+            break;
+        }
+        while !pending.is_empty() {
+            match plain_reply(&mut conn, &mut payload, &mut pending, max).await {
+                Ok(Settled::Done { write, bytes }) => {
+                    t.ops += 1;
+                    t.bytes += if write { v.len() } else { bytes } as u64;
+                }
+                Ok(Settled::Failed) => t.errors += 1,
+                Err(_) => {
+                    t.errors += pending.len() as u64;
+                    break 'run;
+                }
             }
             let _ = t.hist.record(start.elapsed().as_micros().max(1) as u64);
         }

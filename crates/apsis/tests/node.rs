@@ -932,6 +932,80 @@ fn cli_object_and_admin_commands() {
         let (u, s) = (c["user"].as_f64().unwrap(), c["sys"].as_f64().unwrap());
         assert!(u >= 0.0 && s >= 0.0 && u + s > 0.0, "{side}: {c}");
     }
+    assert_eq!(v["client"], "session");
+    // The plain protocol loop: the same requests written and read back on each connection.
+    // Its reads check each reply's data against its io_attr; 2 KiB values over 40 keys
+    // prefilled by the loop's session.
+    let o = run(
+        &[
+            "bench",
+            "--client",
+            "plain",
+            "--connections",
+            "3",
+            "--inflight",
+            "2",
+            "--duration",
+            "0.5",
+            "--keys",
+            "40",
+            "--value-size",
+            "2K",
+            "--write-ratio",
+            "0.3",
+            "--json",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["client"], "plain");
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0);
+    assert_eq!(v["errors"], 0);
+    // Every operation moved a whole value: reads their data, writes theirs.
+    let mib = v["mib_per_sec"].as_f64().unwrap() * v["seconds"].as_f64().unwrap();
+    assert!(
+        (mib * 1024.0 * 1024.0 / (ops as f64 * 2048.0) - 1.0).abs() < 0.01,
+        "{v}"
+    );
+    // A miss is a failed request, counted, and the loop goes on with the connection.
+    let o = run(
+        &[
+            "bench",
+            "--client",
+            "plain",
+            "--connections",
+            "1",
+            "--duration",
+            "0.3",
+            "--keys",
+            "1000000000",
+            "--no-prefill",
+            "--json",
+        ],
+        None,
+    );
+    assert!(!o.status.success(), "only misses: every request failed");
+    // One node, one group: a session over two groups is refused up front.
+    let o = run(
+        &[
+            "bench",
+            "--client",
+            "plain",
+            "--groups",
+            "1,2",
+            "--duration",
+            "0.1",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("one group"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = run(&["bench", "--duration", "0.1", "--server-pid", "0"], None);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--server-pid 0"));
