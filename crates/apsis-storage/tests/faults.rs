@@ -87,6 +87,35 @@ fn a_failed_background_flush_poisons_and_its_records_stay_readable() {
     put(&b, 4, b"after").unwrap();
 }
 
+/// A sync writes the buffer the same way (handed over, written without the writer lock):
+/// when that write fails, the sync fails, nothing after it is acknowledged, and the records
+/// the buffer held are still read from it.
+#[test]
+fn a_failed_buffer_write_at_a_sync_poisons_and_its_records_stay_readable() {
+    let (dir, b) = sim(quiet(-1));
+    put(&b, 1, &value(1, 700)).unwrap();
+    b.sync().unwrap();
+    put(&b, 2, &value(2, 700)).unwrap(); // only in the buffer
+    dir.power_off();
+    assert!(matches!(b.sync().unwrap_err(), StorageError::Poisoned(_)));
+    assert!(b.stats().poisoned.is_some());
+    assert_eq!(get(&b, 1).unwrap(), value(1, 700));
+    assert_eq!(get(&b, 2).unwrap(), value(2, 700));
+    assert!(matches!(
+        put(&b, 3, b"x").unwrap_err(),
+        StorageError::Poisoned(_)
+    ));
+    drop(b);
+    let b = BlobBackend::open(Arc::new(dir.clone()), quiet(-1))
+        .unwrap()
+        .0;
+    assert_eq!(
+        get(&b, 1).unwrap(),
+        value(1, 700),
+        "synced before the failure"
+    );
+}
+
 #[test]
 fn a_failed_fsync_poisons_the_backend_and_reads_go_on() {
     let (dir, b) = sim(quiet(0));
