@@ -8,12 +8,16 @@
 #   W=1 R=5 scripts/bench-ab.sh /tmp/apsis-old        (W: write ratio, R: rounds, default 3)
 #   S=0 W=1 scripts/bench-ab.sh /tmp/apsis-old        (S: the nodes' sync, default -1; with 0,
 #                                                     redis runs with appendfsync always)
+#   C=plain scripts/bench-ab.sh /tmp/apsis-old        (C: `apsis bench --client` for the two
+#                                                     builds, default the tool's own: session)
 A=$(realpath "$1")
 shift
 set -- "${1:-3}"
 source "$(dirname "$0")/bench-lib.sh"
 B=$(realpath "$APSIS")
 W=${W:-0}; R=${R:-3}; S=${S:--1}
+CLIENT=()
+[ -n "${C:-}" ] && CLIENT=(--client "$C")
 need_redis
 start_apsis "$S" "$A" a; A_PID=$APSIS_PID; A_ADDR=$APSIS_ADDR
 start_apsis "$S" "$B" b; B_PID=$APSIS_PID; B_ADDR=$APSIS_ADDR
@@ -36,8 +40,8 @@ one() { # label binary server-pid bench-args...
             l, o, (su + ss) * 1e6 / hz / t + (cu + cs) * 1e6 / t, su * 1e6 / hz / t, ss * 1e6 / hz / t, cu * 1e6 / t, cs * 1e6 / t }' | tee -a "$WORK/res"
 }
 for _ in $(seq "$R"); do
-    one A "$A" "$A_PID" -r "$A_ADDR"
-    one B "$B" "$B_PID" -r "$B_ADDR"
+    one A "$A" "$A_PID" -r "$A_ADDR" "${CLIENT[@]}"
+    one B "$B" "$B_PID" -r "$B_ADDR" "${CLIENT[@]}"
     one redis "$A" "$REDIS_PID" --target redis --redis "$REDIS_ADDR"
 done
 median() { awk -v l="$1" -v f="$2" '$1 == l {print $f}' "$WORK/res" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
