@@ -95,8 +95,16 @@ fn parse_size(s: &str) -> anyhow::Result<usize> {
     Ok(n.parse::<usize>()? * m)
 }
 
-struct Shared {
+/// The load every worker runs, and its stop flag.
+struct Load {
     stop: AtomicBool,
+    /// The value written (and expected back).
+    value: Vec<u8>,
+    /// Keys are `bench-0 .. bench-{keys-1}`.
+    keys: u64,
+    /// Requests in flight per connection (the RESP and plain loops write them in one go).
+    inflight: usize,
+    write_ratio: f64,
 }
 
 /// What one worker did; summed when the run ends. Counted in the worker, not in counters every
@@ -128,11 +136,9 @@ fn key_name(key: &mut String, n: u64) {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let value: Arc<Vec<u8>> = Arc::new(
-        (0..parse_size(&a.value_size)?)
-            .map(|i| (i * 31 + 7) as u8)
-            .collect(),
-    );
+    let value: Vec<u8> = (0..parse_size(&a.value_size)?)
+        .map(|i| (i * 31 + 7) as u8)
+        .collect();
     let keys = a.keys.max(1);
     let redis = match a.target.as_str() {
         "apsis" => false,
@@ -183,8 +189,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
     }
-    let shared = Arc::new(Shared {
+    let load = Arc::new(Load {
         stop: AtomicBool::new(false),
+        value,
+        keys,
+        inflight: a.inflight.max(1),
+        write_ratio: a.write_ratio,
     });
     let mut tasks = Vec::new();
     let started = Instant::now();
@@ -194,30 +204,27 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     if redis || plain.is_some() {
         for (i, conn) in socks.into_iter().enumerate() {
-            let (sh, v) = (shared.clone(), value.clone());
-            let (inflight, ratio) = (a.inflight.max(1), a.write_ratio);
-            let p = plain.clone();
+            let (load, p) = (load.clone(), plain.clone());
             tasks.push(tokio::spawn(async move {
                 match p {
-                    Some(p) => plain_worker(conn, p, i as u64, sh, v, keys, inflight, ratio).await,
-                    None => redis_worker(conn, i as u64, sh, v, keys, inflight, ratio).await,
+                    Some(p) => plain_worker(conn, p, i as u64, load).await,
+                    None => redis_worker(conn, i as u64, load).await,
                 }
             }));
         }
     } else {
         for (i, s) in sessions.into_iter().enumerate() {
             for j in 0..a.inflight.max(1) {
-                let (sh, v, s) = (shared.clone(), value.clone(), s.clone());
-                let ratio = a.write_ratio;
+                let (load, s) = (load.clone(), s.clone());
                 let seed = (i * 1000 + j) as u64;
-                tasks.push(tokio::spawn(async move {
-                    apsis_worker(s, seed, sh, v, keys, ratio).await
-                }));
+                tasks.push(tokio::spawn(
+                    async move { apsis_worker(s, seed, load).await },
+                ));
             }
         }
     }
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
-    shared.stop.store(true, Relaxed);
+    load.stop.store(true, Relaxed);
     let mut all = Tally::new();
     for t in tasks {
         if let Ok(t) = t.await {
@@ -241,7 +248,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let r = json!({
         "target": a.target, "client": client, "connections": a.connections, "inflight": a.inflight,
-        "value_size": value.len(), "write_ratio": a.write_ratio, "keys": keys,
+        "value_size": load.value.len(), "write_ratio": a.write_ratio, "keys": keys,
         "seconds": secs, "ops": ops, "errors": errors, "ops_per_sec": ops as f64 / secs, "mib_per_sec": mb,
         "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
                        "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
@@ -255,7 +262,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             a.target,
             a.connections,
             a.inflight,
-            value.len(),
+            load.value.len(),
             a.write_ratio * 100.0,
             ops as f64 / secs,
             mb,
@@ -386,22 +393,16 @@ async fn prefill_redis(
     Ok(())
 }
 
-async fn apsis_worker(
-    s: apsis_client::Session,
-    seed: u64,
-    sh: Arc<Shared>,
-    v: Arc<Vec<u8>>,
-    keys: u64,
-    ratio: f64,
-) -> Tally {
+async fn apsis_worker(s: apsis_client::Session, seed: u64, load: Arc<Load>) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut t = Tally::new();
     let mut key = String::new();
-    while !sh.stop.load(Relaxed) {
+    let (v, keys, ratio) = (&load.value, load.keys, load.write_ratio);
+    while !load.stop.load(Relaxed) {
         key_name(&mut key, rng.u64(..keys));
         let start = Instant::now();
         let r = if rng.f64() < ratio {
-            s.write(key.as_bytes(), &v).await.map(|_| v.len())
+            s.write(key.as_bytes(), v).await.map(|_| v.len())
         } else {
             s.read(key.as_bytes(), 0, 0).await.map(|r| r.data.len())
         };
@@ -459,25 +460,18 @@ async fn read_reply(
     }
 }
 
-async fn redis_worker(
-    mut conn: BufReader<TcpStream>,
-    seed: u64,
-    sh: Arc<Shared>,
-    v: Arc<Vec<u8>>,
-    keys: u64,
-    inflight: usize,
-    ratio: f64,
-) -> Tally {
+async fn redis_worker(mut conn: BufReader<TcpStream>, seed: u64, load: Arc<Load>) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut t = Tally::new();
     let (mut buf, mut key, mut line, mut bulk) =
         (Vec::new(), String::new(), String::new(), Vec::new());
-    while !sh.stop.load(Relaxed) {
+    let (v, keys, inflight, ratio) = (&load.value, load.keys, load.inflight, load.write_ratio);
+    while !load.stop.load(Relaxed) {
         buf.clear();
         for _ in 0..inflight {
             key_name(&mut key, rng.u64(..keys));
             if rng.f64() < ratio {
-                resp_set(&mut buf, &key, &v);
+                resp_set(&mut buf, &key, v);
             } else {
                 resp_get(&mut buf, &key);
             }
@@ -648,26 +642,22 @@ async fn plain_reply(
 
 /// The plain loop on one connection: `inflight` requests written in one go, their replies
 /// read back, again, as [`redis_worker`] does with RESP.
-#[allow(clippy::too_many_arguments)]
 async fn plain_worker(
     mut conn: BufReader<TcpStream>,
     p: Arc<Plain>,
     seed: u64,
-    sh: Arc<Shared>,
-    v: Arc<Vec<u8>>,
-    keys: u64,
-    inflight: usize,
-    ratio: f64,
+    load: Arc<Load>,
 ) -> Tally {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut t = Tally::new();
     let (mut buf, mut key, mut payload, mut pending) =
         (Vec::new(), String::new(), Vec::new(), Vec::new());
+    let (v, keys, inflight, ratio) = (&load.value, load.keys, load.inflight, load.write_ratio);
     // A reply carries the value and an io_attr, or a file info with the path: far less than
     // a MiB besides the value.
     let max = v.len() as u64 + (1 << 20);
     let mut trans = 0u64;
-    'run: while !sh.stop.load(Relaxed) {
+    'run: while !load.stop.load(Relaxed) {
         buf.clear();
         for _ in 0..inflight {
             key_name(&mut key, rng.u64(..keys));
