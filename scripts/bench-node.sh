@@ -5,8 +5,9 @@
 # servers compared) and `--client session` (through the client library users call).
 #
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
-#   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis and redis alternate ROUNDS times,
-#                                          default 3; the medians and their ratio are printed)
+#   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis plain, apsis session and redis
+#                                          alternate ROUNDS times, default 3; the medians and
+#                                          their ratios are printed)
 #   ROWS=durable scripts/bench-node.sh   (only some rows: any of "memory durable large";
 #                                          default all three)
 #

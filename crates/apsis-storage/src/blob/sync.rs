@@ -11,9 +11,9 @@
 //! Group commit: a writer under `sync = 0` waits until the durable sequence number passes its
 //! own. If no sync is running it becomes the leader: it takes the writer lock just long enough
 //! to hand the buffer over and note the sequence number, then writes the buffer and fsyncs
-//! without any lock while others keep appending. Then it wakes exactly the writers that fsync covered (each parked
-//! writer is woken by name, never to find it must sleep again) and hands the lead to a writer
-//! still waiting. The next leader first waits (briefly) for the writers just woken to append
+//! without any lock while others keep appending. Then it wakes exactly the writers that fsync
+//! covered (each parked writer is woken by name, never to find it must sleep again) and hands
+//! the lead to a writer still waiting. The next leader first waits (briefly) for the writers just woken to append
 //! again, so each fsync carries every writer instead of alternating half groups.
 //!
 //! Waiting: when fsyncs are fast (under a millisecond), a writer yields the CPU in a loop,
