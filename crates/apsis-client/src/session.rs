@@ -252,8 +252,10 @@ impl Session {
         h
     }
 
-    /// A data request's header: NEED_ACK and the session's cflags.
-    fn header(&self, c: i32, group: u32, id: [u8; 64], backend: i32) -> Header {
+    /// A data request's header as this session sends it (NEED_ACK, the session's cflags and
+    /// trace id) for `backend` in `group`; the connection fills in `trans` and `size`. Public
+    /// for callers that speak the protocol themselves (`apsis bench --client plain`).
+    pub fn header(&self, c: i32, group: u32, id: [u8; 64], backend: i32) -> Header {
         let mut h = self.plain_header(c, cflags::NEED_ACK | self.cflags);
         h.group = group;
         h.id = id;
@@ -332,7 +334,9 @@ impl Session {
         })
     }
 
-    fn io(&self, id: [u8; 64], flags: u32, offset: u64, size: u64) -> IoAttr {
+    /// A write's io_attr as this session sends it: the record's timestamp (the session's, or
+    /// now), its user flags, `flags` with its ioflags, and `size` bytes at `offset`.
+    pub fn io(&self, id: [u8; 64], flags: u32, offset: u64, size: u64) -> IoAttr {
         IoAttr {
             id,
             timestamp: self.now(),
@@ -500,6 +504,20 @@ impl Session {
     /// Reads from one backend. `pinned` sends DIRECT | DIRECT_BACKEND, so that backend itself
     /// answers: `read_latest` reads the very copy whose lookup won, even if a node's or this
     /// client's route table changed in between.
+    /// A read's io_attr as this session sends it: `size` bytes (0: to the end) from `offset`,
+    /// with the session's ioflags and no timestamp.
+    pub fn read_io(&self, id: [u8; 64], offset: u64, size: u64) -> IoAttr {
+        IoAttr {
+            parent: id,
+            id,
+            flags: self.ioflags,
+            offset,
+            size,
+            timestamp: Time::default(),
+            ..IoAttr::default()
+        }
+    }
+
     fn read_at(
         &self,
         group: u32,
@@ -513,16 +531,7 @@ impl Session {
         if pinned {
             h.flags |= cflags::DIRECT | cflags::DIRECT_BACKEND;
         }
-        let mut io = IoAttr {
-            parent: id,
-            id,
-            flags: self.ioflags,
-            offset,
-            size,
-            ..IoAttr::default()
-        };
-        io.timestamp = Time::default();
-        let p = io.encode();
+        let p = self.read_io(id, offset, size).encode();
         // The request is made here; only what the reply needs goes into the future.
         async move {
             let frames = self.transact(r.addr, &h, &p).await?;

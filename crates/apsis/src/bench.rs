@@ -27,7 +27,7 @@
 //! into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
 
 use crate::ClientOpts;
-use apsis_proto::{cflags, cmd, Header, IoAttr, Time, HEADER_SIZE};
+use apsis_proto::{cmd, Header, IoAttr, HEADER_SIZE};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -565,33 +565,13 @@ impl Plain {
             .owner(self.group, &id)
             .filter(|r| r.addr == self.addr)
             .ok_or_else(|| anyhow::anyhow!("no route to {} in group {}", self.addr, self.group))?;
-        let c = if data.is_some() {
-            cmd::WRITE
-        } else {
-            cmd::READ
+        // The session's own builders: the frames are the ones it would send.
+        let (c, io) = match data {
+            Some(d) => (cmd::WRITE, self.session.io(id, 0, 0, d.len() as u64)),
+            None => (cmd::READ, self.session.read_io(id, 0, 0)),
         };
-        let mut h = Header::new(c, cflags::NEED_ACK | self.session.cflags);
-        h.group = self.group;
-        h.id = id;
-        h.backend_id = r.backend_id;
+        let mut h = self.session.header(c, self.group, id, r.backend_id);
         h.trans = trans;
-        h.trace_id = self.session.trace_id;
-        let io = match data {
-            Some(d) => IoAttr {
-                id,
-                timestamp: Time::now(),
-                user_flags: self.session.user_flags,
-                flags: self.session.ioflags,
-                size: d.len() as u64,
-                ..IoAttr::default()
-            },
-            None => IoAttr {
-                parent: id,
-                id,
-                flags: self.session.ioflags,
-                ..IoAttr::default()
-            },
-        };
         h.size = (IoAttr::SIZE + data.map_or(0, <[u8]>::len)) as u64;
         buf.extend_from_slice(&h.encode());
         buf.extend_from_slice(&io.encode());
