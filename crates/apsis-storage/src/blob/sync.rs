@@ -93,14 +93,9 @@ struct Handover<'a> {
 }
 
 impl Handover<'_> {
-    /// Writes the bytes where they belong; a failure poisons the backend (acknowledged,
-    /// buffered records could not be written).
+    /// Writes the bytes where they belong ([`Inner::write_buffer`]).
     fn write(self, inner: &Inner) -> Result<()> {
-        if let Err(e) = self.base.dev.write_at(&self.data, self.start) {
-            let err = StorageError::from_io(e, "flushing the write buffer");
-            inner.poison(&format!("write buffer flush failed: {err}"));
-            return Err(StorageError::Poisoned(err.to_string()));
-        }
+        inner.write_buffer(&self.base, &self.data, self.start)?;
         self.base
             .flushed
             .fetch_max(self.start + self.data.len() as u64, Ordering::Release);
@@ -126,6 +121,16 @@ impl Inner {
         self.is_poisoned.store(true, Ordering::Release);
     }
 
+    /// Writes buffered records at `start` of `base`. Acknowledged (buffered) records that
+    /// could not be written stop the backend accepting writes: a failure poisons it.
+    fn write_buffer(&self, base: &super::Base, data: &[u8], start: u64) -> Result<()> {
+        base.dev.write_at(data, start).map_err(|e| {
+            let err = StorageError::from_io(e, "flushing the write buffer");
+            self.poison(&format!("write buffer flush failed: {err}"));
+            StorageError::Poisoned(err.to_string())
+        })
+    }
+
     /// Hands the write buffer to the device; once it returns, everything up to the open
     /// base's tail is there (a background flush still writing is waited for).
     pub(crate) fn flush_buffer(&self, w: &mut Writer) -> Result<()> {
@@ -136,12 +141,7 @@ impl Inner {
         if w.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = w.open.dev.write_at(&w.buf, w.buf_start) {
-            // Acknowledged (buffered) records could not be written: stop accepting writes.
-            let err = StorageError::from_io(e, "flushing the write buffer");
-            self.poison(&format!("write buffer flush failed: {err}"));
-            return Err(StorageError::Poisoned(err.to_string()));
-        }
+        self.write_buffer(&w.open, &w.buf, w.buf_start)?;
         w.buf.clear();
         w.buf_start = w.tail;
         w.open.flushed.store(w.tail, Ordering::Release);
