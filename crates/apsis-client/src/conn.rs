@@ -12,8 +12,13 @@
 //! Failure detection (Elliptics' stall count) counts the requests that timed out in a row on
 //! a connection ([`Conn::note_timeout`]); the client pings a stalled connection and
 //! [`Conn::kill`]s it when the ping fails too. A killed or closed connection ends every
-//! waiting request with a connection error and closes its push channel, which is how the
+//! waiting request with a connection error and fires its `closed` signal, which is how the
 //! client learns to drop the node's routes; a killed one also discards what it had not sent.
+//!
+//! Messages the server pushes (UPDATE_IDS) are handed to the connection's [`OnPush`] by the
+//! reader itself, in stream order with the replies: a reply that follows a push on the wire
+//! reaches its request after the push took effect, and [`Conn::pushes`] counts them, so a
+//! handshake can tell whether a push came while it waited (see `Client::handshake_routes`).
 
 use crate::clock::{Clock, NEVER};
 use crate::error::{ClientError, Result};
@@ -24,18 +29,22 @@ use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// Largest reply payload accepted (a bigger one closes the connection).
 pub const MAX_REPLY_BYTES: u64 = 1 << 30;
 
 /// What a connection's reader, its requests and the sweeper share.
 type Pending = Arc<Shared>;
+
+/// Called by a connection's reader with each message the server pushes (UPDATE_IDS), before
+/// the reader goes on to the next frame. It runs on the reader: it must not block.
+pub type OnPush = Box<dyn Fn(&Frame) + Send + Sync>;
 
 struct Shared {
     waiting: Mutex<Waiting>,
@@ -210,9 +219,12 @@ pub struct Conn {
     /// writer task, so a request costs one wake-up (its reply) instead of two.
     wr: tokio::sync::Mutex<Writer>,
     pending: Pending,
-    /// Messages the server pushed (UPDATE_IDS), for the route table. The channel closes when
-    /// the connection does.
-    pub pushed: Mutex<Option<mpsc::UnboundedReceiver<Frame>>>,
+    /// Fires (its sender dropped) when the connection ends, however it ends; taken once, by
+    /// whoever drops the node's routes then.
+    pub closed: Mutex<Option<oneshot::Receiver<()>>>,
+    /// UPDATE_IDS pushes received, counted by the reader before it hands each to its
+    /// [`OnPush`].
+    pushes: Arc<AtomicU64>,
     /// Requests that timed out in a row.
     stalls: AtomicU32,
     /// The last transaction number given out. Replies are matched per connection, so a
@@ -261,6 +273,7 @@ impl Conn {
         addr: SocketAddr,
         timeout: std::time::Duration,
         clock: &Arc<Clock>,
+        on_push: OnPush,
     ) -> Result<Arc<Conn>> {
         let err = |m: String| ClientError::Connection {
             addr: addr.to_string(),
@@ -285,7 +298,9 @@ impl Conn {
             }),
             alive: AtomicBool::new(true),
         });
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        let pushes = Arc::new(AtomicU64::new(0));
+        let pushes2 = pushes.clone();
         // Reader: route replies by trans.
         let guard = ReaderGuard {
             pending: pending.clone(),
@@ -306,7 +321,10 @@ impl Conn {
                             let h = frame.header;
                             if !h.is_reply() {
                                 if h.cmd == cmd::UPDATE_IDS {
-                                    let _ = push_tx.send(frame);
+                                    // Counted first: a handshake that reads the count
+                                    // after this push took effect sees it changed.
+                                    pushes2.fetch_add(1, SeqCst);
+                                    on_push(&frame);
                                 }
                                 continue;
                             }
@@ -343,7 +361,7 @@ impl Conn {
                     Ok(_) => {}
                 }
             }
-            drop(push_tx);
+            drop(closed_tx);
         });
         let conn = Arc::new(Conn {
             addr,
@@ -353,7 +371,8 @@ impl Conn {
                 torn: false,
             }),
             pending,
-            pushed: Mutex::new(Some(push_rx)),
+            closed: Mutex::new(Some(closed_rx)),
+            pushes,
             stalls: AtomicU32::new(0),
             trans: AtomicU64::new(0),
             handshake_lock: tokio::sync::Mutex::new(()),
@@ -369,6 +388,12 @@ impl Conn {
     /// handshake's).
     pub fn next_trans(&self) -> u64 {
         self.trans.fetch_add(1, Relaxed) + 1
+    }
+
+    /// UPDATE_IDS pushes received so far, counted in stream order by the reader before each
+    /// takes effect.
+    pub fn pushes(&self) -> u64 {
+        self.pushes.load(SeqCst)
     }
 
     pub fn is_alive(&self) -> bool {

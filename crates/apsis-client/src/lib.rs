@@ -2,12 +2,13 @@
 //!
 //! A [`Client`] (Elliptics' "node") connects to its remotes with the REVERSE_LOOKUP handshake,
 //! learns every node's backends and ring ids, and keeps a route table per group. It keeps the
-//! table current: UPDATE_IDS pushes apply at once; every `check_timeout` it re-handshakes the
-//! nodes it knows, follows their ROUTE_LISTs to new ones and reconnects to lost ones (a node
-//! that comes back rejoins by itself); a node whose connection closes, or that stalls
-//! (`stall_count` timeouts in a row, then a failed ping), leaves the table, so its ranges pass
-//! to its ring neighbours. A storage node embeds a `Client` as its view of the cluster (with
-//! `join` set, it also sends JOIN to the nodes it connects to). A [`Session`]
+//! table current: UPDATE_IDS pushes apply at once, in order with the replies on their
+//! connection (a refresh's older answer never undoes one); every `check_timeout` it
+//! re-handshakes the nodes it knows, follows their ROUTE_LISTs to new ones and reconnects to
+//! lost ones (a node that comes back rejoins by itself); a node whose connection closes, or
+//! that stalls (`stall_count` timeouts in a row, then a failed ping), leaves the table, so its
+//! ranges pass to its ring neighbours. A storage node embeds a `Client` as its view of the
+//! cluster (with `join` set, it also sends JOIN to the nodes it connects to). A [`Session`]
 //! carries the request settings (groups, cflags, ioflags, namespace, user_flags, timestamp,
 //! timeout, checker) and offers one function per operation. Requests to one node are
 //! multiplexed on one connection by transaction number; objects larger than the session's
@@ -244,8 +245,23 @@ impl Client {
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<()> {
-        let conn = Conn::connect(addr, self.inner.opts.connect_timeout, &self.inner.clock).await?;
-        let info = self.handshake(&conn).await?;
+        // Route pushes (UPDATE_IDS) update the table from the connection's reader, in order
+        // with the replies.
+        let weak = Arc::downgrade(&self.inner);
+        let on_push: conn::OnPush = Box::new(move |f| {
+            let mut r = apsis_proto::wire::Reader::new(&f.payload, "update ids");
+            if let (Ok(b), Some(inner)) = (apsis_proto::decode_backends(&mut r), weak.upgrade()) {
+                inner.routes.write().update(addr, &b);
+            }
+        });
+        let conn = Conn::connect(
+            addr,
+            self.inner.opts.connect_timeout,
+            &self.inner.clock,
+            on_push,
+        )
+        .await?;
+        let info = self.handshake_routes(addr, &conn).await?;
         if let Some(join) = &self.inner.opts.join {
             let me = join();
             let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
@@ -254,23 +270,14 @@ impl Client {
             drop(conn.send(&h, &me.encode(), None).await?);
         }
         tracing::debug!(%addr, backends = info.backends.len(), "node connected");
-        self.learn(addr, info);
         self.inner.known.lock().insert(addr);
         self.inner.conns.lock().insert(addr, conn.clone());
-        // Route pushes (UPDATE_IDS) update the table; the channel's end is the connection's
-        // end, and the node's ranges pass to its neighbours.
-        if let Some(mut pushed) = conn.pushed.lock().take() {
+        // At the connection's end the node's ranges pass to its neighbours.
+        if let Some(closed) = conn.closed.lock().take() {
             let weak = Arc::downgrade(&self.inner);
             let this = Arc::downgrade(&conn);
             tokio::spawn(async move {
-                while let Some(f) = pushed.recv().await {
-                    let mut r = apsis_proto::wire::Reader::new(&f.payload, "update ids");
-                    if let (Ok(b), Some(inner)) =
-                        (apsis_proto::decode_backends(&mut r), weak.upgrade())
-                    {
-                        inner.routes.write().update(addr, &b);
-                    }
-                }
+                let _ = closed.await;
                 if let Some(inner) = weak.upgrade() {
                     let current = inner.conns.lock().get(&addr).cloned();
                     let same = match (current, this.upgrade()) {
@@ -341,9 +348,8 @@ impl Client {
         session::join_all(known.into_iter().map(|a| async move {
             let conn = self.inner.conns.lock().get(&a).cloned();
             match conn.filter(|c| c.is_alive()) {
-                Some(c) => match self.handshake(&c).await {
-                    Ok(info) => {
-                        self.learn(a, info);
+                Some(c) => match self.handshake_routes(a, &c).await {
+                    Ok(_) => {
                         if self.inner.opts.discover {
                             let _ = self.discover(a).await;
                         }
@@ -365,10 +371,37 @@ impl Client {
         .await;
     }
 
-    /// What a handshake taught about `addr`: its backends (routes) and its addresses.
-    fn learn(&self, addr: SocketAddr, info: NodeInfo) {
-        self.inner.routes.write().set_node(addr, &info.backends);
-        self.inner.infos.lock().insert(addr, info.addrs);
+    /// Handshakes `conn` (node `addr`) and takes the node's backends (routes) and addresses
+    /// from the answer.
+    ///
+    /// An answer describes the node as it was when it answered; an UPDATE_IDS push that came
+    /// on the connection while the handshake waited may be newer (a backend enabled or
+    /// disabled after the node answered, the push applied by the reader before this task ran
+    /// on). Applying the answer then would undo the push until the next refresh, so the
+    /// answer is applied only when no push came between the request and the table's update
+    /// (both under the table's lock), and the handshake is repeated otherwise: pushes are
+    /// rare, and the node pushes every change to its backends, so after a few tries the
+    /// pushes alone are current.
+    async fn handshake_routes(&self, addr: SocketAddr, conn: &Conn) -> Result<NodeInfo> {
+        const TRIES: usize = 4;
+        let mut n = 0;
+        loop {
+            n += 1;
+            let before = conn.pushes();
+            let info = self.handshake(conn).await?;
+            let applied = {
+                let mut routes = self.inner.routes.write();
+                let quiet = conn.pushes() == before;
+                if quiet {
+                    routes.set_node(addr, &info.backends);
+                }
+                quiet
+            };
+            if applied || n == TRIES {
+                self.inner.infos.lock().insert(addr, info.addrs.clone());
+                return Ok(info);
+            }
+        }
     }
 
     /// Drops a failed connection and the node's routes.
