@@ -267,7 +267,15 @@ impl Client {
             let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
             h.trans = conn.next_trans();
             // JOIN has no reply: dropping its `Replies` forgets the trans at once.
-            drop(conn.send(&h, &me.encode(), None).await?);
+            match conn.send(&h, &me.encode(), None).await {
+                Ok(replies) => drop(replies),
+                Err(e) => {
+                    // The handshake routed to the node; without its connection it must not
+                    // stay routed.
+                    self.inner.routes.write().remove_node(addr);
+                    return Err(e);
+                }
+            }
         }
         tracing::debug!(%addr, backends = info.backends.len(), "node connected");
         self.inner.known.lock().insert(addr);
