@@ -388,9 +388,8 @@ impl Client {
     /// on). Applying the answer then would undo the push until the next refresh, so the
     /// answer is applied only when no push came between the request and the table's update
     /// (the count is read under the table's lock, which a push takes too), and the handshake
-    /// is repeated otherwise: pushes are
-    /// rare, and the node pushes every change to its backends, so after a few tries the
-    /// pushes alone are current.
+    /// is repeated otherwise: pushes are rare, and the node pushes every change to its
+    /// backends, so after a few tries the pushes alone are current.
     async fn handshake_routes(&self, addr: SocketAddr, conn: &Conn) -> Result<NodeInfo> {
         const TRIES: usize = 4;
         let mut n = 0;
