@@ -7,7 +7,8 @@
 #   scripts/bench-node.sh [SECONDS]      (default 10 s per run)
 #   ROUNDS=5 scripts/bench-node.sh 8     (1 KiB rows: apsis plain, apsis session and redis
 #                                          alternate ROUNDS times, default 3; the medians and
-#                                          their ratios are printed)
+#                                          their ratios are printed, and each round's own
+#                                          ratio with their median)
 #   ROWS=durable scripts/bench-node.sh   (only some rows: any of "memory durable large";
 #                                          default all three)
 #
@@ -47,6 +48,16 @@ pair() {
     awk -v p="$p" -v s="$s" -v r="$r" -v pc="$pc" -v sc="$sc" -v rc="$rc" -v n="$ROUNDS" 'BEGIN {
         printf "median of %d: apsis/plain %.0f ops/s (%.2fx redis), apsis/session %.0f ops/s (%.2fx), redis %.0f ops/s\n", n, p, p/r, s, s/r, r
         printf "  cpu us/op (tool + server): apsis/plain %.1f, apsis/session %.1f, redis %.1f\n", pc, sc, rc }'
+    # Each round's own ratio (Apsis against the Redis run right after it): the host drifts
+    # over a run, and a round's pair shares its moment, so their median resists the drift
+    # better than the ratio of the medians does.
+    local who
+    for who in plain session; do
+        local f=$WORK/p
+        [ "$who" = session ] && f=$WORK/s
+        paste "$f" "$WORK/r" | awk '{printf "%.2f\n", $1 / $2}' >"$WORK/ratios"
+        echo "  per-round ratios apsis/$who to redis: $(tr '\n' ' ' <"$WORK/ratios")(median $(median "$WORK/ratios"))"
+    done
 }
 
 ROWS=${ROWS:-memory durable large}
