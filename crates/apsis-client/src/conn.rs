@@ -51,6 +51,9 @@ struct Shared {
     /// Cleared when the connection ends or is killed; read by every request, so it sits
     /// beside the map every request locks, not in an allocation of its own.
     alive: AtomicBool,
+    /// UPDATE_IDS pushes received, counted by the reader before it hands each to its
+    /// [`OnPush`].
+    pushes: AtomicU64,
 }
 
 /// Requests waiting for replies, by `trans`.
@@ -222,9 +225,6 @@ pub struct Conn {
     /// Fires (its sender dropped) when the connection ends, however it ends; taken once, by
     /// whoever drops the node's routes then.
     pub closed: Mutex<Option<oneshot::Receiver<()>>>,
-    /// UPDATE_IDS pushes received, counted by the reader before it hands each to its
-    /// [`OnPush`].
-    pushes: Arc<AtomicU64>,
     /// Requests that timed out in a row.
     stalls: AtomicU32,
     /// The last transaction number given out. Replies are matched per connection, so a
@@ -297,10 +297,9 @@ impl Conn {
                 earliest: NEVER,
             }),
             alive: AtomicBool::new(true),
+            pushes: AtomicU64::new(0),
         });
         let (closed_tx, closed_rx) = oneshot::channel::<()>();
-        let pushes = Arc::new(AtomicU64::new(0));
-        let pushes2 = pushes.clone();
         // Reader: route replies by trans.
         let guard = ReaderGuard {
             pending: pending.clone(),
@@ -323,7 +322,7 @@ impl Conn {
                                 if h.cmd == cmd::UPDATE_IDS {
                                     // Counted first: a handshake that reads the count
                                     // after this push took effect sees it changed.
-                                    pushes2.fetch_add(1, SeqCst);
+                                    p2.pushes.fetch_add(1, SeqCst);
                                     on_push(&frame);
                                 }
                                 continue;
@@ -372,7 +371,6 @@ impl Conn {
             }),
             pending,
             closed: Mutex::new(Some(closed_rx)),
-            pushes,
             stalls: AtomicU32::new(0),
             trans: AtomicU64::new(0),
             handshake_lock: tokio::sync::Mutex::new(()),
@@ -393,7 +391,7 @@ impl Conn {
     /// UPDATE_IDS pushes received so far, counted in stream order by the reader before each
     /// takes effect.
     pub fn pushes(&self) -> u64 {
-        self.pushes.load(SeqCst)
+        self.pending.pushes.load(SeqCst)
     }
 
     pub fn is_alive(&self) -> bool {
