@@ -267,12 +267,13 @@ impl Drop for ReaderGuard {
 }
 
 impl Conn {
-    /// Connects within `timeout`; the requests' deadlines count on `clock`, whose sweeper
-    /// watches the new connection.
+    /// Connects within `timeout`, with `keepalive` on the socket; the requests' deadlines
+    /// count on `clock`, whose sweeper watches the new connection.
     pub async fn connect(
         addr: SocketAddr,
         timeout: std::time::Duration,
         clock: &Arc<Clock>,
+        keepalive: Option<crate::Keepalive>,
         on_push: OnPush,
     ) -> Result<Arc<Conn>> {
         let err = |m: String| ClientError::Connection {
@@ -284,6 +285,9 @@ impl Conn {
             .map_err(|_| ClientError::Timeout)?
             .map_err(|e| err(e.to_string()))?;
         let _ = sock.set_nodelay(true);
+        if let Some(k) = keepalive {
+            k.apply(&sock).map_err(|e| err(format!("keepalive: {e}")))?;
+        }
         // A second handle on the socket, for options after it is split (see `kill`).
         let ctl = sock
             .into_std()

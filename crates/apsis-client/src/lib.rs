@@ -18,16 +18,19 @@
 //! - [`error`]: [`ClientError`] with its errno.
 //! - [`conn`]: one connection: writer queue, reply routing by `trans`, timeouts.
 //! - [`clock`]: the coarse clock request deadlines count on, and its sweeper.
+//! - [`keepalive`]: TCP keepalive on every connection, so a vanished peer is noticed.
 //! - [`routes`]: the per-group route table and owner lookup (from `apsis-ring`).
 //! - [`session`]: [`Session`] and the operations; [`Checker`]; result types.
 
 pub mod clock;
 pub mod conn;
 pub mod error;
+pub mod keepalive;
 pub mod routes;
 pub mod session;
 
 pub use error::{ClientError, Result};
+pub use keepalive::Keepalive;
 pub use session::{
     Checker, GroupResult, IterItem, IterOptions, JobStream, RangeOptions, RangeReply, ReadResult,
     Session, WriteResult,
@@ -63,6 +66,10 @@ pub struct ClientOptions {
     pub local: Vec<SocketAddr>,
     /// Set by a node: sent as JOIN after each handshake, so peers route to it.
     pub join: Option<JoinInfo>,
+    /// TCP keepalive on every connection ([`Keepalive::ELLIPTICS`] by default): an idle
+    /// connection to a node that vanished ends, and the node leaves the route table, within
+    /// [`Keepalive::limit`]. `None` leaves the system's setting (off).
+    pub keepalive: Option<Keepalive>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -74,6 +81,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("stall_count", &self.stall_count)
             .field("local", &self.local)
             .field("join", &self.join.is_some())
+            .field("keepalive", &self.keepalive)
             .finish()
     }
 }
@@ -87,6 +95,7 @@ impl Default for ClientOptions {
             stall_count: 3,
             local: Vec::new(),
             join: None,
+            keepalive: Some(Keepalive::ELLIPTICS),
         }
     }
 }
@@ -258,6 +267,7 @@ impl Client {
             addr,
             self.inner.opts.connect_timeout,
             &self.inner.clock,
+            self.inner.opts.keepalive,
             on_push,
         )
         .await?;

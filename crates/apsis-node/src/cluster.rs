@@ -73,6 +73,7 @@ impl Cluster {
             stall_count: cfg.stall_count.max(1),
             local: me.clone(),
             join: Some(join),
+            keepalive: cfg.keepalive,
         };
         Cluster {
             client: Client::new(opts),

@@ -14,6 +14,9 @@
 //! max_frame_bytes = 268435456
 //! max_connections = 4096
 //! max_inflight_per_connection = 1024
+//! keepalive_idle_secs = 10          # TCP keepalive on every connection, as Elliptics sets it:
+//! keepalive_interval_secs = 10      #   a peer silent for idle + interval x count (40 s) is
+//! keepalive_count = 3               #   dropped; idle 0 = off
 //! monitor_port = 0                  # 0 = off; HTTP JSON + Prometheus on this port
 //! log_level = "info"
 //! worker_threads = 0                # 0 = one per core
@@ -71,6 +74,9 @@ pub struct NodeConfig {
     pub max_frame_bytes: u64,
     pub max_connections: usize,
     pub max_inflight_per_connection: usize,
+    /// TCP keepalive on every accepted and every outgoing connection (`None`: off), so a
+    /// client or peer that vanished without closing is dropped (see [`apsis_client::keepalive`]).
+    pub keepalive: Option<apsis_client::Keepalive>,
     /// HTTP monitor port on the first listen address's host; 0 = off.
     pub monitor_port: u16,
     pub log_level: String,
@@ -151,6 +157,7 @@ impl NodeConfig {
             max_frame_bytes: 256 << 20,
             max_connections: 4096,
             max_inflight_per_connection: 1024,
+            keepalive: Some(apsis_client::Keepalive::ELLIPTICS),
             monitor_port: 0,
             log_level: "info".into(),
             worker_threads: 0,
@@ -218,6 +225,24 @@ impl NodeConfig {
         }
         if let Some(v) = n.max_inflight_per_connection {
             cfg.max_inflight_per_connection = v;
+        }
+        if n.keepalive_idle_secs.is_some()
+            || n.keepalive_interval_secs.is_some()
+            || n.keepalive_count.is_some()
+        {
+            let d = apsis_client::Keepalive::ELLIPTICS;
+            let idle = n.keepalive_idle_secs.unwrap_or(d.idle.as_secs());
+            cfg.keepalive = match idle {
+                0 => None,
+                _ => Some(
+                    apsis_client::Keepalive::from_secs(
+                        idle,
+                        n.keepalive_interval_secs.unwrap_or(d.interval.as_secs()),
+                        n.keepalive_count.unwrap_or(d.count),
+                    )
+                    .map_err(|e| ConfigError(format!("node: {e}")))?,
+                ),
+            };
         }
         if let Some(v) = n.monitor_port {
             cfg.monitor_port = v;
@@ -396,6 +421,9 @@ struct TomlNode {
     max_frame_bytes: Option<u64>,
     max_connections: Option<usize>,
     max_inflight_per_connection: Option<usize>,
+    keepalive_idle_secs: Option<u64>,
+    keepalive_interval_secs: Option<u64>,
+    keepalive_count: Option<u32>,
     monitor_port: Option<u16>,
     log_level: Option<String>,
     worker_threads: Option<usize>,
@@ -455,5 +483,23 @@ mod tests {
         cfg.validate().unwrap();
         let err = NodeConfig::from_toml("[node]\nadress = []\n").unwrap_err();
         assert!(err.0.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_defaults_to_elliptics_and_can_be_tuned_or_turned_off() {
+        use apsis_client::Keepalive;
+        use std::time::Duration;
+        let ka = |t: &str| NodeConfig::from_toml(&format!("[node]\n{t}")).map(|c| c.keepalive);
+        assert_eq!(ka("").unwrap(), Some(Keepalive::ELLIPTICS));
+        // Unset keys keep Elliptics' values.
+        let k = ka("keepalive_count = 5").unwrap().unwrap();
+        assert_eq!(k.count, 5);
+        assert_eq!(k.idle, Duration::from_secs(10));
+        assert_eq!(k.limit(), Duration::from_secs(60));
+        assert_eq!(ka("keepalive_idle_secs = 0").unwrap(), None);
+        let err = ka("keepalive_count = 0").unwrap_err();
+        assert!(err.0.contains("keepalive_count"), "{err}");
+        let err = ka("keepalive_interval_secs = 99999").unwrap_err();
+        assert!(err.0.contains("keepalive_interval_secs"), "{err}");
     }
 }

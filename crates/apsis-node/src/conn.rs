@@ -32,6 +32,13 @@ pub enum Inline {
 
 pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u64) {
     let _ = sock.set_nodelay(true);
+    // A client that vanishes without closing is dropped within the keepalive's limit,
+    // instead of holding its connection (and a `max_connections` place) for ever.
+    if let Some(k) = ctx.cfg.keepalive {
+        if let Err(e) = k.apply(&sock) {
+            tracing::debug!(%peer, error = %e, "keepalive not set");
+        }
+    }
     let local = sock.local_addr().ok();
     let (mut rd, wr) = sock.into_split();
     let cw = Arc::new(ConnWriter::new(wr, ctx.clone()));

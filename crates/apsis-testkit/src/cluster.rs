@@ -39,6 +39,8 @@ pub struct ClusterSpec {
     pub faulty_disks: Vec<usize>,
     /// Extra lines for every `[[backend]]` section (e.g. `blob_size = "8M"`).
     pub backend_extra: String,
+    /// Extra lines for every node's `[node]` section (e.g. `keepalive_idle_secs = 1`).
+    pub node_extra: String,
 }
 
 impl ClusterSpec {
@@ -54,6 +56,7 @@ impl ClusterSpec {
             recovery: "auto = false".into(),
             faulty_disks: Vec::new(),
             backend_extra: String::new(),
+            node_extra: String::new(),
         }
     }
 
@@ -146,6 +149,7 @@ impl Cluster {
         let _ = writeln!(t, "check_timeout_secs = {}", self.spec.check_timeout_secs);
         let _ = writeln!(t, "stall_count = {}", self.spec.stall_count);
         let _ = writeln!(t, "worker_threads = 2");
+        let _ = writeln!(t, "{}", self.spec.node_extra);
         let _ = writeln!(t, "\n[recovery]\n{}", self.spec.recovery);
         for (b, g) in self.spec.nodes[i].iter().enumerate() {
             let _ = writeln!(t, "\n[[backend]]");

@@ -235,6 +235,120 @@ async fn three_groups_partition_a_node_in_namespaces() {
     .await;
 }
 
+/// Connections open on the node at `addr` besides the one this asks on.
+async fn other_connections(addr: std::net::SocketAddr) -> u64 {
+    let c = Client::connect(
+        &[addr],
+        apsis_client::ClientOptions {
+            discover: false,
+            check_timeout: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let v = c
+        .session(vec![1])
+        .monitor_stat(addr, MonitorStatRequest::IO)
+        .await
+        .unwrap();
+    v["io"]["connections"]["open"].as_u64().unwrap() - 1
+}
+
+/// Polls [`other_connections`] until it is `want`; the last count seen otherwise.
+async fn wait_other_connections(addr: std::net::SocketAddr, want: u64, within: Duration) -> u64 {
+    let until = Instant::now() + within;
+    loop {
+        let n = other_connections(addr).await;
+        if n == want || Instant::now() > until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A client whose host vanishes (cut off: no FIN, no RST) is dropped by the node's TCP
+/// keepalive, instead of holding its connection and a `max_connections` place for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_is_dropped_by_keepalive() {
+    if !apsis_testkit::process::is_root() {
+        eprintln!("SKIPPED: network namespaces need root");
+        return;
+    }
+    let mut spec = ClusterSpec::new(vec![vec![1]], Net::Namespaces);
+    // Dropped after 1 s of silence and 2 unanswered probes 1 s apart: 3 s.
+    spec.node_extra =
+        "keepalive_idle_secs = 1\nkeepalive_interval_secs = 1\nkeepalive_count = 2".into();
+    let cluster = match Cluster::start(BIN, spec) {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: network namespaces unavailable: {e}");
+            return;
+        }
+        Err(e) => panic!("network namespaces: {e}"),
+    };
+    let addr = cluster.addrs()[0];
+    // A client that connected and went quiet.
+    let quiet = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        wait_other_connections(addr, 1, Duration::from_secs(10)).await,
+        1,
+        "the quiet client is connected"
+    );
+    // Its replies and probes get no answer while the node is cut off, twice the 3 s limit.
+    cluster.partition(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cluster.heal(0).unwrap();
+    assert_eq!(
+        wait_other_connections(addr, 0, Duration::from_secs(10)).await,
+        0,
+        "the node still holds the connection of a client that vanished"
+    );
+    drop(quiet);
+}
+
+/// The other way round: a client's idle connection to a node that vanished ends by the
+/// client's own keepalive, and the node leaves its route table, with no request to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_vanishes_leaves_an_idle_clients_routes() {
+    if !apsis_testkit::process::is_root() {
+        eprintln!("SKIPPED: network namespaces need root");
+        return;
+    }
+    let cluster = match Cluster::start(BIN, ClusterSpec::new(vec![vec![1]], Net::Namespaces)) {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: network namespaces unavailable: {e}");
+            return;
+        }
+        Err(e) => panic!("network namespaces: {e}"),
+    };
+    let addr = cluster.addrs()[0];
+    let c = Client::connect(
+        &[addr],
+        apsis_client::ClientOptions {
+            // No refresh: only the connection itself can notice.
+            check_timeout: Duration::ZERO,
+            keepalive: Some(apsis_client::Keepalive::from_secs(1, 1, 2).unwrap()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.nodes(), vec![addr]);
+    cluster.partition(0).unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while !c.nodes().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.nodes().is_empty(), "the vanished node is still connected");
+    assert!(
+        c.routes().ranges(1).is_empty(),
+        "the vanished node is still routed"
+    );
+    cluster.heal(0).unwrap();
+}
+
 /// A node that receives a request for a key it does not own forwards it to the owner, unless
 /// DIRECT is set; a client that knows only one node learns the others from its route list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
