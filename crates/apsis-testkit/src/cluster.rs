@@ -137,6 +137,28 @@ impl Cluster {
         Ok(c)
     }
 
+    /// [`Cluster::start`] with `spec.net` set to [`Net::Namespaces`], for tests that cut
+    /// hosts off. `None` (the test is skipped, and says so) without root, or when namespaces
+    /// cannot be made outside CI; in CI that is a failure.
+    pub fn start_in_namespaces(bin: impl Into<PathBuf>, spec: ClusterSpec) -> Option<Cluster> {
+        if !crate::process::is_root() {
+            eprintln!("SKIPPED: network namespaces need root");
+            return None;
+        }
+        let spec = ClusterSpec {
+            net: Net::Namespaces,
+            ..spec
+        };
+        match Cluster::start(bin, spec) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: network namespaces unavailable: {e}");
+                None
+            }
+            Err(e) => panic!("network namespaces: {e}"),
+        }
+    }
+
     fn write_config(&self, i: usize, remotes: &[SocketAddr]) -> std::io::Result<PathBuf> {
         let n = &self.nodes[i];
         let mut t = String::new();

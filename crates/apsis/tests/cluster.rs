@@ -209,17 +209,9 @@ async fn three_groups_pause_a_node_serving_two_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_groups_partition_a_node_in_namespaces() {
-    if !apsis_testkit::process::is_root() {
-        eprintln!("SKIPPED: network namespaces need root");
+    let Some(cluster) = Cluster::start_in_namespaces(BIN, six_nodes_three_groups(Net::Namespaces))
+    else {
         return;
-    }
-    let cluster = match Cluster::start(BIN, six_nodes_three_groups(Net::Namespaces)) {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: network namespaces unavailable: {e}");
-            return;
-        }
-        Err(e) => panic!("network namespaces: {e}"),
     };
     run_with_faults(cluster, async |c: &mut Cluster| {
         // n2 serves groups 3 and 1; cut it off from every node and from the client.
@@ -271,21 +263,12 @@ async fn wait_other_connections(addr: std::net::SocketAddr, want: u64, within: D
 /// keepalive, instead of holding its connection and a `max_connections` place for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_vanishes_is_dropped_by_keepalive() {
-    if !apsis_testkit::process::is_root() {
-        eprintln!("SKIPPED: network namespaces need root");
-        return;
-    }
     let mut spec = ClusterSpec::new(vec![vec![1]], Net::Namespaces);
     // Dropped after 1 s of silence and 2 unanswered probes 1 s apart: 3 s.
     spec.node_extra =
         "keepalive_idle_secs = 1\nkeepalive_interval_secs = 1\nkeepalive_count = 2".into();
-    let cluster = match Cluster::start(BIN, spec) {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: network namespaces unavailable: {e}");
-            return;
-        }
-        Err(e) => panic!("network namespaces: {e}"),
+    let Some(cluster) = Cluster::start_in_namespaces(BIN, spec) else {
+        return;
     };
     let addr = cluster.addrs()[0];
     // A client that connected and went quiet.
@@ -311,17 +294,10 @@ async fn a_client_that_vanishes_is_dropped_by_keepalive() {
 /// client's own keepalive, and the node leaves its route table, with no request to time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_vanishes_leaves_an_idle_clients_routes() {
-    if !apsis_testkit::process::is_root() {
-        eprintln!("SKIPPED: network namespaces need root");
+    let Some(cluster) =
+        Cluster::start_in_namespaces(BIN, ClusterSpec::new(vec![vec![1]], Net::Namespaces))
+    else {
         return;
-    }
-    let cluster = match Cluster::start(BIN, ClusterSpec::new(vec![vec![1]], Net::Namespaces)) {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: network namespaces unavailable: {e}");
-            return;
-        }
-        Err(e) => panic!("network namespaces: {e}"),
     };
     let addr = cluster.addrs()[0];
     let c = Client::connect(

@@ -304,21 +304,12 @@ async fn a_corrupt_replica_is_repaired_by_verify_and_prepared_leftovers_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healed_partition_converges_with_writes_from_both_sides() {
-    if !apsis_testkit::process::is_root() {
-        eprintln!("SKIPPED: network namespaces need root");
-        return;
-    }
     let spec = ClusterSpec {
         recovery: AUTO.into(),
         ..ClusterSpec::new(vec![vec![1], vec![2], vec![3]], Net::Namespaces)
     };
-    let c = match Cluster::start(BIN, spec) {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: network namespaces unavailable: {e}");
-            return;
-        }
-        Err(e) => panic!("network namespaces: {e}"),
+    let Some(c) = Cluster::start_in_namespaces(BIN, spec) else {
+        return;
     };
     let client = c.client().await;
     c.wait_mesh(&client, Duration::from_secs(20)).await;
