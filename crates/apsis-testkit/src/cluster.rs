@@ -137,26 +137,36 @@ impl Cluster {
         Ok(c)
     }
 
-    /// [`Cluster::start`] with `spec.net` set to [`Net::Namespaces`], for tests that cut
-    /// hosts off. `None` (the test is skipped, and says so) without root, or when namespaces
-    /// cannot be made outside CI; in CI that is a failure.
-    pub fn start_in_namespaces(bin: impl Into<PathBuf>, spec: ClusterSpec) -> Option<Cluster> {
+    /// [`Cluster::start`] for a test that needs root for `what` it uses (network namespaces,
+    /// FUSE disks): `None`, and the test says it is skipped, without root or when that cannot
+    /// be set up outside CI; in CI that is a failure.
+    pub fn start_as_root(
+        bin: impl Into<PathBuf>,
+        spec: ClusterSpec,
+        what: &str,
+    ) -> Option<Cluster> {
         if !crate::process::is_root() {
-            eprintln!("SKIPPED: network namespaces need root");
+            eprintln!("SKIPPED: {what} need root");
             return None;
         }
+        match Cluster::start(bin, spec) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: {what} unavailable: {e}");
+                None
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+
+    /// [`Cluster::start_as_root`] with each node in its own network namespace, for tests that
+    /// cut hosts off ([`Cluster::partition`]).
+    pub fn start_in_namespaces(bin: impl Into<PathBuf>, spec: ClusterSpec) -> Option<Cluster> {
         let spec = ClusterSpec {
             net: Net::Namespaces,
             ..spec
         };
-        match Cluster::start(bin, spec) {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("SKIPPED: network namespaces unavailable: {e}");
-                None
-            }
-            Err(e) => panic!("network namespaces: {e}"),
-        }
+        Cluster::start_as_root(bin, spec, "network namespaces")
     }
 
     fn write_config(&self, i: usize, remotes: &[SocketAddr]) -> std::io::Result<PathBuf> {

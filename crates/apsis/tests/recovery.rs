@@ -457,21 +457,9 @@ async fn an_interrupted_job_resumes_where_it_stopped() {
     wait_converged(&client, &[1, 2], &ks, &expect, Duration::from_secs(5)).await;
 }
 
-/// Starts `spec`, whose `faulty_disks` need root and FUSE; `None` (the test is skipped) where
-/// they are missing, except under CI, where that is a failure.
+/// Starts `spec`, whose `faulty_disks` need root and FUSE (see [`Cluster::start_as_root`]).
 fn start_with_faulty_disks(spec: ClusterSpec) -> Option<Cluster> {
-    if !apsis_testkit::process::is_root() {
-        eprintln!("SKIPPED: faulty disks (FUSE) need root");
-        return None;
-    }
-    match Cluster::start(BIN, spec) {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: faulty disks unavailable: {e}");
-            None
-        }
-        Err(e) => panic!("faulty disks: {e}"),
-    }
+    Cluster::start_as_root(BIN, spec, "faulty disks (FUSE)")
 }
 
 /// `(group, errno)` of every group a write did not reach (0 = it did).
