@@ -12,7 +12,7 @@
 //! check_timeout_secs = 60
 //! stall_count = 3
 //! max_frame_bytes = 268435456
-//! max_connections = 4096
+//! max_connections = 4096           # fewer if the open-file limit leaves less room (fdlimit)
 //! max_inflight_per_connection = 1024
 //! keepalive_idle_secs = 10          # TCP keepalive on every connection, as Elliptics sets it:
 //! keepalive_interval_secs = 10      #   a peer silent for idle + interval x count (40 s) is

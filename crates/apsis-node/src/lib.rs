@@ -17,6 +17,7 @@
 //! - [`cache`]: the per-backend cache (LRU shards, write-back, TTL), coherent with the engine.
 //! - [`cluster`]: peers (an embedded `apsis-client`), the cluster route table, forwarding.
 //! - `server` ([`Node`]): listeners, accept loop, graceful shutdown.
+//! - [`fdlimit`]: the open-file limit raised at start, and the connections that fit under it.
 //! - `conn`: one connection: frame checking, quick commands answered inline by the reader, a
 //!   task per longer request, the batching writer.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack), and replies held for a
@@ -37,6 +38,7 @@ pub mod cluster;
 mod cmd;
 pub mod config;
 mod conn;
+pub mod fdlimit;
 mod locks;
 pub mod monitor;
 pub mod recovery;
@@ -63,6 +65,9 @@ pub struct Ctx {
     /// STATUS RO: writes and deletes get −EROFS.
     pub read_only: AtomicBool,
     pub stats: stats::Stats,
+    /// Connections accepted at most: `max_connections`, or fewer when the open-file limit
+    /// leaves less room (see [`fdlimit`]); set once the backends are open.
+    pub conn_limit: std::sync::atomic::AtomicUsize,
     pub locks: locks::KeyLocks,
     pub iterators: cmd::iterator::Registry,
     /// Connections that completed a handshake, for UPDATE_IDS pushes.

@@ -69,7 +69,7 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
         top.insert(
             "io".into(),
             json!({
-                "connections": {"open": ctx.stats.connections_open.load(Relaxed), "total": ctx.stats.connections_total.load(Relaxed)},
+                "connections": {"open": ctx.stats.connections_open.load(Relaxed), "total": ctx.stats.connections_total.load(Relaxed), "limit": ctx.conn_limit.load(Relaxed)},
                 "frames_rejected": ctx.stats.frames_rejected.load(Relaxed),
                 "bytes_in": ctx.stats.bytes_in.load(Relaxed),
                 "bytes_out": ctx.stats.bytes_out.load(Relaxed),
@@ -242,6 +242,11 @@ pub fn prometheus(ctx: &Ctx) -> String {
         s,
         "# TYPE apsis_connections_total counter\napsis_connections_total {}",
         ctx.stats.connections_total.load(Relaxed)
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE apsis_connections_limit gauge\napsis_connections_limit {}",
+        ctx.conn_limit.load(Relaxed)
     );
     let _ = writeln!(
         s,

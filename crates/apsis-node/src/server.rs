@@ -35,6 +35,10 @@ impl Node {
         for k in &cfg.ignored_keys {
             tracing::warn!(key = %k, "config key not used by Apsis");
         }
+        let fds = crate::fdlimit::raise();
+        if fds.soft != fds.before {
+            tracing::info!(from = fds.before, to = fds.soft, "open-file limit raised");
+        }
         // Several advertised addresses may share one listening socket (Elliptics binds the
         // port once whatever the hosts): bind each distinct address once.
         let mut listeners: Vec<(SocketAddr, TcpListener)> = Vec::new();
@@ -76,6 +80,7 @@ impl Node {
             addrs,
             read_only: AtomicBool::new(false),
             stats: Default::default(),
+            conn_limit: cfg.max_connections.into(),
             locks: Default::default(),
             iterators: Default::default(),
             peers: Mutex::new(HashMap::new()),
@@ -98,6 +103,23 @@ impl Node {
         }
         for o in opens {
             let _ = o.await;
+        }
+        // What the backends hold is known now: the connections that fit beside it.
+        if let Some(in_use) = crate::fdlimit::open_now() {
+            let want = ctx.cfg.max_connections;
+            let limit = crate::fdlimit::connection_limit(want, fds.soft, in_use);
+            if limit < want {
+                tracing::warn!(
+                    max_connections = want,
+                    accepted = limit,
+                    open_files_limit = fds.soft,
+                    hard_limit = fds.hard,
+                    files_open = in_use,
+                    "max_connections lowered to what the open-file limit leaves room for; \
+                     raise the hard limit (ulimit -Hn, LimitNOFILE=) to accept more"
+                );
+            }
+            ctx.conn_limit.store(limit, Relaxed);
         }
         ctx.cluster.set_local_routes(&ctx);
         ctx.cluster.join_remotes(&ctx.cfg.remotes);
@@ -166,8 +188,9 @@ async fn accept_loop(ctx: Arc<Ctx>, l: TcpListener, ids: Arc<AtomicU64>) {
         tokio::select! {
             r = l.accept() => match r {
                 Ok((sock, peer)) => {
-                    if ctx.stats.connections_open.load(Relaxed) as usize >= ctx.cfg.max_connections {
-                        tracing::warn!(%peer, limit = ctx.cfg.max_connections, "connection refused: too many connections");
+                    let limit = ctx.conn_limit.load(Relaxed);
+                    if ctx.stats.connections_open.load(Relaxed) as usize >= limit {
+                        tracing::warn!(%peer, limit, "connection refused: too many connections");
                         drop(sock);
                         continue;
                     }

@@ -140,6 +140,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         .map(|i| (i * 31 + 7) as u8)
         .collect();
     let keys = a.keys.max(1);
+    // A socket per connection: the default soft limit (1024) would cap `--connections`.
+    apsis_node::fdlimit::raise();
     let redis = match a.target.as_str() {
         "apsis" => false,
         "redis" => true,

@@ -631,6 +631,71 @@ async fn durable_requests_in_flight_on_one_connection_share_fsyncs() {
     );
 }
 
+/// The server's soft and hard open-file limits, from `/proc/PID/limits`.
+fn open_file_limits(srv: &Server) -> (u64, u64) {
+    let pid = srv.child.as_ref().unwrap().id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// At start a node raises its open-file limit to the hard one; and it accepts only the
+/// connections that fit under that limit beside its files, so a burst of clients cannot take
+/// the descriptors its engine needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_and_connections_fit_under_it() {
+    let d = tempfile::tempdir().unwrap();
+    // Raised from 64 to the hard limit, 300, which leaves room for few connections.
+    let srv = Server::start_with_nofile(d.path(), 64, 300);
+    assert_eq!(open_file_limits(&srv), (300, 300));
+    let s = session(&srv, vec![1]).await;
+    let stat = s.monitor_stat(srv.addr, 0x2).await.unwrap();
+    let limit = stat["io"]["connections"]["limit"].as_u64().unwrap();
+    assert!(
+        (16..300 - 256).contains(&limit),
+        "300 descriptors, 256 kept for the engine: {stat}"
+    );
+    // Fill the limit: the session's connection and these.
+    let mut held = Vec::new();
+    for _ in 1..limit {
+        held.push(std::net::TcpStream::connect(srv.addr).unwrap());
+    }
+    let open = || async {
+        let v = s.monitor_stat(srv.addr, 0x2).await.unwrap();
+        v["io"]["connections"]["open"].as_u64().unwrap()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while open().await < limit && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open().await, limit);
+    // One more is closed at once.
+    let mut extra = std::net::TcpStream::connect(srv.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut b).unwrap(),
+        0,
+        "refused: closed by the node"
+    );
+    // The node still serves the connections it holds, and its engine still opens files.
+    s.write(b"after-the-burst", b"v").await.unwrap();
+    assert_eq!(
+        &s.read(b"after-the-burst", 0, 0).await.unwrap().data[..],
+        b"v"
+    );
+    drop(held);
+}
+
 fn raw_request(c: i32, flags: u64, payload: &[u8]) -> Vec<u8> {
     let mut h = apsis_proto::Header::new(c, flags);
     h.trans = 77;

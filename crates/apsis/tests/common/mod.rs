@@ -53,6 +53,27 @@ impl Server {
         }
     }
 
+    /// [`Server::start`] under `prlimit --nofile=SOFT:HARD` (util-linux): a server with that
+    /// open-file limit. (A restart drops the limit.)
+    pub fn start_with_nofile(dir: &Path, soft: u64, hard: u64) -> Server {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:{hard}"))
+            .arg(env!("CARGO_BIN_EXE_apsis"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir)
+            .env("APSIS_LOG", "warn")
+            .stderr(Stdio::inherit());
+        let started =
+            apsis_testkit::process::start_server(&mut cmd, false).expect("start apsis server");
+        Server {
+            child: Some(started.child),
+            addr: started.addr,
+            monitor: None,
+            dir: dir.to_path_buf(),
+            args: Vec::new(),
+        }
+    }
+
     pub fn remote(&self) -> String {
         self.addr.to_string()
     }
