@@ -205,6 +205,19 @@ pub struct ReadView<'a> {
     /// The offset the data starts at, inside the object.
     pub offset: u64,
     pub data: &'a [u8],
+    /// Where `data` is in its base's memory map, when it may be shared from there
+    /// (see `ReadView::share`).
+    pub(crate) map: Option<(&'a std::sync::Arc<crate::blob::Base>, usize)>,
+}
+
+/// A read's answer whose bytes need not be copied out: a read from a base's memory map shares
+/// the map, which the bytes keep alive, however long they take to send
+/// ([`BlobBackend::read_shared`](crate::BlobBackend::read_shared)).
+pub struct SharedRead {
+    pub info: RecordInfo,
+    /// The offset the data starts at, inside the object.
+    pub offset: u64,
+    pub data: bytes::Bytes,
 }
 
 /// A removal: the tombstone's timestamp, and whether to record it even when the key is

@@ -998,6 +998,73 @@ fn decoders_survive_random_and_mutated_input() {
     assert!(sc.next_record().unwrap().is_none());
 }
 
+/// A read shared out of a base's memory map (no copy) returns what a copying read does, and
+/// its bytes stay valid after defrag deleted the base they came from.
+#[test]
+fn a_shared_read_matches_a_copy_and_outlives_its_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = BlobConfig {
+        sync: -1,
+        blob_size: 64 << 10,
+        background: false,
+        defrag_rate_bytes: 0,
+        ..Default::default()
+    };
+    let b = BlobBackend::open_path(tmp.path(), cfg).unwrap();
+    for i in 0..60 {
+        put(&b, i, &value(i, 3000)).unwrap();
+    }
+    // A small record stays in the open base's write buffer.
+    put(&b, 60, &value(60, 100)).unwrap();
+    let whole = ReadRequest::default();
+    let part = ReadRequest {
+        offset: 10,
+        ..Default::default()
+    };
+    // Key 0 is in the first (closed, mapped) base, key 59 in the open one, key 60 in its
+    // write buffer.
+    for (i, len) in [(0, 3000), (59, 3000), (60, 100)] {
+        let shared = b.read_shared(&key(i), &whole).unwrap();
+        assert_eq!(shared.data, value(i, len), "key {i}");
+        let part = ReadRequest { size: 50, ..part };
+        let copied = b.read(&key(i), &part).unwrap();
+        let shared = b.read_shared(&key(i), &part).unwrap();
+        assert_eq!((shared.offset, &shared.data[..]), (10, &copied.data[..]));
+        assert_eq!(shared.info, copied.info);
+    }
+    let held = b.read_shared(&key(0), &whole).unwrap();
+    // Shared, not copied: two reads of a mapped record point at the same bytes; a record
+    // still in the write buffer is copied.
+    let again = b.read_shared(&key(0), &whole).unwrap();
+    assert_eq!(held.data.as_ptr(), again.data.as_ptr());
+    let (one, two) = (
+        b.read_shared(&key(60), &whole).unwrap(),
+        b.read_shared(&key(60), &whole).unwrap(),
+    );
+    assert_ne!(one.data.as_ptr(), two.data.as_ptr());
+    // Every key rewritten, then the old bases deleted.
+    for i in 0..60 {
+        put(&b, i, &value(i + 1000, 3000)).unwrap();
+    }
+    let report = b.defrag_with_threshold(0.1).unwrap();
+    assert!(report.bases_deleted > 0, "{report:?}");
+    let first = tmp.path().join("data-00000001.blob");
+    assert!(!first.exists(), "the first base is deleted");
+    assert_eq!(
+        held.data,
+        value(0, 3000),
+        "the shared bytes outlive their base"
+    );
+    assert_eq!(
+        b.read_shared(&key(0), &whole).unwrap().data,
+        value(1000, 3000)
+    );
+    assert!(matches!(
+        b.read_shared(&key(999), &whole),
+        Err(StorageError::NotFound)
+    ));
+}
+
 #[test]
 fn a_real_directory_survives_restart_and_reports_its_stats() {
     let tmp = tempfile::tempdir().unwrap();

@@ -719,6 +719,70 @@ fn read_frame(sock: &mut std::net::TcpStream) -> std::io::Result<apsis_proto::Fr
     })
 }
 
+/// The node's anonymous (heap) memory, from `/proc/PID/status`: pages of mapped files, such
+/// as the bases read through their maps, are not in it.
+fn rss_anon_bytes(srv: &Server) -> u64 {
+    let pid = srv.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// A large READ is written to the socket straight from the base's memory map: readers that
+/// leave their replies unread hold no copy of the object in the node's memory, however many
+/// they are (each held a copy before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_reads_are_sent_from_the_map_not_copied() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let s = session(&srv, vec![1]).await;
+    let big: Vec<u8> = (0..24usize << 20)
+        .map(|i| (i * 7 + i / 4093) as u8)
+        .collect();
+    s.write(b"big", &big).await.unwrap();
+    let id = s.id(b"big");
+    let mut h = apsis_proto::Header::new(cmd::READ, 0);
+    h.id = id;
+    h.group = 1;
+    let io = apsis_proto::IoAttr {
+        id,
+        parent: id,
+        ..Default::default()
+    }
+    .encode();
+    h.size = io.len() as u64;
+    let mut request = Vec::new();
+    h.encode_into(&mut request);
+    request.extend_from_slice(&io);
+    let before = rss_anon_bytes(&srv);
+    // Four readers that do not take their replies: the node blocks writing each.
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+        c.write_all(&request).unwrap();
+        readers.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss_anon_bytes(&srv);
+    assert!(
+        during < before + (40 << 20),
+        "4 unread 24 MiB replies took {} MiB of the node's heap",
+        (during.saturating_sub(before)) >> 20
+    );
+    // Then each gets the whole object, taken in the order they connected: a reader whose
+    // reply is unread does not hold the key's lock for the others.
+    for mut c in readers {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let f = read_frame(&mut c).unwrap();
+        assert_eq!(f.header.status, 0);
+        assert!(f.payload[apsis_proto::IoAttr::SIZE..] == big[..]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_that_connection() {
     let d = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ use apsis_storage::{
     data_checksum, read_range, Backend, BlobBackend, Key, ReadRequest, RecordInfo, RemoveRequest,
     StorageError, Timestamp, WriteRequest,
 };
+use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -197,12 +198,12 @@ pub(crate) fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
 }
 
 /// The READ reply for a request: from the cache when the key is there (or CACHE asks to
-/// bring it in), else from the engine.
+/// bring it in), else from the engine (its bytes shared out of the base's map, not copied).
 pub(crate) fn read_one(
     cache: Option<&Cache>,
     engine: &BlobBackend,
     io: &IoAttr,
-) -> Result<(IoAttr, Vec<u8>), i32> {
+) -> Result<(IoAttr, Bytes), i32> {
     let key = apsis_storage::Key(io.id);
     let req = read_request(io);
     let hit = match cache {
@@ -217,7 +218,7 @@ pub(crate) fn read_one(
     match hit {
         Some(h) => {
             let (off, len) = read_range(h.data.len() as u64, &req).map_err(storage_errno)?;
-            let data = h.data[off as usize..(off + len) as usize].to_vec();
+            let data = Bytes::copy_from_slice(&h.data[off as usize..(off + len) as usize]);
             let served = Served {
                 offset: off,
                 total: h.data.len() as u64,
@@ -228,7 +229,7 @@ pub(crate) fn read_one(
             Ok((reply_io(io, &served, &data), data))
         }
         None => {
-            let r = engine.read(&key, &req).map_err(storage_errno)?;
+            let r = engine.read_shared(&key, &req).map_err(storage_errno)?;
             let rio = reply_io(io, &Served::record(&r.info, r.offset), &r.data);
             Ok((rio, r.data))
         }
@@ -322,7 +323,10 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let live = out.slot.as_deref().ok_or(-errno::ENOTSUP)?.live();
     let live = live.as_ref().ok_or(-errno::ENOTSUP)?;
     let (engine, cache) = (&live.engine, live.cache.as_deref());
-    let _g = lock(ctx, &hdr, &io.id).await;
+    // Held while the bytes are taken, not while they are sent: a reader slow to take a
+    // large reply must not hold up every other request for the key (Elliptics too queues
+    // the data for its network thread and releases the lock).
+    let g = lock(ctx, &hdr, &io.id).await;
     if cache.is_none() && out.is_inline() {
         // Without a cache, the bytes go from the engine's map straight into the
         // connection's reply buffer: one copy, no vector per read.
@@ -330,21 +334,24 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
         let sent = engine
             .read_with(&apsis_storage::Key(io.id), &req, |v| {
                 let head = reply_io(&io, &Served::record(&v.info, v.offset), v.data).encode();
-                // Too large to gather: copied out, and written from its own buffer.
+                // Too large to gather: shared out of the map (not copied, however large)
+                // and written from there after the key's lock is released.
                 out.gather_data(&[&head, v.data])
-                    .ok_or_else(|| [&head[..], v.data].concat())
+                    .ok_or_else(|| (head.to_vec(), v.share()))
             })
             .map_err(storage_errno)?;
+        drop(g);
         match sent {
             Ok(true) => out.flush().await,
             Ok(false) => {}
-            Err(payload) => {
-                out.data(&[&payload], false).await;
+            Err((head, data)) => {
+                out.data(&[&head, &data], false).await;
             }
         }
         return Ok(());
     }
     let (rio, data) = read_one(cache, engine, &io)?;
+    drop(g);
     let head = rio.encode();
     out.data(&[&head, &data], false).await;
     Ok(())

@@ -397,6 +397,13 @@ impl BlobBackend {
         self.inner.read_with(key, req, f)
     }
 
+    /// [`Backend::read`](crate::Backend::read) without copying the bytes out of the base's
+    /// memory map where they are in it: the answer shares the map (see `Inner::read_shared`),
+    /// so a large read costs no memory of its own.
+    pub fn read_shared(&self, key: &Key, req: &ReadRequest) -> Result<SharedRead> {
+        self.inner.read_shared(key, req)
+    }
+
     /// Opens (or creates) a backend in a directory on the filesystem.
     pub fn open_path(path: impl AsRef<std::path::Path>, cfg: BlobConfig) -> Result<BlobBackend> {
         let dir = FileDir::open(path).map_err(|e| StorageError::Open(e.to_string()))?;

@@ -10,6 +10,43 @@ use crate::types::*;
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
+impl ReadView<'_> {
+    /// The bytes, owned: shared out of the base's memory map where they are there (no copy,
+    /// however large), copied otherwise (the open base's write buffer, a base without a map,
+    /// or a backend that rewrites records in place). Shared bytes keep their base's map alive
+    /// however long they take to send; a base deleted meanwhile (defrag) only loses its
+    /// file's name, so the map stays valid.
+    pub fn share(&self) -> bytes::Bytes {
+        match self.map {
+            Some((base, start)) => bytes::Bytes::from_owner(MapSlice {
+                base: base.clone(),
+                start,
+                len: self.data.len(),
+            }),
+            None => bytes::Bytes::copy_from_slice(self.data),
+        }
+    }
+}
+
+/// A stretch of a base's memory map, owned by the bytes handed out for it
+/// ([`ReadView::share`]): it keeps the base, and so the map, alive.
+struct MapSlice {
+    base: std::sync::Arc<super::Base>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        // Checked in the map when made (`Inner::mapped`), and a base's map never changes.
+        self.base
+            .map
+            .as_deref()
+            .and_then(|m| m.get(self.start..self.start + self.len))
+            .unwrap_or_default()
+    }
+}
+
 /// Bytes read speculatively with the header, so small records cost one read.
 const PREFETCH: u64 = 2048;
 /// Largest single read answer (callers read bigger objects in ranges).
@@ -51,12 +88,33 @@ impl Inner {
                 "a read returns at most {READ_SIZE_MAX} bytes; read in ranges"
             )));
         }
+        // Bytes in the map may be shared by the caller, unless records are rewritten in
+        // place, when they could change while shared.
+        let start = c.loc.offset() + c.hdr.data_start() + off;
+        let map = (!self.cfg.overwrite_in_place
+            && Self::mapped(&c.base, start, len as usize).is_some())
+        .then_some(&c.base)
+        .zip(usize::try_from(start).ok());
         self.with_data(&c, off, len, !req.nocsum, |data| {
             f(ReadView {
                 info: record_info(&c.hdr, &c.base, c.loc),
                 offset: off,
                 data,
+                map,
             })
+        })
+    }
+
+    /// A read whose bytes are shared out of the base's memory map where they are there
+    /// ([`ReadView::share`]).
+    pub(crate) fn read_shared(&self, key: &Key, req: &ReadRequest) -> Result<SharedRead> {
+        self.read_with(key, req, |v| {
+            let data = v.share();
+            SharedRead {
+                info: v.info,
+                offset: v.offset,
+                data,
+            }
         })
     }
 
