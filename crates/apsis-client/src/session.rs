@@ -496,9 +496,10 @@ impl Session {
         self.write_all_groups(&io, data).await
     }
 
-    /// Writes many objects concurrently; one result per item, in order.
+    /// Writes many objects concurrently, at most [`BULK_IN_FLIGHT`] at a time; one result per
+    /// item, in order.
     pub async fn bulk_write(&self, items: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<WriteResult>> {
-        join_all(items.iter().map(|(k, v)| self.write(k, v))).await
+        in_flight(items.iter().map(|(k, v)| self.write(k, v))).await
     }
 
     /// Reads from one backend. `pinned` sends DIRECT | DIRECT_BACKEND, so that backend itself
@@ -784,6 +785,12 @@ impl Session {
         }))
         .await;
         self.check(groups)
+    }
+
+    /// Removes many keys concurrently, at most [`BULK_IN_FLIGHT`] at a time (Elliptics'
+    /// `bulk_remove`); one result per key, in order, as [`Session::remove`] gives it.
+    pub async fn bulk_remove(&self, keys: &[Vec<u8>]) -> Vec<Result<Vec<GroupResult<()>>>> {
+        in_flight(keys.iter().map(|k| self.remove(k))).await
     }
 
     /// Reads many keys: per group, one BULK_READ per owning backend; keys missing in a group
@@ -1380,7 +1387,23 @@ fn repairable(e: &ClientError) -> bool {
     ) && matches!(e, ClientError::Status { .. })
 }
 
-/// Runs futures concurrently and returns their outputs in order.
+/// Requests a bulk operation keeps in flight: enough to fill the connections, few enough that
+/// a million-key bulk neither queues past the node's per-connection bound (1024) nor waits out
+/// its timeouts in the queue.
+pub const BULK_IN_FLIGHT: usize = 256;
+
+/// Runs `futs` with at most [`BULK_IN_FLIGHT`] of them at once; outputs in order.
+async fn in_flight<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(futs)
+        .buffered(BULK_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Runs futures concurrently and returns their outputs in order. Every wake-up polls every
+/// future that has not finished: for the few of one request's groups, not for bulks (see
+/// `in_flight`).
 pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut futs: Vec<F> = futs.into_iter().collect();
     if futs.len() == 1 {

@@ -116,8 +116,8 @@ enum Cmd {
     Read(objects::ReadArgs),
     /// Show an object's file info.
     Lookup(objects::KeyArgs),
-    /// Remove an object from every group.
-    Remove(objects::KeyArgs),
+    /// Remove objects from every group.
+    Remove(objects::RemoveArgs),
     /// List keys (through the iterator).
     Ls(objects::LsArgs),
     /// Read, count or remove the objects of an id range, in id order (READ_RANGE / DEL_RANGE).

@@ -16,6 +16,15 @@ pub struct KeyArgs {
 }
 
 #[derive(Args)]
+pub struct RemoveArgs {
+    /// Keys to remove (several are removed concurrently, as Elliptics' bulk_remove).
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+    #[command(flatten)]
+    pub c: ClientOpts,
+}
+
+#[derive(Args)]
 pub struct WriteArgs {
     pub key: String,
     /// File to write, or - for standard input.
@@ -246,21 +255,60 @@ pub async fn lookup(a: KeyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn remove(a: KeyArgs) -> anyhow::Result<()> {
+pub async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
     let s = a.c.session().await?;
-    let r = s.remove(a.key.as_bytes()).await?;
-    for g in &r {
-        match &g.result {
-            Ok(()) if a.c.json => println!("{}", json!({"group": g.group, "removed": true})),
-            Ok(()) => println!("group {}: removed", g.group),
-            Err(e) if a.c.json => println!(
-                "{}",
-                json!({"group": g.group, "error": e.to_string(), "status": e.errno()})
-            ),
-            Err(e) => println!("group {}: {e}", g.group),
+    if let [key] = &a.keys[..] {
+        let r = s.remove(key.as_bytes()).await?;
+        print_removed(&a.c, key, false, &r);
+        return Ok(());
+    }
+    // Several: each key's groups, prefixed with the key; the command fails if any key did.
+    let keys: Vec<Vec<u8>> = a.keys.iter().map(|k| k.clone().into_bytes()).collect();
+    let mut failed = 0;
+    for (key, r) in a.keys.iter().zip(s.bulk_remove(&keys).await) {
+        match r {
+            Ok(groups) => print_removed(&a.c, key, true, &groups),
+            Err(e) => {
+                failed += 1;
+                match a.c.json {
+                    true => println!(
+                        "{}",
+                        json!({"key": key, "error": e.to_string(), "status": e.errno()})
+                    ),
+                    false => println!("{key}: {e}"),
+                }
+            }
         }
     }
+    anyhow::ensure!(failed == 0, "{failed} of {} keys not removed", a.keys.len());
     Ok(())
+}
+
+/// One removal's outcome per group; human output names the key when several were removed.
+fn print_removed(
+    c: &crate::ClientOpts,
+    key: &str,
+    several: bool,
+    groups: &[apsis_client::GroupResult<()>],
+) {
+    let prefix = if several {
+        format!("{key}: ")
+    } else {
+        String::new()
+    };
+    for g in groups {
+        match &g.result {
+            Ok(()) if c.json => {
+                println!("{}", json!({"key": key, "group": g.group, "removed": true}))
+            }
+            Ok(()) => println!("{prefix}group {}: removed", g.group),
+            Err(e) if c.json => println!(
+                "{}",
+                json!({"key": key, "group": g.group, "error": e.to_string(), "status": e.errno()})
+            ),
+            Err(e) => println!("{prefix}group {}: {e}", g.group),
+        }
+    }
 }
 
 pub async fn ls(a: LsArgs) -> anyhow::Result<()> {

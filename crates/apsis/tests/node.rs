@@ -227,6 +227,30 @@ async fn data_semantics() {
     assert_eq!(status(r[1].clone().unwrap_err()), -errno::ENOENT);
     assert_eq!(r[2].as_ref().unwrap().data, &b"replacement"[..]);
 
+    // Bulk write and remove, more keys than a bulk keeps in flight: results in order.
+    let n = 3 * apsis_client::session::BULK_IN_FLIGHT + 7;
+    let items: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            (
+                format!("bulk-{i}").into_bytes(),
+                format!("v{i}").into_bytes(),
+            )
+        })
+        .collect();
+    assert!(s.bulk_write(&items).await.iter().all(|r| r.is_ok()));
+    let keys: Vec<Vec<u8>> = items.iter().map(|(k, _)| k.clone()).collect();
+    let r = s.bulk_read(&keys).await;
+    assert!((0..n).all(|i| r[i].as_ref().unwrap().data == items[i].1));
+    let mut gone = keys.clone();
+    gone.push(b"never-written".to_vec());
+    let r = s.bulk_remove(&gone).await;
+    assert!(r[..n].iter().all(|r| r.is_ok()));
+    assert_eq!(status(r[n].clone().unwrap_err()), -errno::ENOENT);
+    let r = s.bulk_read(&keys).await;
+    assert!(r
+        .iter()
+        .all(|r| status(r.clone().unwrap_err()) == -errno::ENOENT));
+
     // A group this node does not serve: no route on the client (ENXIO), nothing sent.
     let s9 = s.client().session(vec![9]);
     assert_eq!(
@@ -1007,6 +1031,13 @@ fn cli_object_and_admin_commands() {
     let o = run(&["stat", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["commands"]["WRITE"].is_object());
+    // Several keys at once, each reported under its name; one not there fails the command.
+    assert!(run(&["write", "one-of-two", "-"], Some(b"1")).status.success());
+    let o = run(&["remove", "one-of-two", "obj"], None);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("one-of-two: group 1: removed"), "{out}");
+    assert!(out.contains("obj: ") && out.contains("ENOENT"), "{out}");
     let o = run(&["status", "--ro"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("read-only"));
     let o = run(&["write", "x", "-"], Some(b"1"));
