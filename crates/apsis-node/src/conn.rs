@@ -8,7 +8,7 @@
 //!
 //! A connection stops when the node does through a [`StopSignal`] of its own ([`ConnStops`]).
 
-use crate::reply::{ConnWriter, Sink};
+use crate::reply::{ConnWriter, Msg, Sink};
 use crate::Ctx;
 use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Header, HEADER_SIZE};
 use bytes::BytesMut;
@@ -42,7 +42,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let local = sock.local_addr().ok();
     let (mut rd, wr) = sock.into_split();
     let cw = Arc::new(ConnWriter::new(wr, ctx.clone()));
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (tx, rx) = mpsc::channel::<Msg>(1024);
     let writer = tokio::spawn(write_loop(cw.clone(), rx));
     // Quick requests are answered inline by this task: no task spawn and no hand-off to the
     // writer, the way a single-threaded server answers. A mutation on a `sync = 0` backend is
@@ -161,7 +161,7 @@ fn inline_ok(c: i32) -> bool {
     )
 }
 
-async fn write_loop(cw: Arc<ConnWriter>, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(cw: Arc<ConnWriter>, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     while let Some(first) = rx.recv().await {
         let mut pending = vec![first];
@@ -172,18 +172,24 @@ async fn write_loop(cw: Arc<ConnWriter>, mut rx: mpsc::Receiver<Vec<u8>>) {
             }
         }
         for m in pending {
-            if m.len() >= 32 << 10 {
+            let (head, data): (&[u8], &[u8]) = match &m {
+                Msg::Frame(f) => (f, &[]),
+                Msg::Shared(h, d) => (h, d),
+            };
+            if head.len() + data.len() >= 32 << 10 {
+                // Large: what is batched first, then this frame from its own parts.
                 if !batch.is_empty() {
                     if !cw.write_parts(&[&batch]).await {
                         return;
                     }
                     batch.clear();
                 }
-                if !cw.write_parts(&[&m]).await {
+                if !cw.write_parts(&[head, data]).await {
                     return;
                 }
             } else {
-                batch.extend_from_slice(&m);
+                batch.extend_from_slice(head);
+                batch.extend_from_slice(data);
             }
         }
         if !batch.is_empty() {

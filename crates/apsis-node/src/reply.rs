@@ -21,7 +21,15 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 /// Encoded frames waiting for the connection's writer task.
-pub type Tx = mpsc::Sender<Vec<u8>>;
+pub type Tx = mpsc::Sender<Msg>;
+
+/// One frame for the writer task: encoded whole, or a head (the header and what precedes the
+/// data) and data shared from where it already is (a base's memory map), so a large reply is
+/// queued without a copy.
+pub enum Msg {
+    Frame(Vec<u8>),
+    Shared(Vec<u8>, bytes::Bytes),
+}
 
 /// Replies smaller than this are gathered in the connection's pending buffer; larger ones
 /// are written straight from their parts (no copy into one buffer).
@@ -273,6 +281,15 @@ impl ConnWriter {
     }
 }
 
+/// Queues `m` for the connection's writer task, waiting for room; `false` once it is gone.
+async fn queue(tx: &Tx, m: Msg) -> bool {
+    match tx.try_send(m) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(m)) => Box::pin(tx.send(m)).await.is_ok(),
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 /// Locks a tokio mutex, trying first without building a waiter: nearly every lock on a hot
 /// path is uncontended, and the try costs one atomic operation.
 pub async fn lock_fast<T>(m: &tokio::sync::Mutex<T>) -> tokio::sync::MutexGuard<'_, T> {
@@ -376,13 +393,7 @@ impl Out {
                 for p in parts {
                     buf.extend_from_slice(p);
                 }
-                match tx.try_send(buf) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(buf)) => {
-                        Box::pin(tx.send(buf)).await.is_ok()
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
+                queue(tx, Msg::Frame(buf)).await
             }
             Sink::Direct(w) if len < GATHER_MAX => {
                 !w.gather(&h, parts) || Box::pin(w.flush()).await
@@ -419,6 +430,29 @@ impl Out {
     pub async fn data(&self, parts: &[&[u8]], items_follow: bool) -> bool {
         let h = self.req.reply(0, 0, self.need_ack || items_follow);
         self.send(h, parts).await
+    }
+
+    /// [`Out::data_as`] with the data owned: a large reply queued for the writer task keeps
+    /// it where it is (shared) instead of copying it into the queue.
+    pub async fn data_as_shared(
+        &self,
+        mut h: Header,
+        status: i32,
+        head: &[u8],
+        data: bytes::Bytes,
+        more: bool,
+    ) -> bool {
+        match &self.tx {
+            Sink::Chan(tx) if data.len() >= GATHER_MAX && self.held.lock().is_none() => {
+                h = h.reply(status, 0, more);
+                h.size = (head.len() + data.len()) as u64;
+                let mut buf = Vec::with_capacity(HEADER_SIZE + head.len());
+                h.encode_into(&mut buf);
+                buf.extend_from_slice(head);
+                queue(tx, Msg::Shared(buf, data)).await
+            }
+            _ => self.data_as(h, status, &[head, &data], more).await,
+        }
     }
 
     /// A data reply under another header (BULK_READ answers each key as a READ reply).

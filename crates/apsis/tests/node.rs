@@ -756,9 +756,9 @@ fn rss_anon_bytes(srv: &Server) -> u64 {
     kb << 10
 }
 
-/// A large READ is written to the socket straight from the base's memory map: readers that
-/// leave their replies unread hold no copy of the object in the node's memory, however many
-/// they are (each held a copy before).
+/// A large READ or BULK_READ reply is written to the socket straight from the base's memory
+/// map: readers that leave their replies unread hold no copy of the object in the node's
+/// memory, however many they are (each held a copy before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_reads_are_sent_from_the_map_not_copied() {
     let d = tempfile::tempdir().unwrap();
@@ -782,12 +782,28 @@ async fn large_reads_are_sent_from_the_map_not_copied() {
     let mut request = Vec::new();
     h.encode_into(&mut request);
     request.extend_from_slice(&io);
+    // And as a BULK_READ, whose replies go through the connection's writer task.
+    let mut h = apsis_proto::Header::new(cmd::BULK_READ, 0);
+    h.id = id;
+    h.group = 1;
+    let keys = apsis_proto::BulkRead {
+        keys: vec![apsis_proto::IoAttr {
+            id,
+            parent: id,
+            ..Default::default()
+        }],
+    }
+    .encode();
+    h.size = keys.len() as u64;
+    let mut bulk = Vec::new();
+    h.encode_into(&mut bulk);
+    bulk.extend_from_slice(&keys);
     let before = rss_anon_bytes(&srv);
-    // Four readers that do not take their replies: the node blocks writing each.
+    // Readers that do not take their replies: the node blocks writing each.
     let mut readers = Vec::new();
-    for _ in 0..4 {
+    for r in [&request, &request, &bulk, &bulk] {
         let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
-        c.write_all(&request).unwrap();
+        c.write_all(r).unwrap();
         readers.push(c);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -802,7 +818,7 @@ async fn large_reads_are_sent_from_the_map_not_copied() {
     for mut c in readers {
         c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let f = read_frame(&mut c).unwrap();
-        assert_eq!(f.header.status, 0);
+        assert_eq!((f.header.cmd, f.header.status), (cmd::READ, 0));
         assert!(f.payload[apsis_proto::IoAttr::SIZE..] == big[..]);
     }
 }
@@ -1032,7 +1048,9 @@ fn cli_object_and_admin_commands() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["commands"]["WRITE"].is_object());
     // Several keys at once, each reported under its name; one not there fails the command.
-    assert!(run(&["write", "one-of-two", "-"], Some(b"1")).status.success());
+    assert!(run(&["write", "one-of-two", "-"], Some(b"1"))
+        .status
+        .success());
     let o = run(&["remove", "one-of-two", "obj"], None);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);

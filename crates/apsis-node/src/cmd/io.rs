@@ -561,7 +561,7 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
                 any_ok = true;
                 h.id = k.id;
                 let head = rio.encode();
-                if !out.data_as(h, 0, &[&head, &data], true).await {
+                if !out.data_as_shared(h, 0, &head, data, true).await {
                     return Err(-errno::ECONNRESET);
                 }
             }

@@ -151,7 +151,7 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
                 Ok((rio, data)) => {
                     done += 1;
                     let head = rio.encode();
-                    if !out.data_as(h, 0, &[&head, &data], true).await {
+                    if !out.data_as_shared(h, 0, &head, data, true).await {
                         return Err(-errno::ECONNRESET);
                     }
                 }

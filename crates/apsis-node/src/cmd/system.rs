@@ -181,7 +181,8 @@ pub async fn push_update_ids(ctx: &Ctx, backend: apsis_proto::BackendIds) {
         // A peer whose reply queue is full still gets the push, from a task of its own, so
         // one slow connection neither loses it (its table would stay stale until its next
         // refresh) nor holds up the others or the command's reply.
-        if let Err(tokio::sync::mpsc::error::TrySendError::Full(b)) = tx.try_send(buf.clone()) {
+        let m = crate::reply::Msg::Frame(buf.clone());
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(b)) = tx.try_send(m) {
             tokio::spawn(async move {
                 let _ = tx.send(b).await;
             });
