@@ -130,8 +130,8 @@ impl Inner {
         )?;
         let mut info = record_info(&c.hdr, &c.base, c.loc);
         if checksum {
-            let data = self.read_data(&c, 0, c.hdr.data_size, true)?;
-            info.checksum = Some(data_checksum(&data));
+            // Hashed where the bytes are (the map): a large object is not copied first.
+            info.checksum = Some(self.with_data(&c, 0, c.hdr.data_size, true, data_checksum)?);
         }
         Ok(info)
     }
