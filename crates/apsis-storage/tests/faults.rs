@@ -1003,14 +1003,7 @@ fn decoders_survive_random_and_mutated_input() {
 #[test]
 fn a_shared_read_matches_a_copy_and_outlives_its_base() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = BlobConfig {
-        sync: -1,
-        blob_size: 64 << 10,
-        background: false,
-        defrag_rate_bytes: 0,
-        ..Default::default()
-    };
-    let b = BlobBackend::open_path(tmp.path(), cfg).unwrap();
+    let b = BlobBackend::open_path(tmp.path(), small_bases(-1)).unwrap();
     for i in 0..60 {
         put(&b, i, &value(i, 3000)).unwrap();
     }

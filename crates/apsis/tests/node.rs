@@ -769,35 +769,27 @@ async fn large_reads_are_sent_from_the_map_not_copied() {
         .collect();
     s.write(b"big", &big).await.unwrap();
     let id = s.id(b"big");
-    let mut h = apsis_proto::Header::new(cmd::READ, 0);
-    h.id = id;
-    h.group = 1;
-    let io = apsis_proto::IoAttr {
+    let frame = |c: i32, payload: &[u8]| {
+        let mut h = apsis_proto::Header::new(c, 0);
+        h.id = id;
+        h.group = 1;
+        h.size = payload.len() as u64;
+        let mut v = Vec::new();
+        h.encode_into(&mut v);
+        v.extend_from_slice(payload);
+        v
+    };
+    let whole = apsis_proto::IoAttr {
         id,
         parent: id,
         ..Default::default()
-    }
-    .encode();
-    h.size = io.len() as u64;
-    let mut request = Vec::new();
-    h.encode_into(&mut request);
-    request.extend_from_slice(&io);
+    };
+    let request = frame(cmd::READ, &whole.encode());
     // And as a BULK_READ, whose replies go through the connection's writer task.
-    let mut h = apsis_proto::Header::new(cmd::BULK_READ, 0);
-    h.id = id;
-    h.group = 1;
-    let keys = apsis_proto::BulkRead {
-        keys: vec![apsis_proto::IoAttr {
-            id,
-            parent: id,
-            ..Default::default()
-        }],
-    }
-    .encode();
-    h.size = keys.len() as u64;
-    let mut bulk = Vec::new();
-    h.encode_into(&mut bulk);
-    bulk.extend_from_slice(&keys);
+    let bulk = frame(
+        cmd::BULK_READ,
+        &apsis_proto::BulkRead { keys: vec![whole] }.encode(),
+    );
     let before = rss_anon_bytes(&srv);
     // Readers that do not take their replies: the node blocks writing each.
     let mut readers = Vec::new();
