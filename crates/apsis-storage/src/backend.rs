@@ -137,7 +137,7 @@ pub fn read_range(size: u64, req: &ReadRequest) -> Result<(u64, u64)> {
 pub fn check_cas(
     req: &WriteRequest<'_>,
     stored: Option<(Timestamp, bool)>,
-    stored_data: impl FnOnce() -> Result<Vec<u8>>,
+    stored_checksum: impl FnOnce() -> Result<[u8; 64]>,
 ) -> Result<()> {
     let Some((stored_ts, removed)) = stored else {
         return Ok(());
@@ -149,8 +149,7 @@ pub fn check_cas(
         return Ok(());
     }
     if let Some(expected) = req.cas_checksum {
-        let data = stored_data()?;
-        if data_checksum(&data) != expected {
+        if stored_checksum()? != expected {
             return Err(StorageError::CasMismatch(
                 "the stored data's checksum differs",
             ));

@@ -85,7 +85,7 @@ impl Backend for MemoryBackend {
         let stored = st.records.get(key).map(|r| (r.timestamp, !r.live()));
         let cur = st.records.get(key).filter(|r| r.live()).cloned();
         check_cas(req, stored, || {
-            Ok(cur.as_ref().map(|r| r.data.clone()).unwrap_or_default())
+            Ok(data_checksum(cur.as_ref().map_or(&[][..], |r| &r.data[..])))
         })?;
         let flags = base_flags(req);
         let publish = |st: &mut State, mut rec: MemRecord, commit: Option<u64>| -> RecordInfo {

@@ -159,7 +159,7 @@ impl Inner {
 
     /// [`Inner::read_data`] handing the bytes to `f` where they are (the map, or what was
     /// read with the header) instead of copying them out.
-    fn with_data<R>(
+    pub(crate) fn with_data<R>(
         &self,
         c: &Current,
         off: u64,

@@ -227,9 +227,10 @@ impl Inner {
         };
         let live = cur.as_ref().filter(|c| !c.hdr.is_removed());
         let stored = cur.as_ref().map(|c| (c.hdr.timestamp, c.hdr.is_removed()));
+        // The stored object is hashed where it lies, not copied out first.
         check_cas(req, stored, || match live {
-            Some(c) => self.read_data(c, 0, c.hdr.data_size, true),
-            None => Ok(Vec::new()),
+            Some(c) => self.with_data(c, 0, c.hdr.data_size, true, data_checksum),
+            None => Ok(data_checksum(&[])),
         })?;
         // Checksums are always stored; NOCSUM is remembered for the client's sake.
         let csum_flag = record_flags::CHUNKED_CSUM | nocsum_flag(req);
