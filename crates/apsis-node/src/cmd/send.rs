@@ -98,7 +98,7 @@ pub(crate) async fn send_one(
     let key = Key(id);
     settle_cache(slot, &key).map_err(|e| (e, None))?;
     let r = engine
-        .read(&key, &ReadRequest::default())
+        .read_shared(&key, &ReadRequest::default())
         .map_err(|e| (e.errno(), None))?;
     let info = r.info.clone();
     let o = Object {

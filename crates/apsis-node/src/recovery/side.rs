@@ -26,7 +26,9 @@ pub type Versions = HashMap<[u8; 64], Version>;
 
 /// A whole object as recovery copies it.
 pub struct Object {
-    pub data: Vec<u8>,
+    /// Shared where it already is: a local object in its base's memory map, a remote one in
+    /// the connection's read buffer. Copying an object between nodes copies no whole object.
+    pub data: bytes::Bytes,
     pub ts: Time,
     pub user_flags: u64,
 }
@@ -173,7 +175,7 @@ impl Side {
         group: u32,
         c: i32,
         id: [u8; 64],
-        payload: &[u8],
+        payload: &[&[u8]],
     ) -> Result<Vec<apsis_proto::Frame>, i32> {
         let mut h = Header::new(
             c,
@@ -185,7 +187,7 @@ impl Side {
         let frames = ctx
             .cluster
             .client
-            .request(route.addr, &h, payload, peer_timeout(ctx))
+            .request_parts(route.addr, &h, payload, peer_timeout(ctx))
             .await
             .map_err(|e| e.errno())?;
         match frames.last() {
@@ -204,7 +206,7 @@ impl Side {
             }
             Side::Remote { route, group } => {
                 let frames =
-                    Self::call(ctx, route, *group, rp::cmd::DIGEST, [0; 64], &req.encode()).await?;
+                    Self::call(ctx, route, *group, rp::cmd::DIGEST, [0; 64], &[&req.encode()]).await?;
                 let mut out = Vec::new();
                 for f in frames.iter().filter(|f| !f.payload.is_empty()) {
                     out.extend(rp::decode_digests(&f.payload).map_err(|e| e.errno())?);
@@ -231,7 +233,7 @@ impl Side {
             }
             Side::Remote { route, group } => {
                 let frames =
-                    Self::call(ctx, route, *group, rp::cmd::LIST, [0; 64], &req.encode()).await?;
+                    Self::call(ctx, route, *group, rp::cmd::LIST, [0; 64], &[&req.encode()]).await?;
                 let mut m = Versions::new();
                 for f in frames.iter().filter(|f| !f.payload.is_empty()) {
                     let entries = rp::decode_entries(&f.payload).map_err(|e| e.errno())?;
@@ -249,7 +251,7 @@ impl Side {
                 let engine = Self::engine(slot)?;
                 blocking(move || {
                     let r = engine
-                        .read(&apsis_storage::Key(id), &ReadRequest::default())
+                        .read_shared(&apsis_storage::Key(id), &ReadRequest::default())
                         .map_err(|e| e.errno())?;
                     Ok(Object {
                         data: r.data,
@@ -266,14 +268,15 @@ impl Side {
                 };
                 let mut p = Vec::with_capacity(IoAttr::SIZE);
                 io.encode_into(&mut p);
-                let frames = Self::call(ctx, route, *group, cmd::READ, id, &p).await?;
+                let frames = Self::call(ctx, route, *group, cmd::READ, id, &[&p]).await?;
                 let f = frames
                     .iter()
                     .find(|f| f.payload.len() >= IoAttr::SIZE)
                     .ok_or(-errno::EPROTO)?;
                 let (rio, data) = IoAttr::split(&f.payload).map_err(|e| e.errno())?;
+                let data = f.payload.slice(IoAttr::SIZE..IoAttr::SIZE + data.len());
                 Ok(Object {
-                    data: data.to_vec(),
+                    data,
                     ts: rio.timestamp,
                     user_flags: rio.user_flags,
                 })
@@ -321,10 +324,9 @@ impl Side {
                     size: o.data.len() as u64,
                     ..Default::default()
                 };
-                let mut p = Vec::with_capacity(IoAttr::SIZE + o.data.len());
-                io.encode_into(&mut p);
-                p.extend_from_slice(&o.data);
-                Self::call(ctx, route, *group, cmd::WRITE, id, &p).await?;
+                // The io_attr and the data as they are: not copied into one frame first.
+                let io = io.encode();
+                Self::call(ctx, route, *group, cmd::WRITE, id, &[&io, &o.data]).await?;
                 Ok(())
             }
         }
@@ -358,7 +360,7 @@ impl Side {
                 };
                 let mut p = Vec::with_capacity(IoAttr::SIZE);
                 io.encode_into(&mut p);
-                Self::call(ctx, route, *group, cmd::DEL, id, &p)
+                Self::call(ctx, route, *group, cmd::DEL, id, &[&p])
                     .await
                     .map(|_| ())
             }
