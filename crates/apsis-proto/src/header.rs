@@ -197,6 +197,8 @@ pub fn pending_frame_len(buf: &[u8]) -> Option<usize> {
 pub const READ_BUF: usize = 64 << 10;
 /// Spare room a connection's read buffer keeps for the next read.
 pub const READ_ROOM: usize = 16 << 10;
+/// The largest read buffer kept once the frame it grew for is gone (see [`make_read_room`]).
+const KEEP_MAX: usize = 4 * READ_BUF;
 /// How far a read buffer moves before it tries to go back to its start.
 const REWIND_AFTER: usize = 8 << 10;
 
@@ -208,12 +210,26 @@ const REWIND_AFTER: usize = 8 << 10;
 /// 64 KiB each, that walk kept every buffer, and all else a request touches, out of cache.
 /// When the buffer is still shared and less than [`READ_ROOM`] is spare, it grows. The
 /// return is tried once the buffer has moved 8 KiB into a [`READ_BUF`]
-/// allocation (a few small frames), not at every read.
+/// allocation (a few small frames), not at every read. An allocation that grew past
+/// 4 × [`READ_BUF`] for a large frame is given up for a new [`READ_BUF`] one once that frame
+/// is done with (unless another large frame is arriving in it).
 pub fn make_read_room(buf: &mut bytes::BytesMut) {
     let spare = buf.capacity() - buf.len();
     // One byte more than is spare: reclaimed only by moving back to the start, and only when
     // nothing else holds the allocation and the unread bytes are fewer than those consumed.
     let rewound = spare < READ_BUF - REWIND_AFTER && buf.try_reclaim(spare + 1);
+    if buf.capacity() > KEEP_MAX
+        && buf.len() <= READ_BUF / 2
+        && pending_frame_len(buf).is_none_or(|total| total <= READ_BUF / 2)
+    {
+        // The allocation grew for a large frame that is gone: a connection that sent or
+        // received one large frame must not keep its size for as long as it lives. The
+        // unread bytes move to a buffer of the usual size.
+        let mut fresh = bytes::BytesMut::with_capacity(READ_BUF);
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+        return;
+    }
     if !rewound && spare < READ_ROOM {
         buf.reserve(4 * READ_ROOM);
     }

@@ -305,6 +305,41 @@ fn read_buffer_returns_to_its_start_once_no_frame_holds_it() {
 }
 
 #[test]
+fn a_buffer_grown_for_a_large_frame_is_given_up_after_it() {
+    let big = Frame::new(Header::new(cmd::WRITE, 0), vec![7u8; 4 << 20]).encode();
+    let small = Frame::new(Header::new(cmd::READ, 0), vec![1u8; 100]).encode();
+    let mut buf = bytes::BytesMut::with_capacity(READ_BUF);
+    // The large frame's header has come: the room reserved for it is kept while it arrives.
+    buf.extend_from_slice(&big[..HEADER_SIZE + 10]);
+    buf.reserve(big.len() - buf.len());
+    make_read_room(&mut buf);
+    assert!(buf.capacity() >= big.len());
+    buf.extend_from_slice(&big[HEADER_SIZE + 10..]);
+    buf.extend_from_slice(&small[..50]);
+    let held = Frame::from_bytes(buf.split_to(big.len()).freeze()).unwrap();
+    // Still held: the buffer grows into an allocation of its own, not into the frame's.
+    make_read_room(&mut buf);
+    assert!(buf.capacity() <= 4 * READ_BUF);
+    assert_eq!(&buf[..], &small[..50]);
+    assert_eq!(held.payload.len(), 4 << 20);
+    // Not held any more: the allocation it grew for is given up for one of the usual size.
+    let mut buf = bytes::BytesMut::with_capacity(big.len() + 10);
+    buf.extend_from_slice(&big);
+    buf.extend_from_slice(&small[..50]);
+    drop(buf.split_to(big.len()));
+    make_read_room(&mut buf);
+    assert_eq!(buf.capacity(), READ_BUF);
+    assert_eq!(&buf[..], &small[..50]);
+    // Another large frame arriving right behind one is not cut short either.
+    let mut buf = bytes::BytesMut::with_capacity(big.len() + big.len());
+    buf.extend_from_slice(&big);
+    buf.extend_from_slice(&big[..HEADER_SIZE]);
+    drop(buf.split_to(big.len()));
+    make_read_room(&mut buf);
+    assert!(buf.capacity() > 4 * READ_BUF, "kept for the frame arriving");
+}
+
+#[test]
 fn huge_counts_are_refused_without_allocating() {
     // Address container claiming i32::MAX addresses.
     let mut p = Vec::new();

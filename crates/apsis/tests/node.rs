@@ -815,6 +815,46 @@ async fn large_reads_are_sent_from_the_map_not_copied() {
     }
 }
 
+/// A connection that sent one large frame does not keep a buffer of its size: once the frame
+/// is done with, the node's memory for it is freed while the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_leaves_no_large_buffer_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let id = sha(b"one-large-write");
+    let data: Vec<u8> = (0..48usize << 20).map(|i| (i % 251) as u8).collect();
+    let io = apsis_proto::IoAttr {
+        id,
+        size: data.len() as u64,
+        ..Default::default()
+    }
+    .encode();
+    let mut h = apsis_proto::Header::new(cmd::WRITE, 0);
+    h.id = id;
+    h.group = 1;
+    h.size = (io.len() + data.len()) as u64;
+    let before = rss_anon_bytes(&srv);
+    let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+    c.write_all(&h.encode()).unwrap();
+    c.write_all(&io).unwrap();
+    c.write_all(&data).unwrap();
+    let f = read_frame(&mut c).unwrap();
+    assert_eq!((f.header.cmd, f.header.status), (cmd::WRITE, 0));
+    // The connection stays open, idle.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut after = rss_anon_bytes(&srv);
+    while after > before + (16 << 20) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = rss_anon_bytes(&srv);
+    }
+    assert!(
+        after < before + (16 << 20),
+        "an idle connection still holds {} MiB after a 48 MiB frame",
+        (after - before) >> 20
+    );
+    drop(c);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_that_connection() {
     let d = tempfile::tempdir().unwrap();

@@ -205,8 +205,15 @@ impl Side {
                 blocking(move || local_digests(&engine, &req)).await
             }
             Side::Remote { route, group } => {
-                let frames =
-                    Self::call(ctx, route, *group, rp::cmd::DIGEST, [0; 64], &[&req.encode()]).await?;
+                let frames = Self::call(
+                    ctx,
+                    route,
+                    *group,
+                    rp::cmd::DIGEST,
+                    [0; 64],
+                    &[&req.encode()],
+                )
+                .await?;
                 let mut out = Vec::new();
                 for f in frames.iter().filter(|f| !f.payload.is_empty()) {
                     out.extend(rp::decode_digests(&f.payload).map_err(|e| e.errno())?);
@@ -233,7 +240,8 @@ impl Side {
             }
             Side::Remote { route, group } => {
                 let frames =
-                    Self::call(ctx, route, *group, rp::cmd::LIST, [0; 64], &[&req.encode()]).await?;
+                    Self::call(ctx, route, *group, rp::cmd::LIST, [0; 64], &[&req.encode()])
+                        .await?;
                 let mut m = Versions::new();
                 for f in frames.iter().filter(|f| !f.payload.is_empty()) {
                     let entries = rp::decode_entries(&f.payload).map_err(|e| e.errno())?;
