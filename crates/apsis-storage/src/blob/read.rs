@@ -1,4 +1,5 @@
-//! Lookup, read (whole or ranged, checksum-verified) and iteration.
+//! Lookup, read (whole or ranged, checksum-verified; the bytes lent where they lie, or shared
+//! out of the base's memory map with [`ReadView::share`]) and iteration.
 
 use super::format::*;
 use super::index::Loc;
