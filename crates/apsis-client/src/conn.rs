@@ -36,8 +36,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-/// Largest reply payload accepted (a bigger one closes the connection).
-pub const MAX_REPLY_BYTES: u64 = 1 << 30;
+/// Largest reply payload accepted (a bigger one closes the connection, failing every request
+/// on it): the largest READ answer a node gives (4 GiB of data, `apsis_storage`'s
+/// `READ_SIZE_MAX`; larger objects are read in ranges) and its io_attr, with room to spare. At
+/// 1 GiB, a whole-object read of a 2 GiB object dropped the connection.
+pub const MAX_REPLY_BYTES: u64 = (4 << 30) + (1 << 20);
 
 /// What a connection's reader, its requests and the sweeper share.
 type Pending = Arc<Shared>;

@@ -581,3 +581,14 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
         Err(first_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A node's largest READ answer fits what its own cluster client (and every Apsis client)
+    /// accepts: a larger reply would close the connection and every request on it.
+    #[test]
+    fn a_client_accepts_the_largest_read_a_node_answers() {
+        let reply = apsis_storage::blob::READ_SIZE_MAX + apsis_proto::IoAttr::SIZE as u64;
+        assert!(apsis_client::conn::MAX_REPLY_BYTES >= reply);
+    }
+}

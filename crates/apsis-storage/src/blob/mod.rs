@@ -39,6 +39,7 @@ mod write;
 pub use self::commit::Committer;
 use self::format::*;
 use self::index::{Index, Loc};
+pub use self::read::READ_SIZE_MAX;
 use crate::device::{Device, Dir, FileDir};
 use crate::error::{Result, StorageError};
 use crate::types::*;
