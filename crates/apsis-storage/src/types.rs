@@ -205,8 +205,8 @@ pub struct ReadView<'a> {
     /// The offset the data starts at, inside the object.
     pub offset: u64,
     pub data: &'a [u8],
-    /// Where `data` is in its base's memory map, when it may be shared from there
-    /// (see `ReadView::share`).
+    /// Where `data` starts in its base, when it may be shared from the base's memory map
+    /// (`ReadView::share` checks that it is in the map).
     pub(crate) map: Option<(&'a std::sync::Arc<crate::blob::Base>, usize)>,
 }
 

@@ -19,12 +19,14 @@ impl ReadView<'_> {
     /// file's name, so the map stays valid.
     pub fn share(&self) -> bytes::Bytes {
         match self.map {
-            Some((base, start)) => bytes::Bytes::from_owner(MapSlice {
-                base: base.clone(),
-                start,
-                len: self.data.len(),
-            }),
-            None => bytes::Bytes::copy_from_slice(self.data),
+            Some((base, start)) if Inner::mapped(base, start as u64, self.data.len()).is_some() => {
+                bytes::Bytes::from_owner(MapSlice {
+                    base: base.clone(),
+                    start,
+                    len: self.data.len(),
+                })
+            }
+            _ => bytes::Bytes::copy_from_slice(self.data),
         }
     }
 }
@@ -39,7 +41,7 @@ struct MapSlice {
 
 impl AsRef<[u8]> for MapSlice {
     fn as_ref(&self) -> &[u8] {
-        // Checked in the map when made (`Inner::mapped`), and a base's map never changes.
+        // Checked in the map when made (`ReadView::share`), and a base's map never changes.
         self.base
             .map
             .as_deref()
@@ -89,13 +91,13 @@ impl Inner {
                 "a read returns at most {READ_SIZE_MAX} bytes; read in ranges"
             )));
         }
-        // Bytes in the map may be shared by the caller, unless records are rewritten in
-        // place, when they could change while shared.
+        // Bytes in the map may be shared by the caller (`ReadView::share` checks they are in
+        // it, off this path), unless records are rewritten in place, when they could change
+        // while shared.
         let start = c.loc.offset() + c.hdr.data_start() + off;
-        let map = (!self.cfg.overwrite_in_place
-            && Self::mapped(&c.base, start, len as usize).is_some())
-        .then_some(&c.base)
-        .zip(usize::try_from(start).ok());
+        let map = (!self.cfg.overwrite_in_place)
+            .then_some(&c.base)
+            .zip(usize::try_from(start).ok());
         self.with_data(&c, off, len, !req.nocsum, |data| {
             f(ReadView {
                 info: record_info(&c.hdr, &c.base, c.loc),
