@@ -12,6 +12,10 @@
 //! check_timeout_secs = 60
 //! stall_count = 3
 //! max_frame_bytes = 268435456
+//! frame_memory = "1G"              # large frames being received, node-wide (apsis_node::frames);
+//!                                   #   at least max_frame_bytes + 128
+//! frame_timeout_secs = 60           # a frame with no new byte for this long closes its
+//!                                   #   connection; 0 = no limit
 //! max_connections = 4096           # fewer if the open-file limit leaves less room (fdlimit)
 //! max_inflight_per_connection = 1024
 //! keepalive_idle_secs = 10          # TCP keepalive on every connection, as Elliptics sets it:
@@ -46,6 +50,7 @@
 //! enable = true
 //! ```
 
+use apsis_proto::HEADER_SIZE;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -72,6 +77,11 @@ pub struct NodeConfig {
     pub stall_count: u32,
     /// Largest accepted frame payload; a larger one closes the connection.
     pub max_frame_bytes: u64,
+    /// Bytes of large frames (above a connection's usual buffer) received and being handled,
+    /// node-wide; a connection whose next frame does not fit waits (see [`crate::frames`]).
+    pub frame_memory: u64,
+    /// A frame with no new byte for this long closes its connection (`None`: no limit).
+    pub frame_timeout: Option<std::time::Duration>,
     pub max_connections: usize,
     pub max_inflight_per_connection: usize,
     /// TCP keepalive on every accepted and every outgoing connection (`None`: off), so a
@@ -155,6 +165,8 @@ impl NodeConfig {
             check_timeout_secs: 60,
             stall_count: 3,
             max_frame_bytes: 256 << 20,
+            frame_memory: 1 << 30,
+            frame_timeout: Some(std::time::Duration::from_secs(60)),
             max_connections: 4096,
             max_inflight_per_connection: 1024,
             keepalive: Some(apsis_client::Keepalive::ELLIPTICS),
@@ -219,6 +231,18 @@ impl NodeConfig {
         }
         if let Some(v) = n.max_frame_bytes {
             cfg.max_frame_bytes = v;
+        }
+        match &n.frame_memory {
+            Some(v) => cfg.frame_memory = parse_size(v)?,
+            // Unset, the budget follows a larger frame limit: room for one such frame.
+            None => {
+                cfg.frame_memory = cfg
+                    .frame_memory
+                    .max(cfg.max_frame_bytes.saturating_add(HEADER_SIZE as u64))
+            }
+        }
+        if let Some(v) = n.frame_timeout_secs {
+            cfg.frame_timeout = (v > 0).then(|| std::time::Duration::from_secs(v));
         }
         if let Some(v) = n.max_connections {
             cfg.max_connections = v;
@@ -351,6 +375,20 @@ impl NodeConfig {
         if self.max_frame_bytes < 4096 {
             return Err(ConfigError("max_frame_bytes below 4096".into()));
         }
+        // Every valid frame must fit the budget, or it would wait for ever.
+        let frame = self.max_frame_bytes.saturating_add(HEADER_SIZE as u64);
+        if self.frame_memory < frame {
+            return Err(ConfigError(format!(
+                "frame_memory ({}) below one frame of max_frame_bytes ({}) and its header",
+                self.frame_memory, self.max_frame_bytes
+            )));
+        }
+        if self.frame_memory > 1 << 40 {
+            return Err(ConfigError(format!(
+                "frame_memory ({}) above 1T",
+                self.frame_memory
+            )));
+        }
         Ok(())
     }
 }
@@ -419,6 +457,8 @@ struct TomlNode {
     check_timeout_secs: Option<u64>,
     stall_count: Option<u32>,
     max_frame_bytes: Option<u64>,
+    frame_memory: Option<String>,
+    frame_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     max_inflight_per_connection: Option<usize>,
     keepalive_idle_secs: Option<u64>,
@@ -501,5 +541,35 @@ mod tests {
         assert!(err.0.contains("keepalive_count"), "{err}");
         let err = ka("keepalive_interval_secs = 99999").unwrap_err();
         assert!(err.0.contains("keepalive_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_frame_budget_holds_at_least_one_frame() {
+        use std::time::Duration;
+        let cfg =
+            |t: &str| NodeConfig::from_toml(&format!("[node]\naddresses = [\"127.0.0.1:1\"]\n{t}"));
+        let c = cfg("").unwrap();
+        assert_eq!(c.frame_memory, 1 << 30);
+        assert_eq!(c.frame_timeout, Some(Duration::from_secs(60)));
+        c.validate().unwrap();
+        // Unset, the budget follows a larger frame limit.
+        let c = cfg("max_frame_bytes = 2147483648").unwrap();
+        assert_eq!(c.frame_memory, (2 << 30) + HEADER_SIZE as u64);
+        c.validate().unwrap();
+        let c = cfg("max_frame_bytes = 16777216\nframe_memory = \"64M\"\nframe_timeout_secs = 0")
+            .unwrap();
+        assert_eq!((c.frame_memory, c.frame_timeout), (64 << 20, None));
+        c.validate().unwrap();
+        // Set, it must hold one frame.
+        let err = cfg("frame_memory = \"256M\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.0.contains("frame_memory"), "{err}");
+        let err = cfg("frame_memory = \"2T\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.0.contains("above 1T"), "{err}");
     }
 }

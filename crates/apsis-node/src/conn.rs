@@ -4,7 +4,8 @@
 //! A frame larger than `max_frame_bytes` (or a REVERSE_LOOKUP from an incompatible version, or
 //! a bad JOIN) closes this connection only. Requests in flight per connection are bounded by
 //! `max_inflight_per_connection`; when the bound is hit the reader stops reading (back-pressure)
-//! rather than queueing without limit.
+//! rather than queueing without limit. A large frame waits, unread, for room in the node's
+//! [`crate::frames`] budget, and one that stops arriving half-way closes its connection.
 //!
 //! A connection stops when the node does through a [`StopSignal`] of its own ([`ConnStops`]).
 
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// What the reader does after an inline command.
 pub enum Inline {
@@ -53,10 +54,18 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let mut stop = ctx.conn_stops.signal(conn_id);
     let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
     let max = ctx.cfg.max_frame_bytes;
+    // The budget held for the large frame arriving at the head of `buf` (see `frames`).
+    let mut admitted: Option<OwnedSemaphorePermit> = None;
+    // Closes the connection when a frame begun stops arriving: armed (from the last byte
+    // received) while `buf` holds part of a frame, never polled otherwise.
+    let mut stall = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut armed = false;
     'conn: loop {
         loop {
             match check_frame(&buf, max) {
                 Ok(Some(n)) => {
+                    // Held until the frame has been handled (inline below, or by its task).
+                    let held = admitted.take();
                     let frame = buf.split_to(n).freeze();
                     ctx.stats.bytes_in.fetch_add(n as u64, Relaxed);
                     let hdr = match Header::decode(&frame) {
@@ -95,11 +104,32 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     let tx2 = tx.clone();
                     tokio::spawn(async move {
                         crate::cmd::dispatch(&ctx2, hdr, payload, Sink::Chan(tx2), conn_id).await;
-                        drop(permit);
+                        drop((permit, held));
                     });
                 }
                 Ok(None) => {
                     if let Some(total) = pending_frame_len(&buf) {
+                        if admitted.is_none() {
+                            if let Some(units) = ctx.frame_memory.cost(total) {
+                                admitted = match ctx.frame_memory.try_admit(units) {
+                                    Some(p) => Some(p),
+                                    None => {
+                                        // Replies already made go out first; then this
+                                        // connection is not read until there is room.
+                                        if !cw.flush().await {
+                                            break 'conn;
+                                        }
+                                        tokio::select! {
+                                            biased;
+                                            _ = &mut stop => break 'conn,
+                                            p = ctx.frame_memory.admit(units) => Some(p),
+                                        }
+                                    }
+                                };
+                                // The wait was the node's: the sender's time starts now.
+                                armed = false;
+                            }
+                        }
                         buf.reserve(total.saturating_sub(buf.len()));
                     }
                     break;
@@ -114,6 +144,13 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
         if !cw.flush().await {
             break 'conn;
         }
+        if !armed && !buf.is_empty() {
+            if let Some(t) = ctx.cfg.frame_timeout {
+                stall.as_mut().reset(tokio::time::Instant::now() + t);
+                armed = true;
+            }
+        }
+        let buffered = buf.len();
         // Room is made at every poll: a request answered inline has dropped its frame by
         // then, and the buffer goes back to its start (see `make_read_room`).
         let read = std::future::poll_fn(|cx| {
@@ -127,10 +164,16 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
             _ = &mut stop => break 'conn,
             r = read => match r {
                 Ok(0) | Err(_) => break 'conn,
-                Ok(_) => {}
+                Ok(_) => armed = false,
             },
+            _ = &mut stall, if armed => {
+                ctx.frame_memory.stalled.fetch_add(1, Relaxed);
+                tracing::warn!(%peer, buffered, "closing connection: a frame stopped arriving");
+                break 'conn;
+            }
         }
     }
+    drop(admitted);
     drop(stop);
     ctx.peers.lock().remove(&conn_id);
     ctx.joined.lock().remove(&conn_id);

@@ -20,6 +20,8 @@
 //! - [`fdlimit`]: the open-file limit raised at start, and the connections that fit under it.
 //! - `conn`: one connection: frame checking, quick commands answered inline by the reader, a
 //!   task per longer request, the batching writer.
+//! - [`frames`]: the node-wide memory budget for large incoming frames, and the limit on a
+//!   frame that stalls half-received.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack), and replies held for a
 //!   `sync = 0` group commit.
 //! - `cmd`: dispatch (one `match` on the command) and one module per command family:
@@ -39,6 +41,7 @@ mod cmd;
 pub mod config;
 mod conn;
 pub mod fdlimit;
+pub mod frames;
 mod locks;
 pub mod monitor;
 pub mod recovery;
@@ -68,6 +71,8 @@ pub struct Ctx {
     /// Connections accepted at most: `max_connections`, or fewer when the open-file limit
     /// leaves less room (see [`fdlimit`]); set once the backends are open.
     pub conn_limit: std::sync::atomic::AtomicUsize,
+    /// The budget for large frames being received (see [`frames`]).
+    pub frame_memory: frames::FrameMemory,
     pub locks: locks::KeyLocks,
     pub iterators: cmd::iterator::Registry,
     /// Connections that completed a handshake, for UPDATE_IDS pushes.

@@ -71,6 +71,8 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
             json!({
                 "connections": {"open": ctx.stats.connections_open.load(Relaxed), "total": ctx.stats.connections_total.load(Relaxed), "limit": ctx.conn_limit.load(Relaxed)},
                 "frames_rejected": ctx.stats.frames_rejected.load(Relaxed),
+                "frames_stalled": ctx.frame_memory.stalled.load(Relaxed),
+                "frame_memory": {"used": ctx.frame_memory.in_use(), "limit": ctx.frame_memory.limit(), "waits": ctx.frame_memory.waits.load(Relaxed)},
                 "bytes_in": ctx.stats.bytes_in.load(Relaxed),
                 "bytes_out": ctx.stats.bytes_out.load(Relaxed),
                 "iterators": ctx.iterators.list().len(),
@@ -252,6 +254,18 @@ pub fn prometheus(ctx: &Ctx) -> String {
         s,
         "# TYPE apsis_frames_rejected_total counter\napsis_frames_rejected_total {}",
         ctx.stats.frames_rejected.load(Relaxed)
+    );
+    let m = &ctx.frame_memory;
+    let _ = writeln!(
+        s,
+        "# TYPE apsis_frames_stalled_total counter\napsis_frames_stalled_total {}\n\
+         # TYPE apsis_frame_memory_bytes gauge\napsis_frame_memory_bytes {}\n\
+         # TYPE apsis_frame_memory_limit_bytes gauge\napsis_frame_memory_limit_bytes {}\n\
+         # TYPE apsis_frame_memory_waits_total counter\napsis_frame_memory_waits_total {}",
+        m.stalled.load(Relaxed),
+        m.in_use(),
+        m.limit(),
+        m.waits.load(Relaxed)
     );
     let _ = writeln!(
         s,

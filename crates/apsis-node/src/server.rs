@@ -81,6 +81,7 @@ impl Node {
             read_only: AtomicBool::new(false),
             stats: Default::default(),
             conn_limit: cfg.max_connections.into(),
+            frame_memory: crate::frames::FrameMemory::new(cfg.frame_memory),
             locks: Default::default(),
             iterators: Default::default(),
             peers: Mutex::new(HashMap::new()),

@@ -855,6 +855,114 @@ async fn a_large_frame_leaves_no_large_buffer_behind() {
     drop(c);
 }
 
+/// Large frames being received share one node-wide budget (`frame_memory`): a frame that
+/// does not fit waits, unread, while small requests go on; and a frame that stops arriving
+/// half-way closes its connection (`frame_timeout_secs`), which frees its part of the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_wait_for_the_node_budget_and_stalled_ones_are_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\nmax_frame_bytes = 1048576\n\
+             frame_memory = \"2M\"\nframe_timeout_secs = 2\n\n\
+             [[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let srv = Server::spawn(
+        d.path(),
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let s = session(&srv, vec![1]).await;
+    // A WRITE of 900 KiB: two fit the 2 MiB budget, a third does not.
+    let write = |key: &[u8]| {
+        let id = sha(key);
+        let data: Vec<u8> = (0..900usize << 10).map(|i| (i % 253) as u8).collect();
+        let io = apsis_proto::IoAttr {
+            id,
+            size: data.len() as u64,
+            ..Default::default()
+        }
+        .encode();
+        let mut h = apsis_proto::Header::new(cmd::WRITE, cflags::NEED_ACK);
+        h.id = id;
+        h.group = 1;
+        h.size = (io.len() + data.len()) as u64;
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(&io);
+        v.extend_from_slice(&data);
+        (v, data)
+    };
+    let io_stat = || async {
+        let v = s.monitor_stat(srv.addr, 0x2).await.unwrap();
+        v["io"].clone()
+    };
+    // Two senders stop after their header and 100 KiB: each holds its whole frame's part.
+    let mut stalled = Vec::new();
+    for k in [&b"stalls-1"[..], b"stalls-2"] {
+        let (frame, _) = write(k);
+        let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+        c.write_all(&frame[..100 << 10]).unwrap();
+        stalled.push(c);
+    }
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while io_stat().await["frame_memory"]["used"].as_u64().unwrap() < 1800 << 10 {
+        assert!(std::time::Instant::now() < until, "{}", io_stat().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A whole frame now waits: no reply while the budget is held.
+    let (frame, data) = write(b"waits");
+    let mut waiting = std::net::TcpStream::connect(srv.addr).unwrap();
+    let sent = std::time::Instant::now();
+    let writer = {
+        let mut c = waiting.try_clone().unwrap();
+        std::thread::spawn(move || c.write_all(&frame))
+    };
+    // Small requests do not wait for the budget.
+    for i in 0..20u32 {
+        let k = format!("small-{i}");
+        let t = std::time::Instant::now();
+        s.write(k.as_bytes(), b"v").await.unwrap();
+        assert_eq!(s.read(k.as_bytes(), 0, 0).await.unwrap().data, &b"v"[..]);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    let st = io_stat().await;
+    assert_eq!(st["frame_memory"]["waits"], 1, "{st}");
+    assert_eq!(st["frame_memory"]["limit"], 2 << 20, "{st}");
+    // The stalled senders are closed 2 s after their last byte; the waiting frame is then
+    // admitted and written.
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let f = read_frame(&mut waiting).unwrap();
+    assert_eq!((f.header.cmd, f.header.status), (cmd::WRITE, 0));
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "the third frame was not held: {:?}",
+        sent.elapsed()
+    );
+    writer.join().unwrap().unwrap();
+    for mut c in stalled {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(c.read(&mut b).unwrap(), 0, "a stalled connection is closed");
+    }
+    assert_eq!(s.read(b"waits", 0, 0).await.unwrap().data, &data[..]);
+    for k in [&b"stalls-1"[..], b"stalls-2"] {
+        assert_eq!(status(s.read(k, 0, 0).await.unwrap_err()), -errno::ENOENT);
+    }
+    let st = io_stat().await;
+    assert_eq!(st["frames_stalled"], 2, "{st}");
+    assert_eq!(st["frame_memory"]["used"], 0, "{st}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_that_connection() {
     let d = tempfile::tempdir().unwrap();
