@@ -19,6 +19,11 @@
 //! reader itself, in stream order with the replies: a reply that follows a push on the wire
 //! reaches its request after the push took effect, and [`Conn::pushes`] counts them, so a
 //! handshake can tell whether a push came while it waited (see `Client::handshake_routes`).
+//!
+//! A connection runs both ways, as in Elliptics: a node that another node joined routes to it
+//! over the joining connection, so requests (ROUTE_LIST, forwarded data requests) can arrive
+//! on a connection we opened. With a [`Serve`] (a node sets one) the reader hands each to it
+//! with a [`Peer`] to answer on; without, they are dropped.
 
 use crate::clock::{Clock, NEVER};
 use crate::error::{ClientError, Result};
@@ -48,6 +53,28 @@ type Pending = Arc<Shared>;
 /// Called by a connection's reader with each message the server pushes (UPDATE_IDS), before
 /// the reader goes on to the next frame. It runs on the reader: it must not block.
 pub type OnPush = Box<dyn Fn(&Frame) + Send + Sync>;
+
+/// Called by a connection's reader with each request the other side sends on it (any
+/// non-reply frame but UPDATE_IDS), and the [`Peer`] to answer on. It runs on the reader:
+/// it must not block (a node spawns a task per request).
+pub type Serve = std::sync::Arc<dyn Fn(Frame, Peer) + Send + Sync>;
+
+/// The other end of a connection, to answer the requests it sends us ([`Serve`]).
+#[derive(Clone)]
+pub struct Peer(Arc<Conn>);
+
+impl Peer {
+    /// The address we connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// Writes frames already encoded (headers included), whole, between this connection's
+    /// requests; `false` when the connection failed.
+    pub async fn send_encoded(&self, parts: &[&[u8]]) -> bool {
+        self.0.write_encoded(parts).await
+    }
+}
 
 struct Shared {
     waiting: Mutex<Waiting>,
@@ -278,6 +305,7 @@ impl Conn {
         clock: &Arc<Clock>,
         keepalive: Option<crate::Keepalive>,
         on_push: OnPush,
+        serve: Option<Serve>,
     ) -> Result<Arc<Conn>> {
         let err = |m: String| ClientError::Connection {
             addr: addr.to_string(),
@@ -312,8 +340,12 @@ impl Conn {
             pending: pending.clone(),
         };
         let p2 = pending.clone();
+        // The reader answers requests through the connection it is part of, which exists
+        // only once it is spawned: it gets its handle first.
+        let (me_tx, me_rx) = oneshot::channel::<std::sync::Weak<Conn>>();
         let reader = tokio::spawn(async move {
             let _guard = guard;
+            let me = me_rx.await.ok();
             let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
             'outer: loop {
                 loop {
@@ -331,6 +363,10 @@ impl Conn {
                                     // after this push took effect sees it changed.
                                     p2.pushes.fetch_add(1, SeqCst);
                                     on_push(&frame);
+                                } else if let Some(serve) = &serve {
+                                    if let Some(c) = me.as_ref().and_then(|w| w.upgrade()) {
+                                        serve(frame, Peer(c));
+                                    }
                                 }
                                 continue;
                             }
@@ -385,6 +421,7 @@ impl Conn {
             ctl,
             clock: clock.clone(),
         });
+        let _ = me_tx.send(Arc::downgrade(&conn));
         clock.watch(&conn);
         Ok(conn)
     }
@@ -466,6 +503,20 @@ impl Conn {
         }
     }
 
+    /// Sends a request that gets no reply (JOIN), as `h.trans`: nothing is registered or
+    /// waited for.
+    pub async fn send_unanswered(&self, h: &Header, payload: &[u8]) -> Result<()> {
+        if !self.is_alive() {
+            return Err(self.closed());
+        }
+        if self.write_frame(h, h.trans, &[payload]).await? {
+            Ok(())
+        } else {
+            self.pending.alive.store(false, Relaxed);
+            Err(self.closed())
+        }
+    }
+
     /// Puts a request in the map of waiting ones, with its deadline.
     fn register(&self, trans: u64, timeout: Option<std::time::Duration>) -> Result<Replies> {
         if !self.is_alive() {
@@ -537,6 +588,25 @@ impl Conn {
             *buf = Vec::new();
         }
         Ok(ok)
+    }
+
+    /// Writes frames already encoded, whole, under the writer's lock (see
+    /// [`Peer::send_encoded`]).
+    async fn write_encoded(&self, parts: &[&[u8]]) -> bool {
+        let mut w = self.wr.lock().await;
+        let Writer { half, torn, .. } = &mut *w;
+        if *torn {
+            drop(w);
+            self.kill();
+            return false;
+        }
+        *torn = true;
+        let mut ok = true;
+        for p in parts {
+            ok = ok && half.write_all(p).await.is_ok();
+        }
+        *torn = false;
+        ok
     }
 
     /// The sweeper's tick `now`: ends the requests whose deadline has come. Returns whether

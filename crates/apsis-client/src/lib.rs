@@ -66,10 +66,16 @@ pub struct ClientOptions {
     pub local: Vec<SocketAddr>,
     /// Set by a node: sent as JOIN after each handshake, so peers route to it.
     pub join: Option<JoinInfo>,
+    /// With `join`: the cookie sent as AUTH after JOIN (Elliptics' `auth_cookie`, at most 31
+    /// bytes used); a node that answers −EPERM is not connected to.
+    pub auth_cookie: String,
     /// TCP keepalive on every connection ([`Keepalive::ELLIPTICS`] by default): an idle
     /// connection to a node that vanished ends, and the node leaves the route table, within
     /// [`Keepalive::limit`]. `None` leaves the system's setting (off).
     pub keepalive: Option<Keepalive>,
+    /// Set by a node: answers the requests peers send on the connections it opened (see
+    /// [`conn::Serve`]); without it they are dropped.
+    pub serve: Option<conn::Serve>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -81,7 +87,9 @@ impl std::fmt::Debug for ClientOptions {
             .field("stall_count", &self.stall_count)
             .field("local", &self.local)
             .field("join", &self.join.is_some())
+            .field("auth_cookie", &!self.auth_cookie.is_empty())
             .field("keepalive", &self.keepalive)
+            .field("serve", &self.serve.is_some())
             .finish()
     }
 }
@@ -95,7 +103,9 @@ impl Default for ClientOptions {
             stall_count: 3,
             local: Vec::new(),
             join: None,
+            auth_cookie: String::new(),
             keepalive: Some(Keepalive::ELLIPTICS),
+            serve: None,
         }
     }
 }
@@ -269,22 +279,29 @@ impl Client {
             &self.inner.clock,
             self.inner.opts.keepalive,
             on_push,
+            self.inner.opts.serve.clone(),
         )
         .await?;
         let info = self.handshake_routes(addr, &conn).await?;
         if let Some(join) = &self.inner.opts.join {
             let me = join();
-            let mut h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
-            h.trans = conn.next_trans();
-            // JOIN has no reply: dropping its `Replies` forgets the trans at once.
-            match conn.send(&h, &me.encode(), None).await {
-                Ok(replies) => drop(replies),
-                Err(e) => {
-                    // The handshake routed to the node; without its connection it must not
-                    // stay routed.
-                    self.inner.routes.write().remove_node(addr);
-                    return Err(e);
-                }
+            // JOIN has no reply, and takes no transaction: trans 0, as Elliptics sends it
+            // (capture 14).
+            let h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
+            let joined = match conn.send_unanswered(&h, &me.encode()).await {
+                // Then AUTH with our cookie, as Elliptics' joining nodes do: a node whose
+                // cookie differs answers −EPERM, and we (the sender: the acceptor never
+                // requires it) give the connection up, so nodes of different clusters do not
+                // join each other.
+                Ok(()) => self.auth(&conn).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = joined {
+                // The handshake routed to the node; without its connection it must not stay
+                // routed.
+                self.inner.routes.write().remove_node(addr);
+                conn.kill();
+                return Err(e);
             }
         }
         tracing::debug!(%addr, backends = info.backends.len(), "node connected");
@@ -314,6 +331,27 @@ impl Client {
     }
 
     /// ROUTE_LIST on `addr`, connecting to the nodes it names that are not known yet.
+    /// AUTH with [`ClientOptions::auth_cookie`]; an error status is the error.
+    async fn auth(&self, conn: &Conn) -> Result<()> {
+        let mut h = Header::new(cmd::AUTH, cflags::NEED_ACK | cflags::DIRECT);
+        h.trans = conn.next_trans();
+        let a = apsis_proto::Auth {
+            cookie: self.inner.opts.auth_cookie.as_bytes().to_vec(),
+            flags: 0,
+        };
+        let rx = conn
+            .send(&h, &a.encode(), Some(self.inner.opts.connect_timeout))
+            .await?;
+        let frames = rx.all(conn).await?;
+        match frames.last().map_or(0, |f| f.header.status) {
+            0 => Ok(()),
+            status => {
+                tracing::error!(addr = %conn.addr, status, "AUTH refused: the node's auth_cookie differs");
+                Err(ClientError::Status { status })
+            }
+        }
+    }
+
     async fn discover(&self, addr: SocketAddr) -> Result<()> {
         let timeout = self.inner.opts.connect_timeout;
         let Some(conn) = self.inner.conns.lock().get(&addr).cloned() else {

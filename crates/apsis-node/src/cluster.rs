@@ -2,7 +2,8 @@
 //!
 //! A node embeds an [`apsis_client::Client`] with `join` set. At start it connects to its
 //! remotes (handshake, JOIN, ROUTE_LIST and the nodes listed), and a node that JOINs us is
-//! connected back. From then on the client keeps the table current exactly as it does for
+//! connected back. Requests a peer sends on a connection we opened (an Elliptics node routes
+//! to a node that joined it that way) are served too (`conn::peer_requests`). From then on the client keeps the table current exactly as it does for
 //! applications: UPDATE_IDS pushes, a refresh every `check_timeout` that also reconnects to
 //! lost nodes (a restarted node rejoins by itself), and failure detection (a closed
 //! connection, or `stall_count` timeouts in a row and a failed ping) that drops a node so its
@@ -58,6 +59,7 @@ impl Cluster {
     /// The cluster layer of a node advertising `addrs`; `ctx` gives the JOIN information.
     pub fn new(cfg: &crate::NodeConfig, addrs: &[Addr], ctx: Weak<Ctx>) -> Cluster {
         let me: Vec<SocketAddr> = addrs.iter().map(|a| a.0).collect();
+        let ctx_for_peers = ctx.clone();
         let join: JoinInfo = Arc::new(move || match ctx.upgrade() {
             Some(c) => crate::cmd::system::node_info(&c),
             None => NodeInfo {
@@ -73,7 +75,12 @@ impl Cluster {
             stall_count: cfg.stall_count.max(1),
             local: me.clone(),
             join: Some(join),
+            auth_cookie: cfg.auth_cookie.clone(),
             keepalive: cfg.keepalive,
+            serve: Some(crate::conn::peer_requests(
+                ctx_for_peers,
+                cfg.max_inflight_per_connection,
+            )),
         };
         Cluster {
             client: Client::new(opts),

@@ -7,7 +7,8 @@
 //! addresses = ["127.0.0.1:1025"]   # listen and advertise; "host:port[:family]"
 //! remotes = []                      # peers to connect to at start
 //! join = false
-//! auth_cookie = ""
+//! auth_cookie = ""                  # sent as AUTH when joining a remote: nodes
+//!                                   #   whose cookies differ do not join
 //! wait_timeout_secs = 5
 //! check_timeout_secs = 60
 //! stall_count = 3

@@ -9,6 +9,7 @@
 //!
 //! A connection stops when the node does through a [`StopSignal`] of its own ([`ConnStops`]).
 
+use crate::cmd::Origin;
 use crate::reply::{ConnWriter, Msg, Sink};
 use crate::Ctx;
 use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Header, HEADER_SIZE};
@@ -93,7 +94,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     }
                     if inline_ok(hdr.cmd) {
                         let sink = Sink::Direct(cw.clone());
-                        crate::cmd::dispatch(&ctx, hdr, payload, sink, conn_id).await;
+                        crate::cmd::dispatch(&ctx, hdr, payload, sink, Origin::Accepted(conn_id))
+                            .await;
                         continue;
                     }
                     let permit = match inflight.clone().acquire_owned().await {
@@ -103,7 +105,14 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                     let ctx2 = ctx.clone();
                     let tx2 = tx.clone();
                     tokio::spawn(async move {
-                        crate::cmd::dispatch(&ctx2, hdr, payload, Sink::Chan(tx2), conn_id).await;
+                        crate::cmd::dispatch(
+                            &ctx2,
+                            hdr,
+                            payload,
+                            Sink::Chan(tx2),
+                            Origin::Accepted(conn_id),
+                        )
+                        .await;
                         drop((permit, held));
                     });
                 }
@@ -319,4 +328,60 @@ impl Drop for StopSignal<'_> {
             self.stops.wakers.lock().remove(&self.id);
         }
     }
+}
+
+/// Serves the requests a peer sends on a connection this node opened: Elliptics routes to a
+/// node that joined it over the joining connection (a ROUTE_LIST every `check_timeout`, and
+/// the data requests it forwards). Each is served as on an accepted connection, in a task of
+/// its own, and its replies are written back on that connection. At most
+/// `max_inflight_per_connection` run at once, node-wide; a request beyond that is answered
+/// −EBUSY.
+pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_client::conn::Serve {
+    let running = Arc::new(Semaphore::new(limit.max(1)));
+    Arc::new(
+        move |frame: apsis_proto::Frame, peer: apsis_client::conn::Peer| {
+            let Some(ctx) = ctx.upgrade() else {
+                return;
+            };
+            let hdr = frame.header;
+            if matches!(hdr.cmd, cmd::REVERSE_LOOKUP | cmd::JOIN) {
+                // A handshake or a JOIN belongs on a connection the peer opened.
+                tracing::debug!(peer = %peer.addr(), cmd = hdr.cmd, "ignored on an outgoing connection");
+                return;
+            }
+            ctx.stats
+                .bytes_in
+                .fetch_add((HEADER_SIZE + frame.payload.len()) as u64, Relaxed);
+            let permit = running.clone().try_acquire_owned().ok();
+            let from = Origin::Opened(peer.addr());
+            tokio::spawn(async move {
+                let (tx, mut rx) = mpsc::channel::<Msg>(64);
+                let serve = async move {
+                    match permit {
+                        Some(_running) => {
+                            crate::cmd::dispatch(&ctx, hdr, frame.payload, Sink::Chan(tx), from)
+                                .await
+                        }
+                        None => {
+                            crate::reply::Out::new(tx, hdr)
+                                .finish(-apsis_proto::errno::EBUSY)
+                                .await
+                        }
+                    }
+                };
+                let write = async {
+                    while let Some(m) = rx.recv().await {
+                        let ok = match &m {
+                            Msg::Frame(f) => peer.send_encoded(&[f]).await,
+                            Msg::Shared(h, d) => peer.send_encoded(&[h, d]).await,
+                        };
+                        if !ok {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(serve, write);
+            });
+        },
+    )
 }

@@ -963,6 +963,165 @@ async fn large_frames_wait_for_the_node_budget_and_stalled_ones_are_dropped() {
     assert_eq!(st["frame_memory"]["used"], 0, "{st}");
 }
 
+/// Plays an Elliptics node in group 2 that a node (started here, with it as its remote and
+/// `auth_cookie = "c1"`) connects to: answers the node's REVERSE_LOOKUP, ROUTE_LIST and AUTH
+/// (with `auth_status`) until the AUTH has been answered. Returns the server, the connection
+/// the node opened, and a function that answers the node's requests on it.
+fn elliptics_peer_joined_by_a_node(
+    d: &std::path::Path,
+    auth_status: i32,
+) -> (
+    Server,
+    std::net::TcpStream,
+    impl Fn(&mut std::net::TcpStream, &apsis_proto::Frame),
+) {
+    use apsis_proto::{Addr, BackendIds, NodeInfo, RouteList};
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let cfg = d.join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\nremotes = [\"{peer_addr}\"]\n\
+             auth_cookie = \"c1\"\n\n[[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+            d.join("b1").display()
+        ),
+    )
+    .unwrap();
+    let srv = Server::spawn(
+        d,
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let (mut c, _) = peer.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The node's requests are answered as an Elliptics node would.
+    let answer = move |c: &mut std::net::TcpStream, f: &apsis_proto::Frame| {
+        let h = f.header;
+        let mut r = h.reply(0, 0, false);
+        r.flags = cflags::NOLOCK | cflags::REPLY;
+        let p = match h.cmd {
+            cmd::REVERSE_LOOKUP => {
+                r.set_version(apsis_proto::VERSION);
+                r.group = 2;
+                NodeInfo {
+                    addrs: vec![Addr(peer_addr)],
+                    backends: vec![BackendIds {
+                        backend_id: 1,
+                        group: 2,
+                        flags: 0,
+                        ids: vec![[0x22; 64]],
+                    }],
+                }
+                .encode()
+            }
+            cmd::ROUTE_LIST => RouteList {
+                node_addr_num: 1,
+                addrs: vec![Addr(peer_addr)],
+            }
+            .encode(),
+            cmd::AUTH => {
+                assert_eq!(apsis_proto::Auth::decode(&f.payload).unwrap().cookie, b"c1");
+                r.flags = cflags::DIRECT | cflags::REPLY;
+                r.status = auth_status;
+                Vec::new()
+            }
+            _ => return,
+        };
+        r.size = p.len() as u64;
+        let mut v = r.encode().to_vec();
+        v.extend_from_slice(&p);
+        c.write_all(&v).unwrap();
+    };
+    loop {
+        let f = read_frame(&mut c).unwrap();
+        if !f.header.is_reply() {
+            answer(&mut c, &f);
+            if f.header.cmd == cmd::AUTH {
+                break;
+            }
+        }
+    }
+    (srv, c, answer)
+}
+
+/// A node joining an Elliptics node sends AUTH after JOIN, as Elliptics' nodes do, and gives
+/// the connection up when the peer refuses its cookie (−EPERM): nodes of different clusters
+/// do not join each other.
+#[test]
+fn a_peer_that_refuses_the_auth_cookie_is_given_up() {
+    let d = tempfile::tempdir().unwrap();
+    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), -1);
+    let mut b = [0u8; 1];
+    assert_eq!(
+        c.read(&mut b).unwrap_or(0),
+        0,
+        "the node closes the connection"
+    );
+}
+
+/// A connection runs both ways, as in Elliptics: a peer the node connected to and JOINed
+/// routes to it over that same connection (Elliptics' capture 14: n2 sends its ROUTE_LIST
+/// refreshes to n1 on n1's connection). Here the test plays that peer, an Elliptics node in
+/// group 2: the node answers its ROUTE_LIST, WRITE and READ on the connection the node
+/// opened; they went unanswered before.
+#[test]
+fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
+    use apsis_proto::{Header, RouteList};
+    let d = tempfile::tempdir().unwrap();
+    let (srv, mut c, answer) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let frame = |h: Header, p: &[u8]| {
+        let mut h = h;
+        h.size = p.len() as u64;
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(p);
+        v
+    };
+    // Now the peer's own requests, on the same connection.
+    let id = sha(b"over-the-joined-connection");
+    let mut rl = Header::new(cmd::ROUTE_LIST, cflags::DIRECT | cflags::NOLOCK);
+    rl.trans = 5000;
+    c.write_all(&frame(rl, &[])).unwrap();
+    let io = apsis_proto::IoAttr {
+        id,
+        size: 5,
+        ..Default::default()
+    };
+    let mut w = Header::new(cmd::WRITE, cflags::DIRECT | cflags::NEED_ACK);
+    (w.id, w.group, w.trans) = (id, 1, 5001);
+    let mut p = io.encode().to_vec();
+    p.extend_from_slice(b"hello");
+    c.write_all(&frame(w, &p)).unwrap();
+    let read = apsis_proto::IoAttr {
+        id,
+        ..Default::default()
+    };
+    let mut r = Header::new(cmd::READ, cflags::DIRECT | cflags::NEED_ACK);
+    (r.id, r.group, r.trans) = (id, 1, 5002);
+    c.write_all(&frame(r, &read.encode())).unwrap();
+    let mut got = std::collections::HashMap::new();
+    while got.len() < 3 {
+        let f = read_frame(&mut c).expect("the node answers its peer on this connection");
+        if !f.header.is_reply() {
+            answer(&mut c, &f);
+            continue;
+        }
+        if f.header.has_more() && f.header.cmd != cmd::READ {
+            continue;
+        }
+        got.entry(f.header.trans).or_insert(f);
+    }
+    let l = RouteList::decode(&got[&5000].payload).unwrap();
+    assert!(
+        l.addrs.iter().any(|a| a.0 == srv.addr),
+        "the node lists itself: {:?}",
+        l.addrs
+    );
+    assert_eq!(got[&5001].header.status, 0);
+    let f = &got[&5002];
+    assert_eq!((f.header.cmd, f.header.status), (cmd::READ, 0));
+    assert_eq!(&f.payload[apsis_proto::IoAttr::SIZE..], b"hello");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_closes_only_that_connection() {
     let d = tempfile::tempdir().unwrap();

@@ -329,7 +329,7 @@ impl Replay {
             return;
         }
         let r = match (e.cmd, e.is_reply()) {
-            (cmd::REVERSE_LOOKUP, true) => self.node_info(n, ep, op),
+            (cmd::REVERSE_LOOKUP, true) | (cmd::JOIN, false) => self.node_info(n, ep, op),
             (cmd::ROUTE_LIST, true) => self.route_list(n, ep, op),
             (cmd::UPDATE_IDS, false) => self.update_ids(n, ep, op),
             (cmd::WRITE | cmd::LOOKUP, true) => self.lookup_reply(n, ep, op),
@@ -756,7 +756,7 @@ fn replay_13_handshake_only() {
 /// Node join: our server plays n2 (group 2, auth cookie 'elliptics-ref' as in the capture's
 /// config) and n1's side is replayed: REVERSE_LOOKUP, JOIN (no reply), AUTH, ROUTE_LIST, and
 /// n1's periodic ROUTE_LISTs. n2's own periodic ROUTE_LIST requests (msgs 7, 8, 15, 16, and n1's
-/// replies to them) are not replayed: Apsis has no cluster layer yet and sends none.
+/// replies to them) are replayed on the other side, by `replay_14_node_join_as_n1`.
 #[test]
 fn replay_14_node_join_as_n2() {
     let srv = Server::with_toml(
@@ -777,6 +777,66 @@ fn replay_14_node_join_as_n2() {
     // matches with no allowed difference. (Apsis also tries to connect back to the joiner,
     // whose captured address is not listening here; that only logs a warning.)
     r.check(&[]);
+}
+
+/// Node join, the other side: our server plays n1, whose remote is n2, and the test plays n2
+/// from the capture on the connection our server opens. n1's handshake, JOIN, AUTH (the
+/// capture's cookie) and ROUTE_LIST are compared with Elliptics n1's and answered with n2's captured replies; then n2's own
+/// ROUTE_LIST refreshes (msgs 7, 8), which an Elliptics node sends to a node that joined it
+/// over the joining connection, must be answered there as n1 answered them (9, 10).
+#[test]
+fn replay_14_node_join_as_n1() {
+    let n2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = Server::with_toml(&format!(
+        r#"
+        [node]
+        addresses = ["127.0.0.1:0"]
+        remotes = ["{}"]
+        auth_cookie = "elliptics-ref"
+        check_timeout_secs = 3600
+        [[backend]]
+        id = 1
+        group = 1
+        dir = "{{DIR}}/backend-1"
+        "#,
+        n2.local_addr().unwrap()
+    ));
+    let (s, _) = n2.accept().unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut r = Replay::new("14", srv);
+    r.conns.insert(
+        1,
+        Sock {
+            s,
+            pending: Vec::new(),
+            closed: false,
+        },
+    );
+    let v = r.v;
+    let request = |c| move |h: &Header| !h.is_reply() && h.cmd == c;
+    let ours = r.recv(1, request(cmd::REVERSE_LOOKUP)).unwrap();
+    r.compare(0, &v.msgs[0].frame, &ours);
+    r.send(1, &v.msgs[1].bytes);
+    let ours = r.recv(1, request(cmd::JOIN)).unwrap();
+    r.compare(2, &v.msgs[2].frame, &ours);
+    let answer = |r: &mut Replay, n: usize, ours: &Frame| {
+        let mut reply = v.msgs[n].frame.clone();
+        reply.header.trans = ours.header.trans;
+        r.send(1, &reply.encode());
+    };
+    let ours = r.recv(1, request(cmd::AUTH)).unwrap();
+    r.compare(3, &v.msgs[3].frame, &ours);
+    answer(&mut r, 5, &ours);
+    let ours = r.recv(1, request(cmd::ROUTE_LIST)).unwrap();
+    r.compare(4, &v.msgs[4].frame, &ours);
+    answer(&mut r, 6, &ours);
+    // n2's refreshes, on the same connection.
+    r.send(1, &v.msgs[7].bytes);
+    r.send(1, &v.msgs[8].bytes);
+    r.expect(9, 1, &v.msgs[9].frame);
+    r.expect(10, 1, &v.msgs[10].frame);
+    // Transaction numbers are each sender's own count (Elliptics' n1 had used 1 elsewhere).
+    r.check(&[(3, "trans", "2", "1"), (4, "trans", "3", "2")]);
 }
 
 /// A client connected to 2 nodes writing to groups 1 and 2: only its connection to n1

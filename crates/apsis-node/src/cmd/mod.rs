@@ -23,7 +23,16 @@ use std::sync::Arc;
 
 pub type HResult = Result<(), i32>;
 
-pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, conn_id: u64) {
+/// The connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin {
+    /// One the node accepted, by its id.
+    Accepted(u64),
+    /// One the node opened to the peer at this address (see `conn::peer_requests`).
+    Opened(std::net::SocketAddr),
+}
+
+pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, from: Origin) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
     if matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL) {
@@ -56,7 +65,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, con
     }
     out.slot = slot;
     let size = payload.len() as u64;
-    let mut r = serve(ctx, &mut out, &payload, conn_id).await;
+    let mut r = serve(ctx, &mut out, &payload, from).await;
     if r == Err(-errno::ENOENT) {
         // A miss right after a ring change: the previous owner may still hold the key.
         let backend = out.slot.as_ref().map(|s| s.cfg.id as i32);
@@ -67,7 +76,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, con
             }
             if let Some(s) = ctx.backends.get(prev.backend_id as u32) {
                 out.slot = Some(s.clone());
-                r = serve(ctx, &mut out, &payload, conn_id).await;
+                r = serve(ctx, &mut out, &payload, from).await;
             }
         }
     }
@@ -115,7 +124,7 @@ fn relay(
     tokio::spawn(job);
 }
 
-async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> HResult {
+async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, from: Origin) -> HResult {
     let hdr = out.req;
     let out = &mut *out;
     // The hot commands' futures are part of every request's future (built and moved once per
@@ -126,17 +135,17 @@ async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> 
         cmd::READ => io::read(ctx, out, payload).await,
         cmd::WRITE => io::write(ctx, out, payload).await,
         cmd::DEL => io::del(ctx, out, payload).await,
-        _ => Box::pin(serve_other(ctx, out, payload, conn_id)).await,
+        _ => Box::pin(serve_other(ctx, out, payload, from)).await,
     }
 }
 
-async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, conn_id: u64) -> HResult {
+async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, from: Origin) -> HResult {
     match out.req.cmd {
         cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
         cmd::READ_RANGE | cmd::DEL_RANGE => range::handle(ctx, out, payload).await,
         cmd::SEND => send::handle(ctx, out, payload).await,
         cmd::ITERATOR => iterator::handle(ctx, out, payload).await,
-        cmd::ROUTE_LIST => system::route_list(ctx, out, conn_id).await,
+        cmd::ROUTE_LIST => system::route_list(ctx, out, from).await,
         cmd::AUTH => system::auth(ctx, out, payload).await,
         cmd::STATUS => system::status(ctx, out, payload).await,
         cmd::MONITOR_STAT => monitor::handle(ctx, out, payload).await,

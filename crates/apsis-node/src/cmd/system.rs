@@ -80,28 +80,37 @@ pub async fn inline(
     }
 }
 
-/// ROUTE_LIST: this node, the nodes that joined it (not the requester itself, as Elliptics)
-/// and every peer it is connected to, each with as many addresses as this node has.
-pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out, conn_id: u64) -> HResult {
+/// ROUTE_LIST: this node, the nodes that joined it and every peer it is connected to, each
+/// with as many addresses as this node has; not the requester itself, as Elliptics (a node
+/// that joined on this connection, or the peer we opened it to).
+pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out, from: super::Origin) -> HResult {
     out.no_ack();
     let per = ctx.addrs.len();
     let mut nodes: Vec<Vec<Addr>> = vec![ctx.addrs.clone()];
-    let mut requester = None;
+    // The requester: a node that joined on this connection, or the peer we opened it to.
+    let mut requester = match from {
+        super::Origin::Opened(a) => Some(Addr(a)),
+        super::Origin::Accepted(_) => None,
+    };
     for (cid, j) in ctx.joined.lock().iter() {
-        if *cid == conn_id {
-            requester = Some(j.clone());
+        if matches!(from, super::Origin::Accepted(c) if c == *cid) {
+            requester = j.first().copied();
         } else {
             nodes.push(j.clone());
         }
     }
-    for (_, a) in ctx.cluster.client.node_addrs() {
+    for (key, a) in ctx.cluster.client.node_addrs() {
+        if matches!(from, super::Origin::Opened(p) if p == key) {
+            // The peer as it describes itself, which the address we dialled may not be.
+            requester = a.first().copied();
+            continue;
+        }
         nodes.push(a);
     }
     let mut addrs = Vec::with_capacity(nodes.len() * per);
     let mut seen: Vec<Addr> = Vec::new();
     for mut n in nodes {
-        if n.is_empty() || seen.contains(&n[0]) || requester.as_ref().is_some_and(|r| r[0] == n[0])
-        {
+        if n.is_empty() || seen.contains(&n[0]) || requester == Some(n[0]) {
             continue;
         }
         seen.push(n[0]);
