@@ -64,6 +64,10 @@ pub type Serve = std::sync::Arc<dyn Fn(Frame, Peer) + Send + Sync>;
 pub struct Peer(Arc<Conn>);
 
 impl Peer {
+    pub(crate) fn of(c: Arc<Conn>) -> Peer {
+        Peer(c)
+    }
+
     /// The address we connected to.
     pub fn addr(&self) -> SocketAddr {
         self.0.addr
@@ -73,6 +77,11 @@ impl Peer {
     /// requests; `false` when the connection failed.
     pub async fn send_encoded(&self, parts: &[&[u8]]) -> bool {
         self.0.write_encoded(parts).await
+    }
+
+    /// Gives the connection up (see [`Conn::kill`]): after a write cut short, say.
+    pub fn kill(&self) {
+        self.0.kill();
     }
 }
 
@@ -436,6 +445,12 @@ impl Conn {
     /// takes effect.
     pub fn pushes(&self) -> u64 {
         self.pending.pushes.load(SeqCst)
+    }
+
+    /// Counts a push that arrived for this connection's node on another connection (see
+    /// `Client::apply_update_ids`), before it takes effect.
+    pub(crate) fn note_push(&self) {
+        self.pending.pushes.fetch_add(1, SeqCst);
     }
 
     pub fn is_alive(&self) -> bool {

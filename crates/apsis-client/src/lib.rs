@@ -539,6 +539,34 @@ impl Client {
         self.add_node(addr, false).await
     }
 
+    /// The live connections this client opened, to answer or push on (see [`conn::Peer`]).
+    pub fn peers(&self) -> Vec<conn::Peer> {
+        let conns = self.inner.conns.lock();
+        conns
+            .values()
+            .filter(|c| c.is_alive())
+            .map(|c| conn::Peer::of(c.clone()))
+            .collect()
+    }
+
+    /// Applies an UPDATE_IDS about the node at `addr` that arrived on another connection than
+    /// ours to it (a node that joined a storage node pushes on its joining connection), as
+    /// if it had come on ours: counted there, so a handshake in flight is not applied over it.
+    /// Ignored when we have no live connection to `addr` (it is not in the table then).
+    pub fn apply_update_ids(&self, addr: SocketAddr, payload: &[u8]) {
+        let Some(conn) = self.inner.conns.lock().get(&addr).cloned() else {
+            return;
+        };
+        if !conn.is_alive() {
+            return;
+        }
+        let mut r = apsis_proto::wire::Reader::new(payload, "update ids");
+        if let Ok(b) = apsis_proto::decode_backends(&mut r) {
+            conn.note_push();
+            self.inner.routes.write().update(addr, &b);
+        }
+    }
+
     /// Replaces the routes of a local node (a storage node's own backends).
     pub fn set_local_routes(&self, addr: SocketAddr, backends: &[apsis_proto::BackendIds]) {
         self.inner.routes.write().set_node(addr, backends);

@@ -963,6 +963,51 @@ async fn large_frames_wait_for_the_node_budget_and_stalled_ones_are_dropped() {
     assert_eq!(st["frame_memory"]["used"], 0, "{st}");
 }
 
+/// Answers a node's request `f` as an Elliptics node at `me` (backend 1 in group 2, one ring
+/// point) would: REVERSE_LOOKUP, ROUTE_LIST, and AUTH with `auth_status`; others go unanswered.
+fn answer_as_elliptics(
+    c: &mut std::net::TcpStream,
+    f: &apsis_proto::Frame,
+    me: std::net::SocketAddr,
+    auth_status: i32,
+) {
+    use apsis_proto::{Addr, BackendIds, NodeInfo, RouteList};
+    let h = f.header;
+    let mut r = h.reply(0, 0, false);
+    r.flags = cflags::NOLOCK | cflags::REPLY;
+    let p = match h.cmd {
+        cmd::REVERSE_LOOKUP => {
+            r.set_version(apsis_proto::VERSION);
+            r.group = 2;
+            NodeInfo {
+                addrs: vec![Addr(me)],
+                backends: vec![BackendIds {
+                    backend_id: 1,
+                    group: 2,
+                    flags: 0,
+                    ids: vec![[0x22; 64]],
+                }],
+            }
+            .encode()
+        }
+        cmd::ROUTE_LIST => RouteList {
+            node_addr_num: 1,
+            addrs: vec![Addr(me)],
+        }
+        .encode(),
+        cmd::AUTH => {
+            r.flags = cflags::DIRECT | cflags::REPLY;
+            r.status = auth_status;
+            Vec::new()
+        }
+        _ => return,
+    };
+    r.size = p.len() as u64;
+    let mut v = r.encode().to_vec();
+    v.extend_from_slice(&p);
+    c.write_all(&v).unwrap();
+}
+
 /// Plays an Elliptics node in group 2 that a node (started here, with it as its remote and
 /// `auth_cookie = "c1"`) connects to: answers the node's REVERSE_LOOKUP, ROUTE_LIST and AUTH
 /// (with `auth_status`) until the AUTH has been answered. Returns the server, the connection
@@ -975,7 +1020,6 @@ fn elliptics_peer_joined_by_a_node(
     std::net::TcpStream,
     impl Fn(&mut std::net::TcpStream, &apsis_proto::Frame),
 ) {
-    use apsis_proto::{Addr, BackendIds, NodeInfo, RouteList};
     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let peer_addr = peer.local_addr().unwrap();
     let cfg = d.join("apsis.toml");
@@ -994,54 +1038,158 @@ fn elliptics_peer_joined_by_a_node(
     );
     let (mut c, _) = peer.accept().unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The node's requests are answered as an Elliptics node would.
     let answer = move |c: &mut std::net::TcpStream, f: &apsis_proto::Frame| {
-        let h = f.header;
-        let mut r = h.reply(0, 0, false);
-        r.flags = cflags::NOLOCK | cflags::REPLY;
-        let p = match h.cmd {
-            cmd::REVERSE_LOOKUP => {
-                r.set_version(apsis_proto::VERSION);
-                r.group = 2;
-                NodeInfo {
-                    addrs: vec![Addr(peer_addr)],
-                    backends: vec![BackendIds {
-                        backend_id: 1,
-                        group: 2,
-                        flags: 0,
-                        ids: vec![[0x22; 64]],
-                    }],
-                }
-                .encode()
-            }
-            cmd::ROUTE_LIST => RouteList {
-                node_addr_num: 1,
-                addrs: vec![Addr(peer_addr)],
-            }
-            .encode(),
-            cmd::AUTH => {
-                assert_eq!(apsis_proto::Auth::decode(&f.payload).unwrap().cookie, b"c1");
-                r.flags = cflags::DIRECT | cflags::REPLY;
-                r.status = auth_status;
-                Vec::new()
-            }
-            _ => return,
-        };
-        r.size = p.len() as u64;
-        let mut v = r.encode().to_vec();
-        v.extend_from_slice(&p);
-        c.write_all(&v).unwrap();
+        answer_as_elliptics(c, f, peer_addr, auth_status)
     };
     loop {
         let f = read_frame(&mut c).unwrap();
         if !f.header.is_reply() {
             answer(&mut c, &f);
             if f.header.cmd == cmd::AUTH {
+                let a = apsis_proto::Auth::decode(&f.payload).unwrap();
+                assert_eq!(a.cookie, b"c1", "the node's own cookie");
                 break;
             }
         }
     }
     (srv, c, answer)
+}
+
+/// A node pushes its backend changes (UPDATE_IDS) to a node it joined that routes to it over
+/// the joining connection (an Elliptics node: it never connects back), on that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_changes_reach_a_joined_elliptics_node_on_the_joining_connection() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let s = session(&srv, vec![1]).await;
+    let dis = apsis_client::Session::backend_command("disable").unwrap();
+    s.backend_control(srv.addr, 1, dis, vec![]).await.unwrap();
+    let f = tokio::task::spawn_blocking(move || loop {
+        let f = read_frame(&mut c).expect("an UPDATE_IDS on the joining connection");
+        if f.header.cmd == cmd::UPDATE_IDS {
+            return f;
+        }
+    })
+    .await
+    .unwrap();
+    let mut r = apsis_proto::wire::Reader::new(&f.payload, "update ids");
+    let b = apsis_proto::decode_backends(&mut r).unwrap();
+    assert_eq!(b.len(), 1);
+    // As Elliptics sends a disable: the backend, the flag, no group and no ids.
+    assert_eq!(
+        (b[0].backend_id, b[0].flags),
+        (1, apsis_proto::BackendIds::FLAG_DISABLE)
+    );
+}
+
+/// A node that joined us pushes its backend changes on its joining connection (Elliptics
+/// does); they change our routes to it: here the joiner's only backend is disabled, and a
+/// request for its group is no longer forwarded to it.
+#[test]
+fn a_joiner_s_update_ids_on_its_joining_connection_change_the_routes() {
+    use apsis_proto::{Addr, BackendIds, Header, NodeInfo};
+    let d = tempfile::tempdir().unwrap();
+    let srv = Server::start(d.path(), &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = listener.local_addr().unwrap();
+    let send = |c: &mut std::net::TcpStream, mut h: Header, p: &[u8]| {
+        h.size = p.len() as u64;
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(p);
+        c.write_all(&v).unwrap();
+    };
+    // Join the node, as an Elliptics node in group 2 does.
+    let mut x = std::net::TcpStream::connect(srv.addr).unwrap();
+    x.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::DIRECT | cflags::NOLOCK);
+    h.set_version(apsis_proto::VERSION);
+    send(&mut x, h, &[]);
+    assert_eq!(read_frame(&mut x).unwrap().header.status, 0);
+    let backend = |flags| BackendIds {
+        backend_id: 1,
+        group: 2,
+        flags,
+        ids: vec![[0x22; 64]],
+    };
+    let info = NodeInfo {
+        addrs: vec![Addr(me)],
+        backends: vec![backend(0)],
+    };
+    send(
+        &mut x,
+        Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK),
+        &info.encode(),
+    );
+    // The node connects back (handshake, JOIN, AUTH).
+    let (mut y, _) = listener.accept().unwrap();
+    y.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        let f = read_frame(&mut y).unwrap();
+        answer_as_elliptics(&mut y, &f, me, 0);
+        if f.header.cmd == cmd::AUTH {
+            break;
+        }
+    }
+    // A READ in group 2 sent to the node is forwarded to us on that connection, once the
+    // node has taken our AUTH reply and routed us.
+    let id = sha(b"in-group-2");
+    let read = |trans: u64| {
+        let mut h = Header::new(cmd::READ, cflags::NEED_ACK);
+        (h.id, h.group, h.trans) = (id, 2, trans);
+        let io = apsis_proto::IoAttr {
+            id,
+            ..Default::default()
+        };
+        (h, io.encode())
+    };
+    let mut client = std::net::TcpStream::connect(srv.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    y.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut forwarded = false;
+    for trans in 1..100 {
+        let (h, p) = read(trans);
+        send(&mut client, h, &p);
+        if let Ok(fwd) = read_frame(&mut y) {
+            assert_eq!(fwd.header.cmd, cmd::READ);
+            send(&mut y, fwd.header.reply(-errno::ENOENT, 0, false), &[]);
+            forwarded = true;
+        }
+        read_frame(&mut client).unwrap();
+        if forwarded {
+            break;
+        }
+    }
+    assert!(forwarded, "the READ is forwarded to the joiner");
+    // The joiner's backend goes away: UPDATE_IDS on the joining connection, then a
+    // ROUTE_LIST there, whose reply says the push (read before it) was applied.
+    let mut p = Vec::new();
+    apsis_proto::encode_backends(&[backend(BackendIds::FLAG_DISABLE)], &mut p);
+    send(
+        &mut x,
+        Header::new(cmd::UPDATE_IDS, cflags::DIRECT | cflags::NOLOCK),
+        &p,
+    );
+    let mut rl = Header::new(
+        cmd::ROUTE_LIST,
+        cflags::NEED_ACK | cflags::DIRECT | cflags::NOLOCK,
+    );
+    rl.trans = 7;
+    send(&mut x, rl, &[]);
+    assert!(read_frame(&mut x).unwrap().header.is_reply());
+    // Now the node answers a READ in group 2 itself: there is no route.
+    let (h, p) = read(1000);
+    send(&mut client, h, &p);
+    let f = read_frame(&mut client).unwrap();
+    assert!(f.header.status < 0, "{:?}", f.header);
+    y.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        read_frame(&mut y).is_err(),
+        "nothing more is forwarded to the joiner"
+    );
 }
 
 /// A node joining an Elliptics node sends AUTH after JOIN, as Elliptics' nodes do, and gives
@@ -1091,6 +1239,17 @@ fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     let mut p = io.encode().to_vec();
     p.extend_from_slice(b"hello");
     c.write_all(&frame(w, &p)).unwrap();
+    // Requests on a connection run concurrently, as in Elliptics: the READ goes once the
+    // WRITE is acknowledged.
+    let mut got = std::collections::HashMap::new();
+    while !got.contains_key(&5001) {
+        let f = read_frame(&mut c).expect("the node answers its peer on this connection");
+        if !f.header.is_reply() {
+            answer(&mut c, &f);
+        } else if !f.header.has_more() {
+            got.insert(f.header.trans, f);
+        }
+    }
     let read = apsis_proto::IoAttr {
         id,
         ..Default::default()
@@ -1098,7 +1257,6 @@ fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     let mut r = Header::new(cmd::READ, cflags::DIRECT | cflags::NEED_ACK);
     (r.id, r.group, r.trans) = (id, 1, 5002);
     c.write_all(&frame(r, &read.encode())).unwrap();
-    let mut got = std::collections::HashMap::new();
     while got.len() < 3 {
         let f = read_frame(&mut c).expect("the node answers its peer on this connection");
         if !f.header.is_reply() {

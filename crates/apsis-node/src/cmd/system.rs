@@ -75,7 +75,19 @@ pub async fn inline(
                 Inline::Close
             }
         },
-        // UPDATE_IDS from peers matter to the cluster layer; a lone node has no routes to update.
+        // A node that joined us on this connection pushes its changes here (Elliptics does;
+        // an Apsis node pushes on the connection we opened to it, and this one stays unused).
+        cmd::UPDATE_IDS => {
+            let joiner = ctx
+                .joined
+                .lock()
+                .get(&conn_id)
+                .and_then(|a| a.first().map(|a| a.0));
+            if let Some(a) = joiner {
+                ctx.cluster.client.apply_update_ids(a, payload);
+            }
+            Inline::Continue
+        }
         _ => Inline::Continue,
     }
 }
@@ -175,7 +187,8 @@ pub async fn status(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-/// Pushes UPDATE_IDS for one backend to every connection that did a handshake with us.
+/// Pushes UPDATE_IDS for one backend to every connection that did a handshake with us, and
+/// to the nodes we joined that route to us over our own connection.
 pub async fn push_update_ids(ctx: &Ctx, backend: apsis_proto::BackendIds) {
     ctx.cluster.set_local_routes(ctx);
     let mut p = Vec::new();
@@ -195,6 +208,25 @@ pub async fn push_update_ids(ctx: &Ctx, backend: apsis_proto::BackendIds) {
             tokio::spawn(async move {
                 let _ = tx.send(b).await;
             });
+        }
+    }
+    // Nodes we joined that did not join us back (Elliptics nodes: they route to us over the
+    // connection we opened) learn of the change only on that connection. In order, one push
+    // after the other; a peer that does not take it within `wait_timeout` loses that
+    // connection, and the refresh reconnects with a fresh handshake.
+    let joined: Vec<std::net::SocketAddr> = (ctx.joined.lock().values())
+        .filter_map(|a| a.first().map(|a| a.0))
+        .collect();
+    for peer in ctx.cluster.client.peers() {
+        let a = peer.addr();
+        if joined.contains(&a) || ctx.cluster.is_local(a) {
+            continue;
+        }
+        let parts: [&[u8]; 1] = [&buf];
+        let sent = tokio::time::timeout(ctx.cluster.wait_timeout, peer.send_encoded(&parts));
+        if !matches!(sent.await, Ok(true)) {
+            tracing::warn!(peer = %a, "UPDATE_IDS not delivered: connection given up");
+            peer.kill();
         }
     }
 }
