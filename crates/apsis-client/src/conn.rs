@@ -447,12 +447,6 @@ impl Conn {
         self.pending.pushes.load(SeqCst)
     }
 
-    /// Counts a push that arrived for this connection's node on another connection (see
-    /// `Client::apply_update_ids`), before it takes effect.
-    pub(crate) fn note_push(&self) {
-        self.pending.pushes.fetch_add(1, SeqCst);
-    }
-
     pub fn is_alive(&self) -> bool {
         self.pending.alive.load(Relaxed)
     }

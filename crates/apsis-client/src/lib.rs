@@ -47,8 +47,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// What a node tells the nodes it connects to (JOIN): its current addresses and backends.
-pub type JoinInfo = Arc<dyn Fn() -> NodeInfo + Send + Sync>;
+/// What a node tells the node at an address it connects to (JOIN): its current addresses and
+/// backends; `None` to connect without joining (a node that joined us routes to us over its
+/// own connection already, and Elliptics refuses a second one with −EEXIST).
+pub type JoinInfo = Arc<dyn Fn(SocketAddr) -> Option<NodeInfo> + Send + Sync>;
 
 /// Client-wide settings.
 #[derive(Clone)]
@@ -283,8 +285,7 @@ impl Client {
         )
         .await?;
         let info = self.handshake_routes(addr, &conn).await?;
-        if let Some(join) = &self.inner.opts.join {
-            let me = join();
+        if let Some(me) = self.inner.opts.join.as_ref().and_then(|join| join(addr)) {
             // JOIN has no reply, and takes no transaction: trans 0, as Elliptics sends it
             // (capture 14).
             let h = Header::new(cmd::JOIN, cflags::DIRECT | cflags::NOLOCK);
@@ -547,24 +548,6 @@ impl Client {
             .filter(|c| c.is_alive())
             .map(|c| conn::Peer::of(c.clone()))
             .collect()
-    }
-
-    /// Applies an UPDATE_IDS about the node at `addr` that arrived on another connection than
-    /// ours to it (a node that joined a storage node pushes on its joining connection), as
-    /// if it had come on ours: counted there, so a handshake in flight is not applied over it.
-    /// Ignored when we have no live connection to `addr` (it is not in the table then).
-    pub fn apply_update_ids(&self, addr: SocketAddr, payload: &[u8]) {
-        let Some(conn) = self.inner.conns.lock().get(&addr).cloned() else {
-            return;
-        };
-        if !conn.is_alive() {
-            return;
-        }
-        let mut r = apsis_proto::wire::Reader::new(payload, "update ids");
-        if let Ok(b) = apsis_proto::decode_backends(&mut r) {
-            conn.note_push();
-            self.inner.routes.write().update(addr, &b);
-        }
     }
 
     /// Replaces the routes of a local node (a storage node's own backends).

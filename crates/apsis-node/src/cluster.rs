@@ -1,8 +1,8 @@
 //! The node's view of the cluster: peers, the route table of every group, and forwarding.
 //!
 //! A node embeds an [`apsis_client::Client`] with `join` set. At start it connects to its
-//! remotes (handshake, JOIN, ROUTE_LIST and the nodes listed), and a node that JOINs us is
-//! connected back. Requests a peer sends on a connection we opened (an Elliptics node routes
+//! remotes (handshake, JOIN, AUTH, ROUTE_LIST and the nodes listed), and a node that JOINs us
+//! is connected back, without JOIN. Requests a peer sends on a connection we opened (an Elliptics node routes
 //! to a node that joined it that way) are served too (`conn::peer_requests`). From then on the client keeps the table current exactly as it does for
 //! applications: UPDATE_IDS pushes, a refresh every `check_timeout` that also reconnects to
 //! lost nodes (a restarted node rejoins by itself), and failure detection (a closed
@@ -22,7 +22,7 @@
 use crate::reply::Out;
 use crate::Ctx;
 use apsis_client::{Client, ClientOptions, JoinInfo};
-use apsis_proto::{cflags, cmd, errno, Addr, Header, NodeInfo};
+use apsis_proto::{cflags, cmd, errno, Addr, Header};
 use apsis_ring::Route;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Weak};
@@ -60,12 +60,12 @@ impl Cluster {
     pub fn new(cfg: &crate::NodeConfig, addrs: &[Addr], ctx: Weak<Ctx>) -> Cluster {
         let me: Vec<SocketAddr> = addrs.iter().map(|a| a.0).collect();
         let ctx_for_peers = ctx.clone();
-        let join: JoinInfo = Arc::new(move || match ctx.upgrade() {
-            Some(c) => crate::cmd::system::node_info(&c),
-            None => NodeInfo {
-                addrs: Vec::new(),
-                backends: Vec::new(),
-            },
+        // A node that joined us is connected back without JOIN: it routes to us over the
+        // connection it joined on, and an Elliptics node resets a second one (−EEXIST).
+        let join: JoinInfo = Arc::new(move |to: SocketAddr| {
+            let c = ctx.upgrade()?;
+            let joined_us = (c.joined.lock().values()).any(|a| a.iter().any(|a| a.0 == to));
+            (!joined_us).then(|| crate::cmd::system::node_info(&c))
         });
         let wait = Duration::from_secs(cfg.wait_timeout_secs.max(1));
         let opts = ClientOptions {

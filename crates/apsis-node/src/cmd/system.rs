@@ -75,19 +75,10 @@ pub async fn inline(
                 Inline::Close
             }
         },
-        // A node that joined us on this connection pushes its changes here (Elliptics does;
-        // an Apsis node pushes on the connection we opened to it, and this one stays unused).
-        cmd::UPDATE_IDS => {
-            let joiner = ctx
-                .joined
-                .lock()
-                .get(&conn_id)
-                .and_then(|a| a.first().map(|a| a.0));
-            if let Some(a) = joiner {
-                ctx.cluster.client.apply_update_ids(a, payload);
-            }
-            Inline::Continue
-        }
+        // A node that joined us also pushes its changes here, but it pushes them on our own
+        // connection to it as well (Elliptics pushes to every connection it sent its ids
+        // on, Apsis to every one that did a handshake): that one is applied, in order with
+        // its handshakes, and this copy is left, as two paths could reorder two pushes.
         _ => Inline::Continue,
     }
 }
