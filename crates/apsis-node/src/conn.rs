@@ -333,9 +333,9 @@ impl Drop for StopSignal<'_> {
 /// Serves the requests a peer sends on a connection this node opened: Elliptics routes to a
 /// node that joined it over the joining connection (a ROUTE_LIST every `check_timeout`, and
 /// the data requests it forwards). Each is served as on an accepted connection, in a task of
-/// its own, and its replies are written back on that connection. At most
-/// `max_inflight_per_connection` run at once, node-wide; a request beyond that is answered
-/// −EBUSY.
+/// its own, and its replies are written back on that connection (a JOIN there is ignored).
+/// At most `max_inflight_per_connection` run at once, node-wide; a request beyond that is
+/// answered −EBUSY.
 pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_client::conn::Serve {
     let running = Arc::new(Semaphore::new(limit.max(1)));
     Arc::new(
@@ -344,9 +344,9 @@ pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_cl
                 return;
             };
             let hdr = frame.header;
-            if matches!(hdr.cmd, cmd::REVERSE_LOOKUP | cmd::JOIN) {
-                // A handshake or a JOIN belongs on a connection the peer opened.
-                tracing::debug!(peer = %peer.addr(), cmd = hdr.cmd, "ignored on an outgoing connection");
+            if hdr.cmd == cmd::JOIN {
+                // A JOIN belongs on a connection the peer opened.
+                tracing::debug!(peer = %peer.addr(), "JOIN ignored on an outgoing connection");
                 return;
             }
             ctx.stats
@@ -354,10 +354,19 @@ pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_cl
                 .fetch_add((HEADER_SIZE + frame.payload.len()) as u64, Relaxed);
             let permit = running.clone().try_acquire_owned().ok();
             let from = Origin::Opened(peer.addr());
+            let kill = peer.clone();
             tokio::spawn(async move {
                 let (tx, mut rx) = mpsc::channel::<Msg>(64);
                 let serve = async move {
                     match permit {
+                        // A handshake (a peer refreshing what it knows of us): answered as
+                        // on an accepted connection; a wrong version ends the connection.
+                        Some(_running) if hdr.cmd == cmd::REVERSE_LOOKUP => {
+                            let out = crate::reply::Out::new(tx, hdr);
+                            if !crate::cmd::system::reverse_lookup(&ctx, &out).await {
+                                kill.kill();
+                            }
+                        }
                         Some(_running) => {
                             crate::cmd::dispatch(&ctx, hdr, frame.payload, Sink::Chan(tx), from)
                                 .await

@@ -1213,8 +1213,8 @@ fn a_peer_that_refuses_the_auth_cookie_is_given_up() {
 /// A connection runs both ways, as in Elliptics: a peer the node connected to and JOINed
 /// routes to it over that same connection (Elliptics' capture 14: n2 sends its ROUTE_LIST
 /// refreshes to n1 on n1's connection). Here the test plays that peer, an Elliptics node in
-/// group 2: the node answers its ROUTE_LIST, WRITE and READ on the connection the node
-/// opened; they went unanswered before.
+/// group 2: the node answers its ROUTE_LIST, WRITE, READ and REVERSE_LOOKUP on the
+/// connection the node opened; they went unanswered before.
 #[test]
 fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     use apsis_proto::{Header, RouteList};
@@ -1260,7 +1260,12 @@ fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     let mut r = Header::new(cmd::READ, cflags::DIRECT | cflags::NEED_ACK);
     (r.id, r.group, r.trans) = (id, 1, 5002);
     c.write_all(&frame(r, &read.encode())).unwrap();
-    while got.len() < 3 {
+    // And a handshake, as a peer refreshing what it knows of the node would send.
+    let mut rl = Header::new(cmd::REVERSE_LOOKUP, cflags::DIRECT | cflags::NOLOCK);
+    rl.set_version(apsis_proto::VERSION);
+    rl.trans = 5003;
+    c.write_all(&frame(rl, &[])).unwrap();
+    while got.len() < 4 {
         let f = read_frame(&mut c).expect("the node answers its peer on this connection");
         if !f.header.is_reply() {
             answer(&mut c, &f);
@@ -1281,6 +1286,12 @@ fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     let f = &got[&5002];
     assert_eq!((f.header.cmd, f.header.status), (cmd::READ, 0));
     assert_eq!(&f.payload[apsis_proto::IoAttr::SIZE..], b"hello");
+    let info = apsis_proto::NodeInfo::decode(&got[&5003].payload).unwrap();
+    assert_eq!(info.addrs[0].0, srv.addr);
+    assert_eq!(
+        (info.backends[0].backend_id, info.backends[0].group),
+        (1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

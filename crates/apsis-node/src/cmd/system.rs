@@ -20,6 +20,25 @@ pub fn node_info(ctx: &Ctx) -> NodeInfo {
     }
 }
 
+/// Answers a handshake (REVERSE_LOOKUP) with this node's description; `false` when the
+/// requester's version is not 3.0 (no reply: the connection must close) or the reply could
+/// not be sent.
+pub async fn reverse_lookup(ctx: &Ctx, out: &Out) -> bool {
+    let v = out.req.version();
+    if !Header::version_compatible(v) {
+        tracing::warn!(version = ?v, "VERSION MISMATCH: closing connection");
+        return false;
+    }
+    let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::NOLOCK | cflags::REPLY);
+    h.set_version(VERSION);
+    h.group = ctx.backends.get(0).map(|s| s.cfg.group).unwrap_or(0);
+    // Under the request's own trans, as Elliptics answers (clients send 0; a peer refreshing
+    // over a joined connection may not).
+    h.trans = out.req.trans;
+    let p = node_info(ctx).encode();
+    out.send(h, &[&p]).await
+}
+
 /// Commands handled on the reader itself, because they decide whether the connection lives.
 pub async fn inline(
     ctx: &Arc<Ctx>,
@@ -31,17 +50,7 @@ pub async fn inline(
 ) -> Inline {
     match hdr.cmd {
         cmd::REVERSE_LOOKUP => {
-            let v = hdr.version();
-            if !Header::version_compatible(v) {
-                tracing::warn!(version = ?v, "VERSION MISMATCH: closing connection");
-                return Inline::Close;
-            }
-            let mut h = Header::new(cmd::REVERSE_LOOKUP, cflags::NOLOCK | cflags::REPLY);
-            h.set_version(VERSION);
-            h.group = ctx.backends.get(0).map(|s| s.cfg.group).unwrap_or(0);
-            let p = node_info(ctx).encode();
-            let out = Out::new(tx.clone(), hdr);
-            if !out.send(h, &[&p]).await {
+            if !reverse_lookup(ctx, &Out::new(tx.clone(), hdr)).await {
                 return Inline::Close;
             }
             ctx.peers.lock().insert(conn_id, tx.clone());
