@@ -27,7 +27,9 @@
 
 use crate::clock::{Clock, NEVER};
 use crate::error::{ClientError, Result};
-use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Frame, Header};
+use apsis_proto::{
+    check_frame, cmd, make_read_room, pending_frame_len, Frame, Header, HEADER_SIZE,
+};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -54,10 +56,21 @@ type Pending = Arc<Shared>;
 /// the reader goes on to the next frame. It runs on the reader: it must not block.
 pub type OnPush = Box<dyn Fn(&Frame) + Send + Sync>;
 
-/// Called by a connection's reader with each request the other side sends on it (any
-/// non-reply frame but UPDATE_IDS), and the [`Peer`] to answer on. It runs on the reader:
-/// it must not block (a node spawns a task per request).
-pub type Serve = std::sync::Arc<dyn Fn(Frame, Peer) + Send + Sync>;
+/// What a connection's reader does with each request the other side sends on it (any
+/// non-reply frame but UPDATE_IDS).
+#[derive(Clone)]
+pub struct Serve {
+    /// Called with the request and the [`Peer`] to answer on. It runs on the reader: it must
+    /// not block (a node spawns a task per request).
+    pub handler: std::sync::Arc<dyn Fn(Frame, Peer) + Send + Sync>,
+    /// The largest request payload taken (a node's `max_frame_bytes`); a larger one closes
+    /// the connection before it is read.
+    pub max_request_bytes: u64,
+}
+
+/// The largest payload of a message the server sends unasked that is not a request served
+/// ([`Serve`]): an UPDATE_IDS describes one backend, at most 65 536 ids of 64 bytes.
+pub const MAX_PUSH_BYTES: u64 = 16 << 20;
 
 /// The other end of a connection, to answer the requests it sends us ([`Serve`]).
 #[derive(Clone)]
@@ -334,6 +347,8 @@ impl Conn {
             .and_then(|s| Ok((s.try_clone()?, s)))
             .and_then(|(ctl, s)| Ok((ctl, TcpStream::from_std(s)?)));
         let (ctl, sock) = ctl.map_err(|e| err(e.to_string()))?;
+        // The reader's own handle, to close the socket when it stops on its own.
+        let end = ctl.try_clone().map_err(|e| err(e.to_string()))?;
         let (mut rd, wr) = sock.into_split();
         let pending: Pending = Arc::new(Shared {
             waiting: Mutex::new(Waiting {
@@ -352,6 +367,8 @@ impl Conn {
         // The reader answers requests through the connection it is part of, which exists
         // only once it is spawned: it gets its handle first.
         let (me_tx, me_rx) = oneshot::channel::<std::sync::Weak<Conn>>();
+        let unasked_max =
+            (serve.as_ref()).map_or(MAX_PUSH_BYTES, |s| s.max_request_bytes.max(MAX_PUSH_BYTES));
         let reader = tokio::spawn(async move {
             let _guard = guard;
             let me = me_rx.await.ok();
@@ -374,7 +391,7 @@ impl Conn {
                                     on_push(&frame);
                                 } else if let Some(serve) = &serve {
                                     if let Some(c) = me.as_ref().and_then(|w| w.upgrade()) {
-                                        serve(frame, Peer(c));
+                                        (serve.handler)(frame, Peer(c));
                                     }
                                 }
                                 continue;
@@ -393,6 +410,12 @@ impl Conn {
                         }
                         Ok(None) => {
                             if let Some(total) = pending_frame_len(&buf) {
+                                // Only replies may be as large as a READ's answer.
+                                if total as u64 > unasked_max + HEADER_SIZE as u64
+                                    && Header::decode(&buf).is_ok_and(|h| !h.is_reply())
+                                {
+                                    break 'outer;
+                                }
                                 buf.reserve(total.saturating_sub(buf.len()));
                             }
                             break;
@@ -412,6 +435,10 @@ impl Conn {
                     Ok(_) => {}
                 }
             }
+            // Closed by the node, or a frame we cannot take: the socket closes both ways now,
+            // not when the last handle on the connection goes (the node would otherwise
+            // wait on a connection nobody reads).
+            let _ = end.shutdown(std::net::Shutdown::Both);
             drop(closed_tx);
         });
         let conn = Arc::new(Conn {

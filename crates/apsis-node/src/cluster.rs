@@ -80,6 +80,7 @@ impl Cluster {
             serve: Some(crate::conn::peer_requests(
                 ctx_for_peers,
                 cfg.max_inflight_per_connection,
+                cfg.max_frame_bytes,
             )),
         };
         Cluster {

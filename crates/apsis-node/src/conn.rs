@@ -336,9 +336,13 @@ impl Drop for StopSignal<'_> {
 /// its own, and its replies are written back on that connection (a JOIN there is ignored).
 /// At most `max_inflight_per_connection` run at once, node-wide; a request beyond that is
 /// answered −EBUSY.
-pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_client::conn::Serve {
+pub(crate) fn peer_requests(
+    ctx: std::sync::Weak<Ctx>,
+    limit: usize,
+    max_request_bytes: u64,
+) -> apsis_client::conn::Serve {
     let running = Arc::new(Semaphore::new(limit.max(1)));
-    Arc::new(
+    let handler = Arc::new(
         move |frame: apsis_proto::Frame, peer: apsis_client::conn::Peer| {
             let Some(ctx) = ctx.upgrade() else {
                 return;
@@ -392,5 +396,9 @@ pub(crate) fn peer_requests(ctx: std::sync::Weak<Ctx>, limit: usize) -> apsis_cl
                 tokio::join!(serve, write);
             });
         },
-    )
+    );
+    apsis_client::conn::Serve {
+        handler,
+        max_request_bytes,
+    }
 }

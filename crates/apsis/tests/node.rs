@@ -1210,6 +1210,29 @@ fn a_peer_that_refuses_the_auth_cookie_is_given_up() {
     );
 }
 
+/// A request a peer sends on a connection the node opened is bounded as on an accepted one
+/// (`max_frame_bytes`, 256 MiB here): a larger one closes that connection before it is read.
+#[test]
+fn an_oversized_request_on_an_opened_connection_closes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let mut h = apsis_proto::Header::new(cmd::WRITE, cflags::DIRECT);
+    h.group = 1;
+    h.size = 300 << 20;
+    c.write_all(&h.encode()).unwrap();
+    c.write_all(&[0u8; 4096]).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => break,
+            // The node's own requests, sent before it saw ours.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the node did not close the connection: {e}"),
+        }
+    }
+}
+
 /// A connection runs both ways, as in Elliptics: a peer the node connected to and JOINed
 /// routes to it over that same connection (Elliptics' capture 14: n2 sends its ROUTE_LIST
 /// refreshes to n1 on n1's connection). Here the test plays that peer, an Elliptics node in
