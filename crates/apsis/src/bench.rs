@@ -21,7 +21,9 @@
 //! Besides throughput and latency, a run reports the CPU time it cost per operation (user and
 //! system, from `/proc`): the load tool's own, and with `--server-pid` the server's. On a
 //! machine where the tool and the server share the cores, throughput is the cores divided by
-//! that total, so the split shows which side a difference comes from.
+//! that total, so the split shows which side a difference comes from. The line ends with the
+//! host's steal over the run (`/proc/stat`): the share of the CPUs the hypervisor gave other
+//! guests. A run with much of it measured the host's neighbours as much as the servers.
 //!
 //! The tool keeps its own cost per request small, for both targets alike: each worker counts
 //! into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
@@ -204,6 +206,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         CpuTime::of(None),
         a.server_pid.and_then(|p| CpuTime::of(Some(p))),
     );
+    let steal_before = Steal::now();
     if redis || plain.is_some() {
         for (i, conn) in socks.into_iter().enumerate() {
             let (load, p) = (load.clone(), plain.clone());
@@ -241,6 +244,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let per_op = |before: Option<CpuTime>, pid| Some(CpuTime::of(pid)?.since(before?, ops));
     let tool_cpu = per_op(cpu_before.0, None);
     let server_cpu = a.server_pid.and_then(|p| per_op(cpu_before.1, Some(p)));
+    let steal = steal_before.and_then(|b| Steal::now()?.share_since(b));
     let errors = all.errors;
     let mb = all.bytes as f64 / (1 << 20) as f64 / secs;
     let client = match (redis, a.client) {
@@ -255,6 +259,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
                        "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
         "cpu_us_per_op": {"tool": tool_cpu.map(CpuTime::json), "server": server_cpu.map(CpuTime::json)},
+        "host_steal": steal,
     });
     if a.c.json {
         println!("{r}");
@@ -288,13 +293,45 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 .flatten()
                 .map(|c| c.user + c.sys)
                 .sum();
-            println!("  cpu us/op: {}; total {total:.2}", parts.join(", "));
+            // The hypervisor's share of the CPUs during the run: a run with much of it
+            // measured a host busy with others, not the servers.
+            let steal = steal.map_or(String::new(), |s| format!("; host steal {:.0}%", s * 100.0));
+            println!("  cpu us/op: {}; total {total:.2}{steal}", parts.join(", "));
         }
     }
     if errors > 0 && ops == 0 {
         anyhow::bail!("every request failed");
     }
     Ok(())
+}
+
+/// The machine's CPU time in clock ticks from `/proc/stat`: all of it, and what the
+/// hypervisor gave other guests (steal).
+#[derive(Clone, Copy)]
+struct Steal {
+    total: u64,
+    steal: u64,
+}
+
+impl Steal {
+    fn now() -> Option<Steal> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let v: Vec<u64> = (line.split_whitespace().skip(1).take(8))
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        (v.len() == 8).then(|| Steal {
+            total: v.iter().sum(),
+            steal: v[7],
+        })
+    }
+
+    /// The share of the CPUs' time stolen since `before` (`None` when no time passed).
+    fn share_since(self, before: Steal) -> Option<f64> {
+        let total = self.total.checked_sub(before.total).filter(|&t| t > 0)?;
+        Some(self.steal.saturating_sub(before.steal) as f64 / total as f64)
+    }
 }
 
 /// A process's CPU time (seconds, or microseconds per operation after [`CpuTime::since`]).
