@@ -731,6 +731,23 @@ fn raw_request(c: i32, flags: u64, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A whole WRITE frame of `data` under `id`, in group 1, with `flags` and `trans`.
+fn raw_write(id: [u8; 64], data: &[u8], flags: u64, trans: u64) -> Vec<u8> {
+    let io = apsis_proto::IoAttr {
+        id,
+        size: data.len() as u64,
+        ..Default::default()
+    }
+    .encode();
+    let mut h = apsis_proto::Header::new(cmd::WRITE, flags);
+    (h.id, h.group, h.trans) = (id, 1, trans);
+    h.size = (io.len() + data.len()) as u64;
+    let mut v = h.encode().to_vec();
+    v.extend_from_slice(&io);
+    v.extend_from_slice(data);
+    v
+}
+
 fn read_frame(sock: &mut std::net::TcpStream) -> std::io::Result<apsis_proto::Frame> {
     let mut h = [0u8; apsis_proto::HEADER_SIZE];
     sock.read_exact(&mut h)?;
@@ -823,21 +840,11 @@ async fn a_large_frame_leaves_no_large_buffer_behind() {
     let srv = Server::start(d.path(), &[]);
     let id = sha(b"one-large-write");
     let data: Vec<u8> = (0..48usize << 20).map(|i| (i % 251) as u8).collect();
-    let io = apsis_proto::IoAttr {
-        id,
-        size: data.len() as u64,
-        ..Default::default()
-    }
-    .encode();
-    let mut h = apsis_proto::Header::new(cmd::WRITE, 0);
-    h.id = id;
-    h.group = 1;
-    h.size = (io.len() + data.len()) as u64;
+    let frame = raw_write(id, &data, 0, 0);
+    drop(data);
     let before = rss_anon_bytes(&srv);
     let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
-    c.write_all(&h.encode()).unwrap();
-    c.write_all(&io).unwrap();
-    c.write_all(&data).unwrap();
+    c.write_all(&frame).unwrap();
     let f = read_frame(&mut c).unwrap();
     assert_eq!((f.header.cmd, f.header.status), (cmd::WRITE, 0));
     // The connection stays open, idle.
@@ -881,20 +888,7 @@ async fn large_frames_wait_for_the_node_budget_and_stalled_ones_are_dropped() {
     let write = |key: &[u8]| {
         let id = sha(key);
         let data: Vec<u8> = (0..900usize << 10).map(|i| (i % 253) as u8).collect();
-        let io = apsis_proto::IoAttr {
-            id,
-            size: data.len() as u64,
-            ..Default::default()
-        }
-        .encode();
-        let mut h = apsis_proto::Header::new(cmd::WRITE, cflags::NEED_ACK);
-        h.id = id;
-        h.group = 1;
-        h.size = (io.len() + data.len()) as u64;
-        let mut v = h.encode().to_vec();
-        v.extend_from_slice(&io);
-        v.extend_from_slice(&data);
-        (v, data)
+        (raw_write(id, &data, cflags::NEED_ACK, 0), data)
     };
     let io_stat = || async {
         let v = s.monitor_stat(srv.addr, 0x2).await.unwrap();
@@ -1255,16 +1249,13 @@ fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     let mut rl = Header::new(cmd::ROUTE_LIST, cflags::DIRECT | cflags::NOLOCK);
     rl.trans = 5000;
     c.write_all(&frame(rl, &[])).unwrap();
-    let io = apsis_proto::IoAttr {
+    c.write_all(&raw_write(
         id,
-        size: 5,
-        ..Default::default()
-    };
-    let mut w = Header::new(cmd::WRITE, cflags::DIRECT | cflags::NEED_ACK);
-    (w.id, w.group, w.trans) = (id, 1, 5001);
-    let mut p = io.encode().to_vec();
-    p.extend_from_slice(b"hello");
-    c.write_all(&frame(w, &p)).unwrap();
+        b"hello",
+        cflags::DIRECT | cflags::NEED_ACK,
+        5001,
+    ))
+    .unwrap();
     // Requests on a connection run concurrently, as in Elliptics: the READ goes once the
     // WRITE is acknowledged.
     let mut got = std::collections::HashMap::new();
