@@ -331,7 +331,6 @@ impl Client {
         Ok(())
     }
 
-    /// ROUTE_LIST on `addr`, connecting to the nodes it names that are not known yet.
     /// AUTH with [`ClientOptions::auth_cookie`]; an error status is the error.
     async fn auth(&self, conn: &Conn) -> Result<()> {
         let mut h = Header::new(cmd::AUTH, cflags::NEED_ACK | cflags::DIRECT);
@@ -353,6 +352,7 @@ impl Client {
         }
     }
 
+    /// ROUTE_LIST on `addr`, connecting to the nodes it names that are not known yet.
     async fn discover(&self, addr: SocketAddr) -> Result<()> {
         let timeout = self.inner.opts.connect_timeout;
         let Some(conn) = self.inner.conns.lock().get(&addr).cloned() else {

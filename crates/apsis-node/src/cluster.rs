@@ -2,9 +2,10 @@
 //!
 //! A node embeds an [`apsis_client::Client`] with `join` set. At start it connects to its
 //! remotes (handshake, JOIN, AUTH, ROUTE_LIST and the nodes listed), and a node that JOINs us
-//! is connected back, without JOIN. Requests a peer sends on a connection we opened (an Elliptics node routes
-//! to a node that joined it that way) are served too (`conn::peer_requests`). From then on the client keeps the table current exactly as it does for
-//! applications: UPDATE_IDS pushes, a refresh every `check_timeout` that also reconnects to
+//! is connected back, without JOIN. Requests a peer sends on a connection we opened (an
+//! Elliptics node routes to a node that joined it that way) are served too
+//! (`conn::peer_requests`). From then on the client keeps the table current exactly as it does
+//! for applications: UPDATE_IDS pushes, a refresh every `check_timeout` that also reconnects to
 //! lost nodes (a restarted node rejoins by itself), and failure detection (a closed
 //! connection, or `stall_count` timeouts in a row and a failed ping) that drops a node so its
 //! ranges pass to its ring neighbours. The node's own backends are in the same table under

@@ -14,7 +14,7 @@
 //! stall_count = 3
 //! max_frame_bytes = 268435456
 //! frame_memory = "1G"              # large frames being received, node-wide (apsis_node::frames);
-//!                                   #   at least max_frame_bytes + 128
+//!                                   #   at least max_frame_bytes + 120
 //! frame_timeout_secs = 60           # a frame with no new byte for this long closes its
 //!                                   #   connection; 0 = no limit
 //! max_connections = 4096           # fewer if the open-file limit leaves less room (fdlimit)
