@@ -15,8 +15,8 @@
 //! max_frame_bytes = 268435456
 //! frame_memory = "1G"              # large frames being received, node-wide (apsis_node::frames);
 //!                                   #   at least max_frame_bytes + 120
-//! frame_timeout_secs = 60           # a frame with no new byte for this long closes its
-//!                                   #   connection; 0 = no limit
+//! frame_timeout_secs = 60           # a frame bringing less than 64 KiB (or its rest) in
+//!                                   #   this long closes its connection; 0 = no limit
 //! max_connections = 4096           # fewer if the open-file limit leaves less room (fdlimit)
 //! max_inflight_per_connection = 1024
 //! keepalive_idle_secs = 10          # TCP keepalive on every connection, as Elliptics sets it:
@@ -81,7 +81,8 @@ pub struct NodeConfig {
     /// Bytes of large frames (above a connection's usual buffer) received and being handled,
     /// node-wide; a connection whose next frame does not fit waits (see [`crate::frames`]).
     pub frame_memory: u64,
-    /// A frame with no new byte for this long closes its connection (`None`: no limit).
+    /// A frame that brings less than 64 KiB (or its rest) in this long closes its
+    /// connection (`None`: no limit).
     pub frame_timeout: Option<std::time::Duration>,
     pub max_connections: usize,
     pub max_inflight_per_connection: usize,

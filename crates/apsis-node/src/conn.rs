@@ -57,10 +57,12 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     let max = ctx.cfg.max_frame_bytes;
     // The budget held for the large frame arriving at the head of `buf` (see `frames`).
     let mut admitted: Option<OwnedSemaphorePermit> = None;
-    // Closes the connection when a frame begun stops arriving: armed (from the last byte
-    // received) while `buf` holds part of a frame, never polled otherwise.
+    // Closes the connection when a frame begun stops arriving: armed while `buf` holds part
+    // of a frame (never polled otherwise), and armed afresh each time FRAME_PROGRESS more
+    // bytes have come (`progress`), so a sender trickling a byte now and then is closed too.
     let mut stall = std::pin::pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut armed = false;
+    let mut progress = 0usize;
     'conn: loop {
         loop {
             match check_frame(&buf, max) {
@@ -153,10 +155,12 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
         if !cw.flush().await {
             break 'conn;
         }
-        if !armed && !buf.is_empty() {
+        if buf.is_empty() {
+            armed = false;
+        } else if !armed {
             if let Some(t) = ctx.cfg.frame_timeout {
                 stall.as_mut().reset(tokio::time::Instant::now() + t);
-                armed = true;
+                (armed, progress) = (true, 0);
             }
         }
         let buffered = buf.len();
@@ -173,7 +177,12 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
             _ = &mut stop => break 'conn,
             r = read => match r {
                 Ok(0) | Err(_) => break 'conn,
-                Ok(_) => armed = false,
+                Ok(n) => {
+                    progress += n;
+                    if progress >= FRAME_PROGRESS {
+                        armed = false;
+                    }
+                }
             },
             _ = &mut stall, if armed => {
                 ctx.frame_memory.stalled.fetch_add(1, Relaxed);
@@ -197,6 +206,10 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     ctx.stats.connections_open.fetch_sub(1, Relaxed);
     tracing::debug!(%peer, "connection closed");
 }
+
+/// What a frame being received must bring within each `frame_timeout` (or be whole): 64 KiB,
+/// about 1 KiB/s at the default 60 s, as web servers ask a request body for a minimum rate.
+const FRAME_PROGRESS: usize = 64 << 10;
 
 /// Whether a command is answered inline by the reader: quick commands that never wait for
 /// a defrag, a long stream or another node (a `sync = 0` fsync is waited for elsewhere).

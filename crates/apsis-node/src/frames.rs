@@ -16,9 +16,10 @@
 //!   admitted.
 //!
 //! A sender that stops in the middle of a frame would hold its part for ever, and its
-//! connection; so a frame that started arriving must keep arriving: with no byte of it for
-//! `frame_timeout_secs` (60 by default; 0 = no limit), the connection is closed (counted as
-//! `frames_stalled`). Time spent waiting for the budget does not count: that wait is the
+//! connection; so a frame that started arriving must keep arriving: 64 KiB of it (or the rest
+//! of it) within every `frame_timeout_secs` (60 by default, so about 1 KiB/s; 0 = no limit),
+//! or the connection is closed (counted as `frames_stalled`). A byte now and then does not
+//! keep a frame alive. Time spent waiting for the budget does not count: that wait is the
 //! node's, not the sender's.
 //!
 //! Elliptics has neither (it allocates each frame as its header arrives); the budget is what
