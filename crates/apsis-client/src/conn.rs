@@ -60,13 +60,26 @@ pub type OnPush = Box<dyn Fn(&Frame) + Send + Sync>;
 /// non-reply frame but UPDATE_IDS).
 #[derive(Clone)]
 pub struct Serve {
-    /// Called with the request and the [`Peer`] to answer on. It runs on the reader: it must
-    /// not block (a node spawns a task per request).
-    pub handler: std::sync::Arc<dyn Fn(Frame, Peer) + Send + Sync>,
+    /// Called with the request, the [`Peer`] to answer on, and what [`Serve::admit`] granted
+    /// for it (to hold until it is handled). It runs on the reader: it must not block (a node
+    /// spawns a task per request).
+    pub handler: std::sync::Arc<dyn Fn(Frame, Peer, Option<Admitted>) + Send + Sync>,
     /// The largest request payload taken (a node's `max_frame_bytes`); a larger one closes
     /// the connection before it is read.
     pub max_request_bytes: u64,
+    /// Asked, with the frame's whole length, when the header of a request larger than a
+    /// connection's usual buffer arrives; the connection is not read until it grants (a
+    /// node's `frame_memory`).
+    pub admit: Option<Admit>,
 }
+
+/// What [`Serve::admit`] grants: held until the request has been handled.
+pub type Admitted = Box<dyn Send>;
+
+/// See [`Serve::admit`].
+pub type Admit = std::sync::Arc<
+    dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = Admitted> + Send>> + Send + Sync,
+>;
 
 /// The largest payload of a message the server sends unasked that is not a request served
 /// ([`Serve`]): an UPDATE_IDS describes one backend, at most 65 536 ids of 64 bytes.
@@ -373,6 +386,8 @@ impl Conn {
             let _guard = guard;
             let me = me_rx.await.ok();
             let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
+            // What `Serve::admit` granted for the request arriving at the head of `buf`.
+            let mut admitted: Option<Admitted> = None;
             'outer: loop {
                 loop {
                     match check_frame(&buf, MAX_REPLY_BYTES) {
@@ -383,6 +398,7 @@ impl Conn {
                                 break 'outer;
                             };
                             let h = frame.header;
+                            let held = admitted.take();
                             if !h.is_reply() {
                                 if h.cmd == cmd::UPDATE_IDS {
                                     // Counted first: a handshake that reads the count
@@ -391,7 +407,7 @@ impl Conn {
                                     on_push(&frame);
                                 } else if let Some(serve) = &serve {
                                     if let Some(c) = me.as_ref().and_then(|w| w.upgrade()) {
-                                        (serve.handler)(frame, Peer(c));
+                                        (serve.handler)(frame, Peer(c), held);
                                     }
                                 }
                                 continue;
@@ -410,11 +426,16 @@ impl Conn {
                         }
                         Ok(None) => {
                             if let Some(total) = pending_frame_len(&buf) {
+                                let request = total > apsis_proto::READ_BUF
+                                    && Header::decode(&buf).is_ok_and(|h| !h.is_reply());
                                 // Only replies may be as large as a READ's answer.
-                                if total as u64 > unasked_max + HEADER_SIZE as u64
-                                    && Header::decode(&buf).is_ok_and(|h| !h.is_reply())
-                                {
+                                if request && total as u64 > unasked_max + HEADER_SIZE as u64 {
                                     break 'outer;
+                                }
+                                if let Some(admit) = serve.as_ref().and_then(|s| s.admit.as_ref()) {
+                                    if request && admitted.is_none() {
+                                        admitted = Some(admit(total).await);
+                                    }
                                 }
                                 buf.reserve(total.saturating_sub(buf.len()));
                             }

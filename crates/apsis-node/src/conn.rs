@@ -348,15 +348,36 @@ impl Drop for StopSignal<'_> {
 /// the data requests it forwards). Each is served as on an accepted connection, in a task of
 /// its own, and its replies are written back on that connection (a JOIN there is ignored).
 /// At most `max_inflight_per_connection` run at once, node-wide; a request beyond that is
-/// answered −EBUSY.
+/// answered −EBUSY. A large one waits for the node's frame budget before it is read.
 pub(crate) fn peer_requests(
     ctx: std::sync::Weak<Ctx>,
     limit: usize,
     max_request_bytes: u64,
 ) -> apsis_client::conn::Serve {
     let running = Arc::new(Semaphore::new(limit.max(1)));
+    // A large request takes its part of the node's frame budget before it is read, as on an
+    // accepted connection (see `frames`).
+    let budget = ctx.clone();
+    let admit: apsis_client::conn::Admit = Arc::new(move |total: usize| {
+        let ctx = budget.upgrade();
+        Box::pin(async move {
+            let granted: apsis_client::conn::Admitted = match ctx {
+                Some(ctx) => match ctx.frame_memory.cost(total) {
+                    Some(units) => match ctx.frame_memory.try_admit(units) {
+                        Some(p) => Box::new(p),
+                        None => Box::new(ctx.frame_memory.admit(units).await),
+                    },
+                    None => Box::new(()),
+                },
+                None => Box::new(()),
+            };
+            granted
+        })
+    });
     let handler = Arc::new(
-        move |frame: apsis_proto::Frame, peer: apsis_client::conn::Peer| {
+        move |frame: apsis_proto::Frame,
+              peer: apsis_client::conn::Peer,
+              held: Option<apsis_client::conn::Admitted>| {
             let Some(ctx) = ctx.upgrade() else {
                 return;
             };
@@ -407,11 +428,13 @@ pub(crate) fn peer_requests(
                     }
                 };
                 tokio::join!(serve, write);
+                drop(held);
             });
         },
     );
     apsis_client::conn::Serve {
         handler,
         max_request_bytes,
+        admit: Some(admit),
     }
 }

@@ -22,6 +22,9 @@
 //! keep a frame alive. Time spent waiting for the budget does not count: that wait is the
 //! node's, not the sender's.
 //!
+//! Requests a peer sends on a connection the node opened take the same budget
+//! (`conn::peer_requests`, through the client library's `Serve::admit`).
+//!
 //! Elliptics has neither (it allocates each frame as its header arrives); the budget is what
 //! Cassandra's `native_transport_max_request_data_in_flight` and Kafka's
 //! `queued.max.request.bytes` do, the timeout nginx's `client_body_timeout`.

@@ -1025,13 +1025,14 @@ fn answer_as_elliptics(
     c.write_all(&v).unwrap();
 }
 
-/// Plays an Elliptics node in group 2 that a node (started here, with it as its remote and
-/// `auth_cookie = "c1"`) connects to: answers the node's REVERSE_LOOKUP, ROUTE_LIST and AUTH
+/// Plays an Elliptics node in group 2 that a node (started here, with it as its remote,
+/// `auth_cookie = "c1"` and the `[node]` lines `node_extra`) connects to: answers the node's REVERSE_LOOKUP, ROUTE_LIST and AUTH
 /// (with `auth_status`) until the AUTH has been answered. Returns the server, the connection
 /// the node opened, and a function that answers the node's requests on it.
 fn elliptics_peer_joined_by_a_node(
     d: &std::path::Path,
     auth_status: i32,
+    node_extra: &str,
 ) -> (
     Server,
     std::net::TcpStream,
@@ -1044,7 +1045,7 @@ fn elliptics_peer_joined_by_a_node(
         &cfg,
         format!(
             "[node]\naddresses = [\"127.0.0.1:0\"]\nremotes = [\"{peer_addr}\"]\n\
-             auth_cookie = \"c1\"\n\n[[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+             auth_cookie = \"c1\"\n{node_extra}\n\n[[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
             d.join("b1").display()
         ),
     )
@@ -1077,7 +1078,7 @@ fn elliptics_peer_joined_by_a_node(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_changes_reach_a_joined_elliptics_node_on_the_joining_connection() {
     let d = tempfile::tempdir().unwrap();
-    let (srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let (srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0, "");
     let s = session(&srv, vec![1]).await;
     let dis = apsis_client::Session::backend_command("disable").unwrap();
     s.backend_control(srv.addr, 1, dis, vec![]).await.unwrap();
@@ -1218,7 +1219,7 @@ fn a_joiner_is_connected_back_without_join_and_its_pushes_change_the_routes() {
 #[test]
 fn a_peer_that_refuses_the_auth_cookie_is_given_up() {
     let d = tempfile::tempdir().unwrap();
-    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), -1);
+    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), -1, "");
     let mut b = [0u8; 1];
     assert_eq!(
         c.read(&mut b).unwrap_or(0),
@@ -1232,7 +1233,7 @@ fn a_peer_that_refuses_the_auth_cookie_is_given_up() {
 #[test]
 fn an_oversized_request_on_an_opened_connection_closes_it() {
     let d = tempfile::tempdir().unwrap();
-    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let (_srv, mut c, _) = elliptics_peer_joined_by_a_node(d.path(), 0, "");
     let mut h = apsis_proto::Header::new(cmd::WRITE, cflags::DIRECT);
     h.group = 1;
     h.size = 300 << 20;
@@ -1250,6 +1251,53 @@ fn an_oversized_request_on_an_opened_connection_closes_it() {
     }
 }
 
+/// A large request a peer sends on a connection the node opened takes its part of the node's
+/// frame budget before it is read, as on an accepted connection: with the budget held by two
+/// stalled senders it waits, and is written once they are closed.
+#[test]
+fn a_large_request_on_an_opened_connection_waits_for_the_frame_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, mut c, answer) = elliptics_peer_joined_by_a_node(
+        d.path(),
+        0,
+        "max_frame_bytes = 1048576\nframe_memory = \"2M\"\nframe_timeout_secs = 3",
+    );
+    let data: Vec<u8> = (0..900usize << 10).map(|i| (i % 241) as u8).collect();
+    // Two clients hold 1 800 KiB of the 2 MiB with frames they do not finish.
+    let mut stalled = Vec::new();
+    for k in [&b"held-1"[..], b"held-2"] {
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        s.write_all(&raw_write(sha(k), &data, cflags::NEED_ACK, 1)[..100 << 10])
+            .unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let id = sha(b"from-the-peer");
+    let sent = std::time::Instant::now();
+    c.write_all(&raw_write(
+        id,
+        &data,
+        cflags::DIRECT | cflags::NEED_ACK,
+        7001,
+    ))
+    .unwrap();
+    let reply = loop {
+        let f = read_frame(&mut c).expect("the write is answered once the budget frees");
+        if !f.header.is_reply() {
+            answer(&mut c, &f);
+        } else if f.header.trans == 7001 && !f.header.has_more() {
+            break f;
+        }
+    };
+    assert_eq!(reply.header.status, 0);
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2000),
+        "the peer's frame was not held: {:?}",
+        sent.elapsed()
+    );
+    drop(stalled);
+}
+
 /// A connection runs both ways, as in Elliptics: a peer the node connected to and JOINed
 /// routes to it over that same connection (Elliptics' capture 14: n2 sends its ROUTE_LIST
 /// refreshes to n1 on n1's connection). Here the test plays that peer, an Elliptics node in
@@ -1259,7 +1307,7 @@ fn an_oversized_request_on_an_opened_connection_closes_it() {
 fn a_joined_peer_is_answered_on_the_connection_the_node_opened() {
     use apsis_proto::{Header, RouteList};
     let d = tempfile::tempdir().unwrap();
-    let (srv, mut c, answer) = elliptics_peer_joined_by_a_node(d.path(), 0);
+    let (srv, mut c, answer) = elliptics_peer_joined_by_a_node(d.path(), 0, "");
     let frame = |h: Header, p: &[u8]| {
         let mut h = h;
         h.size = p.len() as u64;
