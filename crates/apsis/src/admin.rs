@@ -123,7 +123,16 @@ pub async fn stat(a: StatArgs) -> anyhow::Result<()> {
             }
         }
         if cats & MonitorStatRequest::IO != 0 {
-            println!("  connections open {}", v["io"]["connections"]["open"]);
+            let io = &v["io"];
+            println!(
+                "  connections open {} of {}; large frames {} of {} B held, {} waits, {} stalled",
+                io["connections"]["open"],
+                io["connections"]["limit"],
+                io["frame_memory"]["used"],
+                io["frame_memory"]["limit"],
+                io["frame_memory"]["waits"],
+                io["frames_stalled"]
+            );
         }
     }
     Ok(())

@@ -1603,6 +1603,12 @@ fn cli_object_and_admin_commands() {
     let o = run(&["stat", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["commands"]["WRITE"].is_object());
+    let o = run(&["stat"], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("large frames 0 of 1073741824 B held, 0 waits, 0 stalled"),
+        "{out}"
+    );
     // Several keys at once, each reported under its name; one not there fails the command.
     assert!(run(&["write", "one-of-two", "-"], Some(b"1"))
         .status
