@@ -362,13 +362,7 @@ pub(crate) fn peer_requests(
         let ctx = budget.upgrade();
         Box::pin(async move {
             let granted: apsis_client::conn::Admitted = match ctx {
-                Some(ctx) => match ctx.frame_memory.cost(total) {
-                    Some(units) => match ctx.frame_memory.try_admit(units) {
-                        Some(p) => Box::new(p),
-                        None => Box::new(ctx.frame_memory.admit(units).await),
-                    },
-                    None => Box::new(()),
-                },
+                Some(ctx) => Box::new(ctx.frame_memory.admit_frame(total).await),
                 None => Box::new(()),
             };
             granted

@@ -75,14 +75,24 @@ impl FrameMemory {
         self.sem.clone().try_acquire_many_owned(units).ok()
     }
 
-    /// Waits until the budget has room for `units` (counted in [`FrameMemory::waits`]).
+    /// Admits a frame of `units`, waiting until the budget has room (a wait is counted in
+    /// [`FrameMemory::waits`]).
     pub async fn admit(&self, units: u32) -> OwnedSemaphorePermit {
+        if let Some(p) = self.try_admit(units) {
+            return p;
+        }
         self.waits.fetch_add(1, Relaxed);
         self.sem
             .clone()
             .acquire_many_owned(units)
             .await
             .expect("the budget's semaphore is never closed")
+    }
+
+    /// Admits a frame of `total` bytes (header included), waiting for room; `None` for one
+    /// small enough not to be counted ([`FrameMemory::cost`]).
+    pub async fn admit_frame(&self, total: usize) -> Option<OwnedSemaphorePermit> {
+        Some(self.admit(self.cost(total)?).await)
     }
 
     /// Bytes of the budget held now.
