@@ -141,6 +141,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Server(a) => server::run(a),
         other => {
+            end_quietly_on_a_closed_pipe();
             init_client_logging();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -168,6 +169,19 @@ fn main() {
     if let Err(e) = r {
         eprintln!("apsis: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// A client command whose output is piped into a reader that stops early (`apsis ls | head`)
+/// ends as Unix tools do, killed by SIGPIPE, with nothing on stderr. Rust ignores SIGPIPE,
+/// so the next `println!` would panic instead. Sockets are not affected: their writes are
+/// `send` with `MSG_NOSIGNAL`, so a peer that closes still gives an error. The server keeps
+/// SIGPIPE ignored.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: called first thing on the main thread, before any other thread exists; it
+    // changes only this process's disposition of SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -1566,6 +1566,28 @@ fn cli_object_and_admin_commands() {
     assert_eq!(v["size"], 100_000);
     let o = run(&["ls", "--json"], None);
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    // Output into a pipe its reader closed (`apsis ls | head -0`): SIGPIPE ends the
+    // command quietly, as it ends Unix tools, instead of a panic in println!.
+    let mut c = common::apsis();
+    c.args(["ls", "-r", &r])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = run(&["range", "--json"], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
