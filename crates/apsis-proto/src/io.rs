@@ -251,15 +251,28 @@ impl Addr {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port: u16 = port.parse().map_err(|_| bad())?;
+        if family != 2 && family != 10 {
+            return Err(ProtoError::Invalid(format!(
+                "address {s:?}: family {family} (2 is IPv4, 10 is IPv6)"
+            )));
+        }
         let ip: IpAddr = match host.parse() {
             Ok(ip) => ip,
             Err(_) => {
                 use std::net::ToSocketAddrs;
+                let unresolved = |why: String| {
+                    ProtoError::Invalid(format!("address {s:?}: host {host:?} {why}"))
+                };
                 (host, port)
                     .to_socket_addrs()
-                    .map_err(|_| bad())?
+                    .map_err(|e| unresolved(format!("not resolved: {e}")))?
                     .find(|a| (family == 10) == a.is_ipv6())
-                    .ok_or_else(bad)?
+                    .ok_or_else(|| {
+                        unresolved(format!(
+                            "has no {} address",
+                            if family == 10 { "IPv6" } else { "IPv4" }
+                        ))
+                    })?
                     .ip()
             }
         };

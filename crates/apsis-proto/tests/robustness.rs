@@ -489,6 +489,31 @@ fn ipv6_addresses_keep_flowinfo_and_scope() {
 }
 
 #[test]
+fn dnet_addresses_parse_or_say_what_is_wrong() {
+    let v4: std::net::SocketAddr = "127.0.0.1:1025".parse().unwrap();
+    assert_eq!(Addr::parse_dnet("127.0.0.1:1025").unwrap(), (v4, 0));
+    assert_eq!(Addr::parse_dnet("127.0.0.1:1025:2").unwrap(), (v4, 0));
+    assert_eq!(Addr::parse_dnet("127.0.0.1:1025:2-3").unwrap(), (v4, 3));
+    let v6: std::net::SocketAddr = "[::1]:1025".parse().unwrap();
+    assert_eq!(Addr::parse_dnet("::1:1025:10").unwrap(), (v6, 0));
+    assert_eq!(Addr::parse_dnet("localhost:1025:2").unwrap(), (v4, 0));
+    let err = |s: &str| Addr::parse_dnet(s).unwrap_err().to_string();
+    assert!(
+        err("127.0.0.1").contains("want host:port[:family]"),
+        "{}",
+        err("127.0.0.1")
+    );
+    assert!(err("127.0.0.1:port").contains("want host:port[:family]"));
+    // What is wrong is said: a name that does not resolve is not a malformed address. (A
+    // label over 63 bytes: the resolver refuses it without asking a DNS server.)
+    let long = "a".repeat(70);
+    let e = err(&format!("{long}:1025"));
+    assert!(e.contains(&format!("host {long:?} not resolved")), "{e}");
+    let e = err("127.0.0.1:1025:7");
+    assert!(e.contains("family 7"), "{e}");
+}
+
+#[test]
 fn names_of_hostile_values() {
     assert_eq!(errno::name(i32::MIN), "errno");
     assert_eq!(errno::name(i32::MAX), "errno");
