@@ -128,6 +128,12 @@ impl Cluster {
         });
     }
 
+    /// Whether the first round of connections to the remotes has ended (data requests no
+    /// longer wait, see [`Cluster::wait_joined`]).
+    pub fn is_joined(&self) -> bool {
+        self.joined.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Waits (at most `wait_timeout`) until the first round of connections to the remotes
     /// has ended. A node that serves a READ before it knows its peers would answer ENOENT
     /// for keys a peer still holds (it cannot know the previous owner), and would take

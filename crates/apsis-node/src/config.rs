@@ -22,7 +22,7 @@
 //! keepalive_idle_secs = 10          # TCP keepalive on every connection, as Elliptics sets it:
 //! keepalive_interval_secs = 10      #   a peer silent for idle + interval x count (40 s) is
 //! keepalive_count = 3               #   dropped; idle 0 = off
-//! monitor_port = 0                  # 0 = off; HTTP JSON + Prometheus on this port
+//! monitor_port = 0                  # 0 = off; HTTP JSON, Prometheus and health on this port
 //! log_level = "info"
 //! worker_threads = 0                # 0 = one per core
 //!

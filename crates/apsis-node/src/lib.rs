@@ -31,7 +31,8 @@
 //!   BACKEND_STATUS), `cmd::monitor` (MONITOR_STAT).
 //! - [`recovery`]: merge and dc, in the background and as jobs (`apsis recovery`), with the
 //!   DIGEST / LIST / SYNC / JOB commands in `cmd::recovery`.
-//! - [`monitor`]: the statistics JSON and Prometheus text, and the HTTP monitor server.
+//! - [`monitor`]: the statistics JSON, Prometheus text and health verdicts, and the HTTP
+//!   monitor server.
 //! - `locks`: per-key serialisation; `stats`: counters.
 
 pub mod backends;
@@ -96,6 +97,10 @@ pub struct Ctx {
 impl Ctx {
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+    /// Whether the node was asked to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
     }
     /// Asks the node to stop (STATUS EXIT, SIGTERM).
     pub fn request_shutdown(&self) {

@@ -1,9 +1,9 @@
 //! Monitoring: the Elliptics statistics JSON (categories commands, io, backends, procfs,
 //! stats), Prometheus metrics, and the HTTP server on the monitor port.
 //!
-//! HTTP: `GET /` or `GET /?categories=N` (the JSON), `GET /metrics` (Prometheus text format).
-//! Requests are read with a bounded buffer (8 KiB of headers) and a timeout; anything else is
-//! a 404 or 400.
+//! HTTP: `GET /` or `GET /?categories=N` (the JSON), `GET /metrics` (Prometheus text format),
+//! `GET /health/live` and `GET /health/ready[?writable]` (see [`health`]). Requests are read
+//! with a bounded buffer (8 KiB of headers) and a timeout; anything else is a 404 or 405.
 
 use crate::Ctx;
 use apsis_proto::{backend_state, cmd, MonitorStatRequest};
@@ -359,7 +359,74 @@ pub fn prometheus(ctx: &Ctx) -> String {
         "# TYPE apsis_uptime_seconds gauge\napsis_uptime_seconds {}",
         ctx.started.elapsed().as_secs()
     );
+    // What `/health/ready` answers, for alerts: ready, and ready to take writes.
+    let (ready, h) = health(ctx, false);
+    let _ = writeln!(
+        s,
+        "# TYPE apsis_ready gauge\napsis_ready {}\n# TYPE apsis_writable gauge\napsis_writable {}",
+        ready as u8,
+        (ready && h["writable"] == true) as u8
+    );
     s
+}
+
+/// Whether the node serves data requests, for orchestrators, load balancers and rolling
+/// restarts (`GET /health/ready`; restart the next node once this one is ready). Elliptics has
+/// only its statistics, from which each operator had to work this out.
+///
+/// Ready means: the node is not stopping; the first round of joining its remotes has ended
+/// (until then data requests wait); at least one backend is enabled; and no enabled backend
+/// is poisoned (a failed fsync or a disk error fenced it, and it refuses writes until it is
+/// restarted). With `writable`, the node must also take writes: not read-only (STATUS RO) and
+/// an enabled backend neither read-only nor poisoned. Returns the verdict and a JSON body
+/// with the reasons against it and each backend's state.
+pub fn health(ctx: &Ctx, writable: bool) -> (bool, Value) {
+    let mut reasons: Vec<String> = Vec::new();
+    if ctx.is_stopping() {
+        reasons.push("the node is stopping".into());
+    }
+    if !ctx.cluster.is_joined() {
+        reasons.push("the node is still joining its remotes".into());
+    }
+    let (mut enabled, mut takes_writes) = (0, 0);
+    let mut backends = Map::new();
+    for slot in ctx.backends.slots() {
+        let st = slot.status();
+        let engine = slot.engine();
+        let poisoned = engine.as_ref().and_then(|e| e.stats().poisoned);
+        if st.state == backend_state::ENABLED && engine.is_some() {
+            enabled += 1;
+            match &poisoned {
+                Some(why) => reasons.push(format!(
+                    "backend {} (group {}) is poisoned: {why}",
+                    slot.cfg.id, slot.cfg.group
+                )),
+                None if !st.read_only => takes_writes += 1,
+                None => {}
+            }
+        }
+        backends.insert(
+            slot.cfg.id.to_string(),
+            json!({"group": slot.cfg.group, "state": state_name(st.state),
+                   "read_only": st.read_only, "poisoned": poisoned}),
+        );
+    }
+    if enabled == 0 {
+        reasons.push("no backend is enabled".into());
+    }
+    let node_ro = ctx.read_only.load(Relaxed);
+    let writes = !node_ro && takes_writes > 0;
+    if writable && !writes {
+        reasons.push(if node_ro {
+            "the node is read-only (STATUS RO)".into()
+        } else {
+            "no enabled backend takes writes".into()
+        });
+    }
+    let ready = reasons.is_empty();
+    let body =
+        json!({"ready": ready, "writable": writes, "reasons": reasons, "backends": backends});
+    (ready, body)
 }
 
 /// Serves the HTTP monitor until the listener task is aborted.
@@ -401,6 +468,24 @@ pub async fn serve_http(ctx: Arc<Ctx>, l: TcpListener) {
                     "text/plain",
                     "GET only\n".to_string(),
                 )
+            } else if path == "/health/live" {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else if path == "/health/ready" {
+                let writable = query
+                    .split('&')
+                    .any(|kv| kv == "writable" || kv == "writable=1" || kv == "writable=true");
+                let c = ctx.clone();
+                match tokio::task::spawn_blocking(move || health(&c, writable)).await {
+                    Ok((true, v)) => ("200 OK", "application/json", v.to_string()),
+                    Ok((false, v)) => {
+                        ("503 Service Unavailable", "application/json", v.to_string())
+                    }
+                    Err(_) => (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        "health check failed\n".to_string(),
+                    ),
+                }
             } else if path == "/metrics" {
                 ("200 OK", "text/plain; version=0.0.4", prometheus(&ctx))
             } else if path == "/" || path == "/all" {
@@ -418,7 +503,7 @@ pub async fn serve_http(ctx: Arc<Ctx>, l: TcpListener) {
                 (
                     "404 Not Found",
                     "text/plain",
-                    "try / or /metrics\n".to_string(),
+                    "try /, /metrics, /health/live or /health/ready\n".to_string(),
                 )
             };
             let head = format!(

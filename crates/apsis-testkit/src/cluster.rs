@@ -41,6 +41,8 @@ pub struct ClusterSpec {
     pub backend_extra: String,
     /// Extra lines for every node's `[node]` section (e.g. `keepalive_idle_secs = 1`).
     pub node_extra: String,
+    /// Every node serves the HTTP monitor, on a port of its own ([`NodeHandle::monitor`]).
+    pub monitor: bool,
 }
 
 impl ClusterSpec {
@@ -57,6 +59,7 @@ impl ClusterSpec {
             faulty_disks: Vec::new(),
             backend_extra: String::new(),
             node_extra: String::new(),
+            monitor: false,
         }
     }
 
@@ -72,6 +75,8 @@ impl ClusterSpec {
 /// One node: its process, address and files.
 pub struct NodeHandle {
     pub addr: SocketAddr,
+    /// The HTTP monitor's address, with [`ClusterSpec::monitor`].
+    pub monitor: Option<SocketAddr>,
     pub dir: PathBuf,
     child: Option<Child>,
     paused: bool,
@@ -181,6 +186,16 @@ impl Cluster {
         let _ = writeln!(t, "check_timeout_secs = {}", self.spec.check_timeout_secs);
         let _ = writeln!(t, "stall_count = {}", self.spec.stall_count);
         let _ = writeln!(t, "worker_threads = 2");
+        if self.spec.monitor {
+            let port = match self.fabric {
+                Some(_) => NS_PORT + 1,
+                // A port free now, on the loopback the node listens on.
+                None => std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                    .local_addr()?
+                    .port(),
+            };
+            let _ = writeln!(t, "monitor_port = {port}");
+        }
         let _ = writeln!(t, "{}", self.spec.node_extra);
         let _ = writeln!(t, "\n[recovery]\n{}", self.spec.recovery);
         for (b, g) in self.spec.nodes[i].iter().enumerate() {
@@ -235,12 +250,13 @@ impl Cluster {
                 std::env::var("APSIS_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stderr(log);
-        let started = crate::process::start_server(&mut cmd, false).map_err(|e| {
+        let started = crate::process::start_server(&mut cmd, self.spec.monitor).map_err(|e| {
             std::io::Error::other(format!("node {i}: {e}; log:\n{}", self.nodes[i].log()))
         })?;
         let (child, addr) = (started.child, started.addr);
         let n = &mut self.nodes[i];
         n.addr = addr;
+        n.monitor = started.monitor;
         n.child = Some(child);
         n.paused = false;
         Ok(())
@@ -268,6 +284,7 @@ impl Cluster {
         self.spec.nodes.push(groups);
         self.nodes.push(NodeHandle {
             addr,
+            monitor: None,
             dir: ndir,
             child: None,
             paused: false,

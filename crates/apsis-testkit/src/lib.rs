@@ -28,7 +28,7 @@
 //! - [`faults`]: damage to stored data ([`corrupt_copy`]).
 //! - [`disk`]: [`FaultyDisk`], the FUSE filesystem that fails on demand.
 //! - [`process`]: starting one server process and reading where it listens (also used by the
-//!   single-node tests).
+//!   single-node tests), and `http_get` for a node's monitor ([`ClusterSpec::monitor`]).
 
 pub mod cluster;
 pub mod disk;

@@ -54,3 +54,24 @@ pub fn start_server(cmd: &mut Command, with_monitor: bool) -> std::io::Result<St
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// `GET path` from an HTTP server (a node's monitor): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: apsis\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut r = String::new();
+    c.read_to_string(&mut r)?;
+    let bad = || std::io::Error::other(format!("not an HTTP response: {r:?}"));
+    let (head, body) = r.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, body.to_string()))
+}

@@ -1503,14 +1503,8 @@ async fn monitor_http_and_dnet_json_config() {
     let s2 = session(&srv2, vec![1]).await;
     s2.write(b"m", b"1").await.unwrap();
     let m = srv2.monitor.unwrap();
-    let get = |path: &str| {
-        let mut c = std::net::TcpStream::connect(m).unwrap();
-        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    };
-    let metrics = get("/metrics");
+    let get = |path: &str| apsis_testkit::process::http_get(m, path).unwrap();
+    let (_, metrics) = get("/metrics");
     assert!(
         metrics.contains("apsis_commands_total{cmd=\"WRITE\",result=\"ok\"} 1"),
         "{metrics}"
@@ -1519,14 +1513,116 @@ async fn monitor_http_and_dnet_json_config() {
         metrics.contains("apsis_backend_records{backend=\"1\",group=\"1\"} 1"),
         "{metrics}"
     );
-    let j = get("/?categories=16");
-    let body = j.split("\r\n\r\n").nth(1).unwrap();
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let (_, body) = get("/?categories=16");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         v["backends"]["1"]["backend"]["summary_stats"]["records_total"],
         1
     );
-    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    assert_eq!(get("/nope").0, 404);
+}
+
+/// The monitor's health endpoints follow the node: not ready while it still joins a remote
+/// that does not answer, ready once that round ends; ready but not writable under STATUS RO
+/// (so `?writable` refuses); not ready with no backend enabled; `apsis_ready` and
+/// `apsis_writable` in the metrics say the same. Liveness answers throughout.
+#[test]
+fn health_endpoints_follow_the_node() {
+    let d = tempfile::tempdir().unwrap();
+    // Accepts and never answers: the node's first round of joining lasts until it gives up.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\nremotes = [\"{}\"]\nwait_timeout_secs = 4\n\n\
+             [[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+            silent.local_addr().unwrap(),
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let srv = Server::spawn(
+        d.path(),
+        vec![
+            "server".into(),
+            "-c".into(),
+            cfg.display().to_string(),
+            "--monitor-port".into(),
+            port.to_string(),
+        ],
+    );
+    let m = srv.monitor.unwrap();
+    let get = |path: &str| apsis_testkit::process::http_get(m, path).unwrap();
+    let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+    assert_eq!(get("/health/live"), (200, "ok\n".to_string()));
+    let (code, body) = get("/health/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("still joining its remotes"),
+        "{body} after {:?}",
+        started.elapsed()
+    );
+    assert!(get("/metrics").1.contains("apsis_ready 0\n"));
+    let t = std::time::Instant::now();
+    while get("/health/ready").0 != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            get("/health/ready")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = json(&get("/health/ready").1);
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["writable"], true);
+    assert_eq!(v["backends"]["1"]["state"], "enabled");
+    assert_eq!(get("/health/ready?writable").0, 200);
+    let metrics = get("/metrics").1;
+    assert!(
+        metrics.contains("apsis_ready 1\n") && metrics.contains("apsis_writable 1\n"),
+        "{metrics}"
+    );
+
+    let cli = |args: &[&str]| {
+        let o = common::apsis()
+            .args(args)
+            .args(["-r", &srv.remote()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // Read-only: still ready (reads are served), not writable.
+    cli(&["status", "--ro"]);
+    let (code, body) = get("/health/ready");
+    assert_eq!(
+        (code, json(&body)["writable"].clone()),
+        (200, false.into()),
+        "{body}"
+    );
+    let (code, body) = get("/health/ready?writable");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("read-only (STATUS RO)"), "{body}");
+    assert!(get("/metrics").1.contains("apsis_writable 0\n"));
+    cli(&["status", "--rw"]);
+    assert_eq!(get("/health/ready?writable").0, 200);
+    // No backend enabled: nothing to serve.
+    cli(&["backend", "disable", "1"]);
+    let (code, body) = get("/health/ready");
+    assert_eq!(code, 503, "{body}");
+    let v = json(&body);
+    assert_eq!(v["backends"]["1"]["state"], "disabled");
+    assert!(body.contains("no backend is enabled"), "{body}");
+    assert_eq!(get("/health/live").0, 200);
+    cli(&["backend", "enable", "1"]);
+    assert_eq!(get("/health/ready").0, 200);
+    drop(silent);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use apsis_client::{Checker, Client, Session};
 use apsis_proto::{cflags, Time};
+use apsis_testkit::process::http_get;
 use apsis_testkit::{corrupt_copy, Cluster, ClusterSpec, Net};
 use std::collections::HashMap;
 use std::process::Command;
@@ -546,6 +547,7 @@ async fn disk_errors_read_from_another_group_and_a_failed_fsync_fences_the_backe
     let Some(c) = start_with_faulty_disks(ClusterSpec {
         faulty_disks: vec![0],
         sync: 0,
+        monitor: true,
         ..spec(vec![vec![1], vec![2], vec![3]], "auto = false")
     }) else {
         return;
@@ -592,6 +594,12 @@ async fn disk_errors_read_from_another_group_and_a_failed_fsync_fences_the_backe
     }
     let why = poisoned(&s, c.nodes[0].addr).await;
     assert!(why.as_str().is_some_and(|w| w.contains("fsync")), "{why}");
+    // The node says it is not ready, and why, to whatever watches its health.
+    let ready = |i: usize| http_get(c.nodes[i].monitor.unwrap(), "/health/ready").unwrap();
+    let (code, body) = ready(0);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("backend 1 (group 1) is poisoned"), "{body}");
+    assert_eq!(ready(1).0, 200);
     // Reads of what was durable before go on from the fenced backend.
     let r = direct.read(ks[5].as_bytes(), 0, 0).await.unwrap();
     assert_eq!(r.data, ks[5].as_bytes());
@@ -601,6 +609,7 @@ async fn disk_errors_read_from_another_group_and_a_failed_fsync_fences_the_backe
     cli(&node, &["backend", "disable", "1"]);
     cli(&node, &["backend", "enable", "1"]);
     assert!(poisoned(&s, c.nodes[0].addr).await.is_null());
+    assert_eq!(ready(0).0, 200, "{}", ready(0).1);
     for k in &ks[30..] {
         let r = s.write(k.as_bytes(), k.as_bytes()).await.unwrap();
         assert_eq!(group_errors(&r), vec![(1, 0), (2, 0), (3, 0)], "{k}");
