@@ -24,6 +24,7 @@
 //! keepalive_count = 3               #   dropped; idle 0 = off
 //! monitor_port = 0                  # 0 = off; HTTP JSON, Prometheus and health on this port
 //! log_level = "info"
+//! log_file = "/var/log/apsis.log"   # appended to (created with its directory); default stderr
 //! worker_threads = 0                # 0 = one per core
 //!
 //! [recovery]                        # see apsis_node::recovery
@@ -61,6 +62,14 @@ pub mod dnet;
 /// The default listening port, Elliptics' own.
 pub const DEFAULT_PORT: u16 = 1025;
 
+/// Where a node writes its log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogSink {
+    Stderr,
+    /// Appended to; created, with its directory, when missing.
+    File(PathBuf),
+}
+
 /// What a node runs with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -92,6 +101,9 @@ pub struct NodeConfig {
     /// HTTP monitor port on the first listen address's host; 0 = off.
     pub monitor_port: u16,
     pub log_level: String,
+    /// Where the log goes: every sink gets every line; none at all is no log (Elliptics'
+    /// `null` sink). Stderr unless the config says otherwise.
+    pub log: Vec<LogSink>,
     /// Runtime worker threads; 0 = one per core.
     pub worker_threads: usize,
     pub backends: Vec<BackendConfig>,
@@ -174,6 +186,7 @@ impl NodeConfig {
             keepalive: Some(apsis_client::Keepalive::ELLIPTICS),
             monitor_port: 0,
             log_level: "info".into(),
+            log: vec![LogSink::Stderr],
             worker_threads: 0,
             backends: vec![BackendConfig::new(1, 1, data_dir.join("backend-1"))],
             recovery: Default::default(),
@@ -275,6 +288,9 @@ impl NodeConfig {
         }
         if let Some(v) = n.log_level {
             cfg.log_level = v;
+        }
+        if let Some(p) = n.log_file {
+            cfg.log = vec![LogSink::File(p)];
         }
         if let Some(v) = n.worker_threads {
             cfg.worker_threads = v;
@@ -468,6 +484,7 @@ struct TomlNode {
     keepalive_count: Option<u32>,
     monitor_port: Option<u16>,
     log_level: Option<String>,
+    log_file: Option<PathBuf>,
     worker_threads: Option<usize>,
 }
 

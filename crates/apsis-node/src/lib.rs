@@ -50,7 +50,7 @@ mod reply;
 mod server;
 mod stats;
 
-pub use config::{BackendConfig, NodeConfig};
+pub use config::{BackendConfig, LogSink, NodeConfig};
 pub use server::{LogLevelSetter, Node};
 
 use apsis_proto::Addr;

@@ -4,6 +4,7 @@ use apsis_node::{config::DEFAULT_PORT, Node, NodeConfig};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::{layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter};
 
 #[derive(Args)]
@@ -77,9 +78,14 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_env("APSIS_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
     let (layer, handle) = reload::Layer::new(filter);
+    let (writer, ansi) = log_writer(&cfg.log)?;
     tracing_subscriber::registry()
         .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(writer.map(|w| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(w)
+                .with_ansi(ansi)
+        }))
         .init();
     let setter: apsis_node::LogLevelSetter =
         Arc::new(move |level: &str| handle.reload(EnvFilter::new(level)).is_ok());
@@ -107,4 +113,38 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// One writer for every sink of the node's log (`None`: no sink, no log), and whether its
+/// lines may carry colours (only when they go to stderr alone, and stderr is a terminal).
+/// A file is opened for appending, created with its directory when missing; one that cannot be
+/// is an error before the node starts, as `dnet_ioserv` refuses to start without its log.
+fn log_writer(sinks: &[apsis_node::LogSink]) -> anyhow::Result<(Option<BoxMakeWriter>, bool)> {
+    use apsis_node::LogSink;
+    use std::io::IsTerminal;
+    let mut all: Option<BoxMakeWriter> = None;
+    for sink in sinks {
+        let w = match sink {
+            LogSink::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogSink::File(p) => {
+                let open = || {
+                    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                };
+                let f = open().map_err(|e| anyhow::anyhow!("log file {}: {e}", p.display()))?;
+                BoxMakeWriter::new(std::sync::Mutex::new(f))
+            }
+        };
+        all = Some(match all {
+            None => w,
+            Some(prev) => BoxMakeWriter::new(prev.and(w)),
+        });
+    }
+    let ansi = sinks == [LogSink::Stderr] && std::io::stderr().is_terminal();
+    Ok((all, ansi))
 }

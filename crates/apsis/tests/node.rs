@@ -1466,7 +1466,8 @@ async fn monitor_http_and_dnet_json_config() {
     let cfg = d.path().join("ioserv.json");
     // Port 0 in an Elliptics address: bind an ephemeral port (advertised as bound).
     let json = serde_json::json!({
-        "logger": {"level": "info", "root": [{"type": "blocking", "formatter": {"type": "string", "pattern": "{message}"}, "sinks": [{"type": "null"}]}]},
+        "logger": {"level": "info", "root": [{"type": "blocking", "formatter": {"type": "string", "pattern": "{message}"},
+                                             "sinks": [{"type": "file", "path": d.path().join("log/ioserv.log"), "flush": 1}]}]},
         "options": {
             "address": ["127.0.0.1:0:2-0"], "remote": [], "join": true, "flags": 4, "auth_cookie": "secret",
             "io_thread_num": 4, "nonblocking_io_thread_num": 4, "net_thread_num": 2,
@@ -1492,6 +1493,10 @@ async fn monitor_http_and_dnet_json_config() {
     );
     assert!(std::path::Path::new(&path).exists(), "{path}");
     assert!(d.path().join("history/ids").exists());
+    // The log goes where the logger's file sink says (its directory made), as dnet_ioserv's
+    // does: here the warning about the key Apsis does not know.
+    let log = std::fs::read_to_string(d.path().join("log/ioserv.log")).unwrap();
+    assert!(log.contains("options.mystery (unknown)"), "{log}");
 
     // HTTP monitor on an Apsis TOML config.
     let d2 = tempfile::tempdir().unwrap();
@@ -1540,9 +1545,10 @@ fn health_endpoints_follow_the_node() {
     std::fs::write(
         &cfg,
         format!(
-            "[node]\naddresses = [\"127.0.0.1:0\"]\nremotes = [\"{}\"]\nwait_timeout_secs = 4\n\n\
-             [[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+            "[node]\naddresses = [\"127.0.0.1:0\"]\nremotes = [\"{}\"]\nwait_timeout_secs = 4\n\
+             log_file = \"{}\"\n\n[[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
             silent.local_addr().unwrap(),
+            d.path().join("apsis.log").display(),
             d.path().join("b1").display()
         ),
     )
@@ -1579,6 +1585,9 @@ fn health_endpoints_follow_the_node() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The TOML's log_file has the node's warning about the remote that never answered.
+    let log = std::fs::read_to_string(d.path().join("apsis.log")).unwrap();
+    assert!(log.contains("no remote answered yet"), "{log}");
     let v = json(&get("/health/ready").1);
     assert_eq!(v["ready"], true);
     assert_eq!(v["writable"], true);

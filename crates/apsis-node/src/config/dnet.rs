@@ -17,7 +17,7 @@
 //! This module does not check what holds for every config whatever its source (ids above 4095,
 //! directories used twice): that is [`NodeConfig::validate`].
 
-use super::{parse_size, BackendConfig, ConfigError, NodeConfig};
+use super::{parse_size, BackendConfig, ConfigError, LogSink, NodeConfig};
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -60,9 +60,10 @@ pub fn from_json(text: &str) -> Result<NodeConfig, ConfigError> {
     let options = required(options, "options")?;
     let backends = required(backends, "backends")?;
 
-    let log_level = walk.logger(logger)?;
+    let (log_level, log) = walk.logger(logger)?;
     let mut cfg = walk.options(options)?;
     cfg.log_level = log_level;
+    cfg.log = log;
     cfg.backends = walk.backends(backends)?;
     if let Some((size, sync_timeout)) = walk.node_cache {
         for b in cfg.backends.iter_mut().filter(|b| b.cache_size == 0) {
@@ -97,23 +98,83 @@ impl Walk {
         self.note(path, "no effect in Apsis");
     }
 
-    /// `logger`: returns the `tracing` level.
-    fn logger(&mut self, logger: &Value) -> Result<String, ConfigError> {
+    /// `logger`: returns the `tracing` level and where the log goes.
+    fn logger(&mut self, logger: &Value) -> Result<(String, Vec<LogSink>), ConfigError> {
         let mut level = None;
+        let mut sinks = None;
         for (key, value) in object(logger, "logger")? {
             let path = format!("logger.{key}");
             match key.as_str() {
                 "level" => level = Some(log_level(value, &path)?),
-                "root" => {
-                    // Blackhole handlers (formatters, file sinks): checked for shape only, since
-                    // Apsis writes its log to stderr.
-                    array(value, &path)?;
-                    self.note(&path, "Apsis logs to stderr");
-                }
+                "root" => sinks = Some(self.log_handlers(value, &path)?),
                 _ => self.unknown(&path),
             }
         }
-        required(level, "logger.level")
+        Ok((
+            required(level, "logger.level")?,
+            sinks.unwrap_or_else(|| vec![LogSink::Stderr]),
+        ))
+    }
+
+    /// `logger.root`: blackhole handlers, each with its `sinks`. A `file` sink's path gets the
+    /// log (so a script that reads the file it gave `dnet_ioserv` finds the node's lines
+    /// there), a `null` sink nothing, a `console` sink stderr. The handlers' `formatter` and
+    /// `type` are accepted and listed: Apsis formats its own lines and writes each at once.
+    fn log_handlers(&mut self, value: &Value, path: &str) -> Result<Vec<LogSink>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, h) in array(value, path)?.iter().enumerate() {
+            let hp = format!("{path}[{i}]");
+            for (key, v) in object(h, &hp)? {
+                let kp = format!("{hp}.{key}");
+                match key.as_str() {
+                    "sinks" => {
+                        for (j, sink) in array(v, &kp)?.iter().enumerate() {
+                            self.log_sink(sink, &format!("{kp}[{j}]"), &mut out)?;
+                        }
+                    }
+                    "formatter" => self.note(&kp, "Apsis formats its own log lines"),
+                    "type" => self.note(&kp, "Apsis writes each log line at once"),
+                    _ => self.unknown(&kp),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_sink(
+        &mut self,
+        sink: &Value,
+        path: &str,
+        out: &mut Vec<LogSink>,
+    ) -> Result<(), ConfigError> {
+        let o = object(sink, path)?;
+        let tp = format!("{path}.type");
+        let kind = string(required(o.get("type"), &tp)?, &tp)?;
+        for key in o.keys().filter(|k| *k != "type") {
+            let kp = format!("{path}.{key}");
+            match (kind, key.as_str()) {
+                ("file", "path") => {}
+                ("file", "flush") => self.note(&kp, "Apsis writes each log line at once"),
+                _ => self.unknown(&kp),
+            }
+        }
+        match kind {
+            "file" => {
+                let pp = format!("{path}.path");
+                let p = string(required(o.get("path"), &pp)?, &pp)?;
+                out.push(LogSink::File(PathBuf::from(p)));
+            }
+            "null" => {}
+            "console" => out.push(LogSink::Stderr),
+            other => {
+                self.note(
+                    path,
+                    &format!("sink type {other:?} not supported; logging to stderr"),
+                );
+                out.push(LogSink::Stderr);
+            }
+        }
+        Ok(())
     }
 
     /// `options`: everything of the node but its backends and log level.
@@ -691,7 +752,7 @@ mod tests {
         assert_eq!((b.cache_size, b.cache_sync_timeout_secs), (16 << 20, 30));
         assert!(b.enable && !b.read_only);
         for expected in [
-            "logger.root (Apsis logs to stderr)",
+            "logger.root[0].formatter (Apsis formats its own log lines)",
             "options.io_thread_num (no effect in Apsis)",
             "options.nonblocking_io_thread_num (no effect in Apsis)",
             "options.net_thread_num (no effect in Apsis)",
@@ -740,6 +801,50 @@ mod tests {
             (b.sync, b.size_limit_bytes, b.defrag_percentage),
             (-1, 1 << 40, 40)
         );
+    }
+
+    /// The logger's sinks decide where the log goes, as they decide where dnet_ioserv's goes.
+    #[test]
+    fn log_sinks_follow_the_logger() {
+        let v = minimal(1025, 1, &[]);
+        let cfg = parse(&v).unwrap();
+        assert_eq!(cfg.log, vec![LogSink::File("/x/log".into())]);
+        let listed = |cfg: &NodeConfig, k: &str| cfg.ignored_keys.iter().any(|i| i.starts_with(k));
+        assert!(
+            listed(&cfg, "logger.root[0].formatter ("),
+            "{:?}",
+            cfg.ignored_keys
+        );
+        assert!(listed(&cfg, "logger.root[0].sinks[0].flush ("));
+
+        let with_sinks = |sinks: Value| {
+            let mut v = minimal(1025, 1, &[]);
+            v["logger"]["root"][0]["sinks"] = sinks;
+            parse(&v)
+        };
+        assert_eq!(with_sinks(json!([{"type": "null"}])).unwrap().log, vec![]);
+        let two = with_sinks(json!([{"type": "file", "path": "/a"}, {"type": "console"}]));
+        assert_eq!(
+            two.unwrap().log,
+            vec![LogSink::File("/a".into()), LogSink::Stderr]
+        );
+        let odd = with_sinks(json!([{"type": "syslog", "identity": "x"}])).unwrap();
+        assert_eq!(odd.log, vec![LogSink::Stderr]);
+        assert!(listed(
+            &odd,
+            "logger.root[0].sinks[0] (sink type \"syslog\" not supported"
+        ));
+        assert!(listed(&odd, "logger.root[0].sinks[0].identity (unknown)"));
+        let e = with_sinks(json!([{"type": "file"}]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("logger.root[0].sinks[0].path"), "{e}");
+        let e = with_sinks(json!([{"path": "/a"}])).unwrap_err().to_string();
+        assert!(e.contains("logger.root[0].sinks[0].type"), "{e}");
+
+        let mut v = minimal(1025, 1, &[]);
+        v["logger"].as_object_mut().unwrap().remove("root");
+        assert_eq!(parse(&v).unwrap().log, vec![LogSink::Stderr]);
     }
 
     #[test]
