@@ -25,6 +25,7 @@
 //! monitor_port = 0                  # 0 = off; HTTP JSON, Prometheus and health on this port
 //! log_level = "info"
 //! log_file = "/var/log/apsis.log"   # appended to (created with its directory); default stderr
+//! daemon = false                    # apsis server goes to the background once it serves
 //! worker_threads = 0                # 0 = one per core
 //!
 //! [recovery]                        # see apsis_node::recovery
@@ -104,6 +105,8 @@ pub struct NodeConfig {
     /// Where the log goes: every sink gets every line; none at all is no log (Elliptics'
     /// `null` sink). Stderr unless the config says otherwise.
     pub log: Vec<LogSink>,
+    /// `apsis server` goes to the background once the node serves (Elliptics' `daemon`).
+    pub daemon: bool,
     /// Runtime worker threads; 0 = one per core.
     pub worker_threads: usize,
     pub backends: Vec<BackendConfig>,
@@ -187,6 +190,7 @@ impl NodeConfig {
             monitor_port: 0,
             log_level: "info".into(),
             log: vec![LogSink::Stderr],
+            daemon: false,
             worker_threads: 0,
             backends: vec![BackendConfig::new(1, 1, data_dir.join("backend-1"))],
             recovery: Default::default(),
@@ -291,6 +295,9 @@ impl NodeConfig {
         }
         if let Some(p) = n.log_file {
             cfg.log = vec![LogSink::File(p)];
+        }
+        if let Some(v) = n.daemon {
+            cfg.daemon = v;
         }
         if let Some(v) = n.worker_threads {
             cfg.worker_threads = v;
@@ -485,6 +492,7 @@ struct TomlNode {
     monitor_port: Option<u16>,
     log_level: Option<String>,
     log_file: Option<PathBuf>,
+    daemon: Option<bool>,
     worker_threads: Option<usize>,
 }
 

@@ -24,6 +24,10 @@ pub struct ServerArgs {
     /// HTTP monitor port (0 = off).
     #[arg(long)]
     monitor_port: Option<u16>,
+    /// Go to the background once the node serves (as the config's `daemon`): the command
+    /// prints where the node listens and its pid, and exits.
+    #[arg(long)]
+    daemon: bool,
     /// Print the effective configuration and exit.
     #[arg(long)]
     check: bool,
@@ -79,6 +83,15 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
         EnvFilter::try_from_env("APSIS_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
     let (layer, handle) = reload::Layer::new(filter);
     let (writer, ansi) = log_writer(&cfg.log)?;
+    // Before any thread exists (the runtime's): only then is fork safe.
+    let daemon = if a.daemon || cfg.daemon {
+        if cfg.log.contains(&apsis_node::LogSink::Stderr) {
+            eprintln!("apsis: in the background stderr is /dev/null: give the log a file (log_file, or a file sink) to keep it");
+        }
+        Some(Daemon::fork()?)
+    } else {
+        None
+    };
     tracing_subscriber::registry()
         .with(layer)
         .with(writer.map(|w| {
@@ -95,15 +108,30 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
-        let node = Node::start(cfg, Some(setter)).await?;
+        let node = match Node::start(cfg, Some(setter)).await {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(d) = daemon {
+                    d.failed(&e.to_string());
+                }
+                return Err(e.into());
+            }
+        };
+        let mut started = String::new();
         for a in &node.listen {
-            println!("listening {a}");
+            started.push_str(&format!("listening {a}\n"));
         }
         if let Some(m) = node.monitor {
-            println!("monitor http://{m}/");
+            started.push_str(&format!("monitor http://{m}/\n"));
         }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        match daemon {
+            Some(d) => d.serving(&started),
+            None => {
+                use std::io::Write;
+                print!("{started}");
+                let _ = std::io::stdout().flush();
+            }
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -147,4 +175,91 @@ fn log_writer(sinks: &[apsis_node::LogSink]) -> anyhow::Result<(Option<BoxMakeWr
     }
     let ansi = sinks == [LogSink::Stderr] && std::io::stderr().is_terminal();
     Ok((all, ansi))
+}
+
+/// `apsis server` in the background (Elliptics' `daemon`). The command forks: the child
+/// leaves the terminal's session, puts /dev/null on its standard streams and starts the node;
+/// the parent waits until the child says it serves, prints what the foreground server prints
+/// (where it listens) and `pid N`, and exits 0 — or prints why the node did not start and
+/// exits with status 1. Unlike `dnet_ioserv`, whose parent exits at the fork, a script can
+/// connect as soon as the command returns, and learns of a failed start from its exit status.
+struct Daemon {
+    /// The child's end of the pipe the parent reads.
+    to_parent: std::fs::File,
+}
+
+impl Daemon {
+    /// Forks; returns in the child only. Must be called before any thread is started.
+    fn fork() -> anyhow::Result<Daemon> {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: a two-element array for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            anyhow::bail!("daemon: pipe: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptors were just made by pipe2 and are owned by these files alone.
+        let (mut from_child, to_parent) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        // SAFETY: the process has one thread (the caller's contract), so the child is whole.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            anyhow::bail!("daemon: fork: {}", std::io::Error::last_os_error());
+        }
+        if pid > 0 {
+            drop(to_parent);
+            let mut said = String::new();
+            let _ = from_child.read_to_string(&mut said);
+            match said.strip_prefix("serving\n") {
+                Some(lines) => {
+                    println!("{lines}pid {pid}");
+                    std::process::exit(0);
+                }
+                None => {
+                    let why = said.strip_prefix("failed\n").unwrap_or("");
+                    let why = if why.is_empty() {
+                        "the node exited before it served"
+                    } else {
+                        why
+                    };
+                    eprintln!("apsis: {why}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        drop(from_child);
+        // SAFETY: plain system calls on this process's own descriptors and session.
+        unsafe {
+            libc::setsid();
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                if null > 2 {
+                    libc::close(null);
+                }
+            }
+        }
+        Ok(Daemon { to_parent })
+    }
+
+    /// The node serves: the parent prints `lines` and exits 0.
+    fn serving(self, lines: &str) {
+        self.tell(&format!("serving\n{lines}"));
+    }
+
+    /// The node did not start: the parent prints `why` and exits 1.
+    fn failed(self, why: &str) {
+        self.tell(&format!("failed\n{why}"));
+    }
+
+    fn tell(mut self, what: &str) {
+        use std::io::Write;
+        let _ = self.to_parent.write_all(what.as_bytes());
+    }
 }

@@ -1634,6 +1634,94 @@ fn health_endpoints_follow_the_node() {
     drop(silent);
 }
 
+/// `daemon = true` (Elliptics' `daemon`): `apsis server` returns once the node serves, with
+/// where it listens and its pid, and the node goes on in the background until SIGTERM; a node
+/// that cannot start makes the command fail with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_returns_once_the_node_serves() {
+    let d = tempfile::tempdir().unwrap();
+    let config = |addr: &str| {
+        let cfg = d.path().join("apsis.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\naddresses = [\"{addr}\"]\ndaemon = true\nlog_file = \"{}\"\n\n\
+                 [[backend]]\nid = 1\ngroup = 1\ndir = \"{}\"\n",
+                d.path().join("apsis.log").display(),
+                d.path().join("b1").display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let cfg = config("127.0.0.1:0");
+    let o = common::apsis()
+        .args(["server", "-c"])
+        .arg(&cfg)
+        .env("APSIS_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = |p: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(p))
+            .unwrap_or_else(|| panic!("no {p:?} in {out:?}"))
+            .to_string()
+    };
+    let pid: u32 = line("pid ").parse().unwrap();
+    /// Kills the daemon if the test fails before it stops it.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _reap = Reap(pid);
+    let addr: std::net::SocketAddr = line("listening ").parse().unwrap();
+    // The command has returned and the node serves.
+    let client = apsis_client::Client::connect(&[addr], Default::default())
+        .await
+        .unwrap();
+    let s = client.session(vec![1]);
+    s.write(b"bg", b"daemon").await.unwrap();
+    assert_eq!(s.read(b"bg", 0, 0).await.unwrap().data, &b"daemon"[..]);
+    // SIGTERM stops it as it stops a foreground node; its log went to the file.
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive());
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while alive() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(d.path().join("apsis.log")).unwrap();
+    assert!(
+        log.contains("node started") && log.contains("node stopped"),
+        "{log}"
+    );
+
+    // A node that cannot start (its address is taken): the command says why and fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = config(&taken.local_addr().unwrap().to_string());
+    let o = common::apsis()
+        .args(["server", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("in use"), "{err}");
+}
+
 #[test]
 fn cli_object_and_admin_commands() {
     let d = tempfile::tempdir().unwrap();

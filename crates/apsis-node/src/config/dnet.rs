@@ -189,6 +189,7 @@ impl Walk {
         let mut check_timeout_secs = 0;
         let mut stall_count = 0;
         let mut monitor_port = 0;
+        let mut daemon = false;
 
         for (key, value) in object(options, "options")? {
             let path = format!("options.{key}");
@@ -225,7 +226,8 @@ impl Walk {
                 "wait_timeout" => wait_timeout_secs = uint(value, &path)?,
                 "check_timeout" => check_timeout_secs = uint(value, &path)?,
                 "stall_count" => stall_count = uint_in::<u32>(value, &path)?,
-                "daemon" | "parallel" => {
+                "daemon" => daemon = boolean(value, &path)?,
+                "parallel" => {
                     boolean(value, &path)?;
                     self.no_effect(&path);
                 }
@@ -276,6 +278,7 @@ impl Walk {
             stall_count
         };
         cfg.monitor_port = monitor_port;
+        cfg.daemon = daemon;
         cfg.worker_threads = 0;
         Ok(cfg)
     }
@@ -801,6 +804,17 @@ mod tests {
             (b.sync, b.size_limit_bytes, b.defrag_percentage),
             (-1, 1 << 40, 40)
         );
+    }
+
+    /// `options.daemon` sends `apsis server` to the background, as it does dnet_ioserv.
+    #[test]
+    fn daemon_is_taken() {
+        let mut v = minimal(1025, 1, &[]);
+        assert!(!parse(&v).unwrap().daemon);
+        v["options"]["daemon"] = json!(true);
+        let cfg = parse(&v).unwrap();
+        assert!(cfg.daemon);
+        assert!(!cfg.ignored_keys.iter().any(|k| k.contains("daemon")));
     }
 
     /// The logger's sinks decide where the log goes, as they decide where dnet_ioserv's goes.
