@@ -7,6 +7,8 @@
 //! addresses = ["127.0.0.1:1025"]   # listen and advertise; "host:port[:family]"
 //! remotes = []                      # peers to connect to at start
 //! join = false
+//! no_csum = false                   # Elliptics' NO_CSUM flag: no checksums verified or
+//!                                   #   written, so damaged data goes undetected
 //! auth_cookie = ""                  # sent as AUTH when joining a remote: nodes
 //!                                   #   whose cookies differ do not join
 //! wait_timeout_secs = 5
@@ -80,7 +82,10 @@ pub struct NodeConfig {
     pub advertise: Vec<SocketAddr>,
     pub remotes: Vec<String>,
     pub join: bool,
-    /// Elliptics node flags (`options.flags`).
+    /// Elliptics node flags (`options.flags`, [`apsis_proto::node_flags`]). Of those, Apsis
+    /// acts on JOIN_NETWORK (`join`) and NO_CSUM (TOML `no_csum`): every data command then
+    /// runs as with the NOCSUM ioflag, as in Elliptics: reads verify no checksum and writes
+    /// store none, so damaged data is no longer detected. The rest only show in STATUS.
     pub flags: u64,
     pub auth_cookie: String,
     pub wait_timeout_secs: u64,
@@ -235,6 +240,9 @@ impl NodeConfig {
         }
         if let Some(v) = n.join {
             cfg.join = v;
+        }
+        if n.no_csum == Some(true) {
+            cfg.flags |= apsis_proto::node_flags::NO_CSUM;
         }
         if let Some(v) = n.auth_cookie {
             cfg.auth_cookie = v;
@@ -477,6 +485,7 @@ struct TomlNode {
     addresses: Option<Vec<String>>,
     remotes: Option<Vec<String>>,
     join: Option<bool>,
+    no_csum: Option<bool>,
     auth_cookie: Option<String>,
     wait_timeout_secs: Option<u64>,
     check_timeout_secs: Option<u64>,

@@ -118,6 +118,22 @@ pub mod ioflags {
     pub const NOCACHE: u32 = 0x1000_0000;
 }
 
+/// A node's config flags (`options.flags`; STATUS replies carry them as `nflags`).
+pub mod node_flags {
+    /// The node joins the network and appears in route lists (`options.join`).
+    pub const JOIN_NETWORK: u64 = 1 << 0;
+    /// Do not ask remote nodes for their route tables.
+    pub const NO_ROUTE_LIST: u64 = 1 << 1;
+    /// Clients: order the groups of a read by their weights.
+    pub const MIX_STATES: u64 = 1 << 2;
+    /// Data commands run as if every io_attr had NOCSUM: no checksum verified on reads, none
+    /// written with writes.
+    pub const NO_CSUM: u64 = 1 << 3;
+    /// Clients: read the groups in a random order.
+    pub const RANDOMIZE_STATES: u64 = 1 << 5;
+    pub const KEEPS_IDS_IN_CLUSTER: u64 = 1 << 6;
+}
+
 /// eblob record flags as reported on the wire.
 pub mod record_flags {
     pub const REMOVE: u64 = 0x1;

@@ -26,7 +26,7 @@ pub mod iterator;
 pub mod recovery;
 pub mod wire;
 
-pub use consts::{cflags, cmd, errno, ioflags, record_flags, VERSION};
+pub use consts::{cflags, cmd, errno, ioflags, node_flags, record_flags, VERSION};
 pub use control::{
     backend_command, backend_state, decode_backends, encode_backends, Auth, BackendControl,
     BackendIds, BackendStatus, BackendStatusList, MonitorStatRequest, NodeInfo, NodeStatus,

@@ -5,6 +5,7 @@
 mod common;
 
 use apsis_proto::{action, cflags, cmd, errno, ioflags, IdRange, NodeStatus, Time};
+use apsis_testkit::corrupt_copy;
 use common::{session, Server};
 use sha2::{Digest, Sha512};
 use std::io::{Read, Write};
@@ -596,6 +597,41 @@ async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
             k.into_bytes()
         );
     }
+}
+
+/// Elliptics' NO_CSUM node flag (TOML `no_csum`, `options.flags` bit 8 in the JSON): every
+/// data command runs as with the NOCSUM ioflag. A byte flipped on disk is −EILSEQ on a node
+/// without it and read back as it is on the same data with it; writes store no checksums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_csum_flag_turns_checksums_off_as_in_elliptics() {
+    let d = tempfile::tempdir().unwrap();
+    let mut srv = one_backend_server(d.path(), "sync = 0");
+    let s = session(&srv, vec![1]).await;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    s.write(b"rotten", &data).await.unwrap();
+    corrupt_copy(&s, b"rotten").await.unwrap();
+    let e = s.read(b"rotten", 0, 0).await.unwrap_err();
+    assert_eq!(status(e), -errno::EILSEQ);
+    drop(s);
+    srv.stop();
+
+    let cfg = d.path().join("apsis.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("[node]\n", "[node]\nno_csum = true\n")).unwrap();
+    srv.restart();
+    let mut s = session(&srv, vec![1]).await;
+    s.read_repair = false;
+    let got = s.read(b"rotten", 0, 0).await.unwrap().data;
+    let differ = got.iter().zip(&data).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        (got.len(), differ),
+        (data.len(), 1),
+        "the flipped byte, as stored"
+    );
+    s.write(b"fresh", b"no sums").await.unwrap();
+    let (_, l) = s.lookup(b"fresh").await.unwrap();
+    assert_ne!(l.info.record_flags & apsis_proto::record_flags::NOCSUM, 0);
+    assert_eq!(&s.read(b"fresh", 0, 0).await.unwrap().data[..], b"no sums");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

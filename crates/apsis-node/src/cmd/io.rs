@@ -190,11 +190,22 @@ pub(crate) async fn lock(
     }
 }
 
-pub(crate) fn io_attr(payload: &[u8]) -> Result<(IoAttr, &[u8]), i32> {
+/// A data command's io_attr and what follows it. On a node with Elliptics' NO_CSUM flag the
+/// io_attr gets NOCSUM, as Elliptics sets it: no checksum verified or written.
+pub(crate) fn io_attr<'a>(ctx: &Ctx, payload: &'a [u8]) -> Result<(IoAttr, &'a [u8]), i32> {
     if payload.len() < IoAttr::SIZE {
         return Err(-errno::EINVAL);
     }
-    IoAttr::split(payload).map_err(|_| -errno::EINVAL)
+    let (io, rest) = IoAttr::split(payload).map_err(|_| -errno::EINVAL)?;
+    Ok((node_io(ctx, io), rest))
+}
+
+/// `io` as this node runs it: with NOCSUM on a node with the NO_CSUM flag.
+fn node_io(ctx: &Ctx, mut io: IoAttr) -> IoAttr {
+    if ctx.cfg.flags & apsis_proto::node_flags::NO_CSUM != 0 {
+        io.flags |= ioflags::NOCSUM;
+    }
+    io
 }
 
 /// The READ reply for a request: from the cache when the key is there (or CACHE asks to
@@ -316,7 +327,7 @@ fn cache_in(c: &Cache, engine: &BlobBackend, key: &Key) -> Result<Option<Cached>
 
 pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     out.no_ack();
-    let (io, _) = io_attr(payload)?;
+    let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
     // Borrowed for the request, not counted (backend_for's clones): every READ would write
     // the slot's and the engine's reference counts, lines shared by all requests.
@@ -359,7 +370,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
 
 pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     out.no_ack();
-    let (io, rest) = io_attr(payload)?;
+    let (io, rest) = io_attr(ctx, payload)?;
     if io.size > rest.len() as u64 {
         return Err(-errno::EINVAL);
     }
@@ -504,7 +515,7 @@ async fn write_cached(
 }
 
 pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
-    let (io, _) = io_attr(payload)?;
+    let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
     node_writable(ctx, &slot)?;
@@ -550,7 +561,7 @@ pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult
         let r = match &backend {
             Ok((slot, engine)) => {
                 let _g = lock(ctx, &hdr, &k.id).await;
-                read_one(slot.cache().as_deref(), engine, k)
+                read_one(slot.cache().as_deref(), engine, &node_io(ctx, *k))
             }
             Err(e) => Err(*e),
         };

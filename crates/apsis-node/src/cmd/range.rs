@@ -73,7 +73,7 @@ fn smallest_keys(
 }
 
 pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
-    let (io, _) = io_attr(payload)?;
+    let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
     let del = hdr.cmd == cmd::DEL_RANGE;
     let (slot, engine) = backend_for(out)?;

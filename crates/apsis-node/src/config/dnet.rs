@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 /// Elliptics keeps the cookie in a 32-byte buffer with `snprintf`: 31 bytes and a NUL.
 const AUTH_COOKIE_BYTES_MAX: usize = 31;
 /// `DNET_CFG_JOIN_NETWORK`: Elliptics sets this bit of `flags` from `join`, never from `flags`.
-const FLAG_JOIN_NETWORK: u64 = 1;
+const FLAG_JOIN_NETWORK: u64 = apsis_proto::node_flags::JOIN_NETWORK;
 /// Elliptics' defaults for a zero (or absent) `wait_timeout`, `check_timeout` and `stall_count`.
 const WAIT_TIMEOUT_SECS_DEFAULT: u64 = 5;
 const CHECK_TIMEOUT_SECS_DEFAULT: u64 = 60;
@@ -197,7 +197,10 @@ impl Walk {
                 "address" => addresses = Some(parse_addresses(value, &path)?),
                 "remote" => remotes = strings(value, &path)?,
                 "join" => join = boolean(value, &path)?,
-                "flags" => flags = uint(value, &path)?,
+                "flags" => {
+                    flags = uint(value, &path)?;
+                    self.node_flags(flags, &path);
+                }
                 "auth_cookie" => {
                     let mut cookie = string(value, &path)?.to_owned();
                     if cookie.len() > AUTH_COOKIE_BYTES_MAX {
@@ -281,6 +284,46 @@ impl Walk {
         cfg.daemon = daemon;
         cfg.worker_threads = 0;
         Ok(cfg)
+    }
+
+    /// `options.flags`: lists the bits Apsis does not act on. JOIN_NETWORK follows `join`
+    /// and NO_CSUM is honoured (see [`NodeConfig::flags`]).
+    fn node_flags(&mut self, flags: u64, path: &str) {
+        use apsis_proto::node_flags as nf;
+        for (bit, name, why) in [
+            (
+                nf::NO_ROUTE_LIST,
+                "NO_ROUTE_LIST",
+                "a node needs its peers' routes to forward",
+            ),
+            (nf::MIX_STATES, "MIX_STATES", "client-side read order"),
+            (
+                nf::RANDOMIZE_STATES,
+                "RANDOMIZE_STATES",
+                "client-side read order",
+            ),
+            (
+                nf::KEEPS_IDS_IN_CLUSTER,
+                "KEEPS_IDS_IN_CLUSTER",
+                "ids are kept in each backend's ids file",
+            ),
+        ] {
+            if flags & bit != 0 {
+                self.note(
+                    &format!("{path} {name}"),
+                    &format!("no effect in Apsis: {why}"),
+                );
+            }
+        }
+        let known = nf::JOIN_NETWORK
+            | nf::NO_ROUTE_LIST
+            | nf::MIX_STATES
+            | nf::NO_CSUM
+            | nf::RANDOMIZE_STATES
+            | nf::KEEPS_IDS_IN_CLUSTER;
+        if flags & !known != 0 {
+            self.note(&format!("{path} {:#x}", flags & !known), "unknown bits");
+        }
     }
 
     /// `options.monitor`: returns the port (0 = off).
@@ -804,6 +847,35 @@ mod tests {
             (b.sync, b.size_limit_bytes, b.defrag_percentage),
             (-1, 1 << 40, 40)
         );
+    }
+
+    /// `options.flags`: NO_CSUM is kept for the data commands; the bits Apsis does not act on
+    /// are listed, by name, and bits Elliptics does not define as unknown.
+    #[test]
+    fn node_flags_are_kept_and_the_unused_ones_listed() {
+        use apsis_proto::node_flags as nf;
+        let mut v = minimal(1025, 1, &[]);
+        v["options"]["flags"] = json!(2 | 4 | 8 | 32 | 64 | 0x100);
+        let cfg = parse(&v).unwrap();
+        assert_eq!(cfg.flags, 2 | 4 | 8 | 32 | 64 | 0x100 | nf::JOIN_NETWORK);
+        for name in [
+            "NO_ROUTE_LIST",
+            "MIX_STATES",
+            "RANDOMIZE_STATES",
+            "KEEPS_IDS_IN_CLUSTER",
+        ] {
+            let key = format!("options.flags {name} (no effect in Apsis");
+            assert!(
+                cfg.ignored_keys.iter().any(|k| k.starts_with(&key)),
+                "{name}: {:?}",
+                cfg.ignored_keys
+            );
+        }
+        assert!(cfg
+            .ignored_keys
+            .iter()
+            .any(|k| k == "options.flags 0x100 (unknown bits)"));
+        assert!(!cfg.ignored_keys.iter().any(|k| k.contains("NO_CSUM")));
     }
 
     /// `options.daemon` sends `apsis server` to the background, as it does dnet_ioserv.
