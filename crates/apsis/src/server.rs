@@ -82,7 +82,11 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_env("APSIS_LOG").unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
     let (layer, handle) = reload::Layer::new(filter);
-    let (writer, ansi) = log_writer(&cfg.log)?;
+    let LogOutput {
+        writer,
+        ansi,
+        files: log_files,
+    } = log_output(&cfg.log)?;
     // Before any thread exists (the runtime's): only then is fork safe.
     let daemon = if a.daemon || cfg.daemon {
         if cfg.log.contains(&apsis_node::LogSink::Stderr) {
@@ -108,6 +112,10 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Taken before the node starts: SIGHUP's default would end the process.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let node = match Node::start(cfg, Some(setter)).await {
             Ok(n) => n,
             Err(e) => {
@@ -132,40 +140,57 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
                 let _ = std::io::stdout().flush();
             }
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            _ = node.wait() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = node.wait() => break,
+                // As dnet_ioserv: SIGHUP reopens the log files (after logrotate moved them).
+                _ = hup.recv() => {
+                    for f in &log_files {
+                        match f.reopen() {
+                            Ok(()) => tracing::info!(path = %f.path.display(), "SIGHUP: log file reopened"),
+                            Err(e) => tracing::warn!(path = %f.path.display(), error = %e, "SIGHUP: log file not reopened; writing on to the old one"),
+                        }
+                    }
+                }
+            }
         }
         node.shutdown().await;
         Ok(())
     })
 }
 
-/// One writer for every sink of the node's log (`None`: no sink, no log), and whether its
-/// lines may carry colours (only when they go to stderr alone, and stderr is a terminal).
-/// A file is opened for appending, created with its directory when missing; one that cannot be
-/// is an error before the node starts, as `dnet_ioserv` refuses to start without its log.
-fn log_writer(sinks: &[apsis_node::LogSink]) -> anyhow::Result<(Option<BoxMakeWriter>, bool)> {
+/// Where the node's log goes, made from its sinks.
+struct LogOutput {
+    /// One writer for every sink (`None`: no sink, no log).
+    writer: Option<BoxMakeWriter>,
+    /// Whether lines may carry colours: only when they go to stderr alone, a terminal.
+    ansi: bool,
+    /// The files, for SIGHUP to reopen.
+    files: Vec<Arc<LogFile>>,
+}
+
+/// Opens the log's sinks. A file that cannot be opened is an error before the node starts,
+/// as `dnet_ioserv` refuses to start without its log.
+fn log_output(sinks: &[apsis_node::LogSink]) -> anyhow::Result<LogOutput> {
     use apsis_node::LogSink;
     use std::io::IsTerminal;
     let mut all: Option<BoxMakeWriter> = None;
+    let mut files = Vec::new();
     for sink in sinks {
         let w = match sink {
             LogSink::Stderr => BoxMakeWriter::new(std::io::stderr),
             LogSink::File(p) => {
-                let open = || {
-                    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                };
-                let f = open().map_err(|e| anyhow::anyhow!("log file {}: {e}", p.display()))?;
-                BoxMakeWriter::new(std::sync::Mutex::new(f))
+                let f = Arc::new(LogFile::open(p)?);
+                files.push(f.clone());
+                BoxMakeWriter::new(f)
             }
         };
         all = Some(match all {
@@ -173,8 +198,67 @@ fn log_writer(sinks: &[apsis_node::LogSink]) -> anyhow::Result<(Option<BoxMakeWr
             Some(prev) => BoxMakeWriter::new(prev.and(w)),
         });
     }
-    let ansi = sinks == [LogSink::Stderr] && std::io::stderr().is_terminal();
-    Ok((all, ansi))
+    Ok(LogOutput {
+        writer: all,
+        ansi: sinks == [LogSink::Stderr] && std::io::stderr().is_terminal(),
+        files,
+    })
+}
+
+/// A log file: appended to, created with its directory when missing, and reopened by path on
+/// SIGHUP, so a rotation tool can move it away and have the node start a new one.
+struct LogFile {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl LogFile {
+    fn open(path: &std::path::Path) -> anyhow::Result<LogFile> {
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: std::sync::Mutex::new(Self::open_file(path)?),
+        })
+    }
+
+    fn open_file(p: &std::path::Path) -> anyhow::Result<std::fs::File> {
+        let open = || {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+        };
+        open().map_err(|e| anyhow::anyhow!("log file {}: {e}", p.display()))
+    }
+
+    /// Opens the path again; later lines go to the file now there.
+    fn reopen(&self) -> anyhow::Result<()> {
+        let f = Self::open_file(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
+        Ok(())
+    }
+}
+
+/// The log layer writes each line with one `write_all`, so a line is never split between
+/// the old file and the new one.
+impl std::io::Write for &LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `apsis server` in the background (Elliptics' `daemon`). The command forks: the child

@@ -1671,8 +1671,9 @@ fn health_endpoints_follow_the_node() {
 }
 
 /// `daemon = true` (Elliptics' `daemon`): `apsis server` returns once the node serves, with
-/// where it listens and its pid, and the node goes on in the background until SIGTERM; a node
-/// that cannot start makes the command fail with the reason.
+/// where it listens and its pid, and the node goes on in the background, reopens its log on
+/// SIGHUP and stops on SIGTERM; a node that cannot start makes the command fail with the
+/// reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_returns_once_the_node_serves() {
     let d = tempfile::tempdir().unwrap();
@@ -1724,13 +1725,31 @@ async fn a_daemon_returns_once_the_node_serves() {
     let s = client.session(vec![1]);
     s.write(b"bg", b"daemon").await.unwrap();
     assert_eq!(s.read(b"bg", 0, 0).await.unwrap().data, &b"daemon"[..]);
-    // SIGTERM stops it as it stops a foreground node; its log went to the file.
     let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    let (log, rotated) = (d.path().join("apsis.log"), d.path().join("apsis.log.1"));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    // Log rotation as logrotate does it for dnet_ioserv: move the file, SIGHUP. The node
+    // lives on and writes a new file where the old one was.
+    std::fs::rename(&log, &rotated).unwrap();
+    signal("-HUP");
+    let t = std::time::Instant::now();
+    while !read(&log).contains("log file reopened") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no new log after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(alive());
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    s.write(b"bg2", b"after").await.unwrap();
+    // SIGTERM stops it as it stops a foreground node.
+    signal("-TERM");
     let t = std::time::Instant::now();
     while alive() {
         assert!(
@@ -1739,10 +1758,14 @@ async fn a_daemon_returns_once_the_node_serves() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = std::fs::read_to_string(d.path().join("apsis.log")).unwrap();
+    let (old, new) = (read(&rotated), read(&log));
     assert!(
-        log.contains("node started") && log.contains("node stopped"),
-        "{log}"
+        old.contains("node started") && !old.contains("node stopped"),
+        "{old}"
+    );
+    assert!(
+        new.contains("node stopped") && !new.contains("node started"),
+        "{new}"
     );
 
     // A node that cannot start (its address is taken): the command says why and fails.
