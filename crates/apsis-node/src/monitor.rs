@@ -377,7 +377,7 @@ pub fn prometheus(ctx: &Ctx) -> String {
 /// Ready means: the node is not stopping; the first round of joining its remotes has ended
 /// (until then data requests wait); at least one backend is enabled; and no enabled backend
 /// is poisoned (a failed fsync or a disk error fenced it, and it refuses writes until it is
-/// restarted). With `writable`, the node must also take writes: not read-only (STATUS RO) and
+/// disabled and enabled again, or the node restarts). With `writable`, the node must also take writes: not read-only (STATUS RO) and
 /// an enabled backend neither read-only nor poisoned. Returns the verdict and a JSON body
 /// with the reasons against it and each backend's state.
 pub fn health(ctx: &Ctx, writable: bool) -> (bool, Value) {
