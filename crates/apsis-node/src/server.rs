@@ -22,6 +22,8 @@ pub struct Node {
     /// The HTTP monitor's address, when enabled.
     pub monitor: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The HTTP monitor's task: stopped last, so health probes see the drain.
+    monitor_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -130,7 +132,7 @@ impl Node {
         for (_, l) in listeners {
             tasks.push(tokio::spawn(accept_loop(ctx.clone(), l, conn_ids.clone())));
         }
-        let mut monitor_addr = None;
+        let (mut monitor_addr, mut monitor_task) = (None, None);
         if ctx.cfg.monitor_port != 0 {
             let host = bound[0].ip();
             let a = SocketAddr::new(host, ctx.cfg.monitor_port);
@@ -138,7 +140,7 @@ impl Node {
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("bind monitor {a}: {e}")))?;
             monitor_addr = Some(l.local_addr()?);
-            tasks.push(tokio::spawn(monitor::serve_http(ctx.clone(), l)));
+            monitor_task = Some(tokio::spawn(monitor::serve_http(ctx.clone(), l)));
         }
         tracing::info!(listen = ?bound, advertise = ?advertise, backends = ctx.backends.slots().len(), "node started");
         Ok(Node {
@@ -146,6 +148,7 @@ impl Node {
             listen: bound,
             monitor: monitor_addr,
             tasks,
+            monitor_task,
         })
     }
 
@@ -160,7 +163,8 @@ impl Node {
     }
 
     /// Stops accepting, lets connections finish what they have, then syncs and closes every
-    /// backend, so what the sync setting promised is on disk.
+    /// backend, so what the sync setting promised is on disk. The monitor answers until the
+    /// end: meanwhile `/health/ready` says the node is stopping.
     pub async fn shutdown(self) {
         self.ctx.request_shutdown();
         for t in &self.tasks {
@@ -179,6 +183,9 @@ impl Node {
             ctx.backends.close_all();
         })
         .await;
+        if let Some(t) = &self.monitor_task {
+            t.abort();
+        }
         tracing::info!("node stopped");
     }
 }

@@ -1667,6 +1667,38 @@ fn health_endpoints_follow_the_node() {
     assert_eq!(get("/health/live").0, 200);
     cli(&["backend", "enable", "1"]);
     assert_eq!(get("/health/ready").0, 200);
+
+    // Stopping: while a request in flight drains (the backend delays it 1.5 s), the node is
+    // alive but not ready.
+    cli(&["backend", "delay", "1", "1500"]);
+    let mut c = std::net::TcpStream::connect(srv.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(&raw_request(cmd::LOOKUP, cflags::NEED_ACK, &[]))
+        .unwrap();
+    // Read by the node (its reader then waits out the delay) before the signal comes.
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = srv.child.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let (code, body) = get("/health/ready");
+        if body.contains("the node is stopping") {
+            assert_eq!(code, 503);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "{code} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get("/health/live").0, 200);
+    // The request in flight is answered before the connection closes.
+    let f = read_frame(&mut c).unwrap();
+    assert_eq!(
+        (f.header.cmd, f.header.status),
+        (cmd::LOOKUP, -errno::ENOENT)
+    );
     drop(silent);
 }
 
