@@ -91,7 +91,11 @@ impl ClientOpts {
     pub async fn session(&self) -> anyhow::Result<apsis_client::Session> {
         let client = apsis_client::Client::connect(&self.remote_addrs()?, Default::default())
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", self.remotes.join(", ")))?;
+            .map_err(|e| match &self.remotes[..] {
+                // The error names the address already.
+                [_] => anyhow::anyhow!("cannot connect: {e}"),
+                all => anyhow::anyhow!("cannot connect to any of {}: {e}", all.join(", ")),
+            })?;
         let mut s = client.session(self.groups.clone());
         s.namespace = self.namespace.as_bytes().to_vec();
         s.timeout = std::time::Duration::from_secs(self.timeout.max(1));
