@@ -332,13 +332,15 @@ impl Drop for ReaderGuard {
 }
 
 impl Conn {
-    /// Connects within `timeout`, with `keepalive` on the socket; the requests' deadlines
-    /// count on `clock`, whose sweeper watches the new connection.
+    /// Connects within `timeout`, with `keepalive` and the type of service `tos` on the
+    /// socket; the requests' deadlines count on `clock`, whose sweeper watches the new
+    /// connection.
     pub async fn connect(
         addr: SocketAddr,
         timeout: std::time::Duration,
         clock: &Arc<Clock>,
         keepalive: Option<crate::Keepalive>,
+        tos: u32,
         on_push: OnPush,
         serve: Option<Serve>,
     ) -> Result<Arc<Conn>> {
@@ -354,6 +356,7 @@ impl Conn {
         if let Some(k) = keepalive {
             k.apply(&sock).map_err(|e| err(format!("keepalive: {e}")))?;
         }
+        crate::tos::set(&sock, tos).map_err(|e| err(format!("type of service: {e}")))?;
         // A second handle on the socket, for options after it is split (see `kill`).
         let ctl = sock
             .into_std()

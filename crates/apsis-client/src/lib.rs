@@ -19,6 +19,7 @@
 //! - [`conn`]: one connection: writer queue, reply routing by `trans`, timeouts.
 //! - [`clock`]: the coarse clock request deadlines count on, and its sweeper.
 //! - [`keepalive`]: TCP keepalive on every connection, so a vanished peer is noticed.
+//! - [`tos`]: the IP type of service of a connection's packets.
 //! - [`routes`]: the per-group route table and owner lookup (from `apsis-ring`).
 //! - [`session`]: [`Session`] and the operations; [`Checker`]; result types.
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod keepalive;
 pub mod routes;
 pub mod session;
+pub mod tos;
 
 pub use error::{ClientError, Result};
 pub use keepalive::Keepalive;
@@ -78,6 +80,9 @@ pub struct ClientOptions {
     /// Set by a node: answers the requests peers send on the connections it opened (see
     /// [`conn::Serve`]); without it they are dropped.
     pub serve: Option<conn::Serve>,
+    /// The IP type of service of every connection's packets ([`tos`]; a node's
+    /// `server_net_prio`); 0 leaves the system's.
+    pub tos: u32,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -92,6 +97,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("auth_cookie", &!self.auth_cookie.is_empty())
             .field("keepalive", &self.keepalive)
             .field("serve", &self.serve.is_some())
+            .field("tos", &self.tos)
             .finish()
     }
 }
@@ -108,6 +114,7 @@ impl Default for ClientOptions {
             auth_cookie: String::new(),
             keepalive: Some(Keepalive::ELLIPTICS),
             serve: None,
+            tos: 0,
         }
     }
 }
@@ -280,6 +287,7 @@ impl Client {
             self.inner.opts.connect_timeout,
             &self.inner.clock,
             self.inner.opts.keepalive,
+            self.inner.opts.tos,
             on_push,
             self.inner.opts.serve.clone(),
         )

@@ -78,6 +78,8 @@ impl Cluster {
             join: Some(join),
             auth_cookie: cfg.auth_cookie.clone(),
             keepalive: cfg.keepalive,
+            // Every connection this node opens is to another node.
+            tos: cfg.server_net_prio,
             serve: Some(crate::conn::peer_requests(
                 ctx_for_peers,
                 cfg.max_inflight_per_connection,

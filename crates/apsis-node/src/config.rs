@@ -25,6 +25,8 @@
 //! keepalive_interval_secs = 10      #   a peer silent for idle + interval x count (40 s) is
 //! keepalive_count = 3               #   dropped; idle 0 = off
 //! monitor_port = 0                  # 0 = off; HTTP JSON, Prometheus and health on this port
+//! client_net_prio = 0               # IP type of service on client connections (0 = leave)
+//! server_net_prio = 0               #   and on connections with other nodes
 //! log_level = "info"
 //! log_file = "/var/log/apsis.log"   # appended to (created with its directory); default stderr
 //! daemon = false                    # apsis server goes to the background once it serves
@@ -104,6 +106,11 @@ pub struct NodeConfig {
     /// TCP keepalive on every accepted and every outgoing connection (`None`: off), so a
     /// client or peer that vanished without closing is dropped (see [`apsis_client::keepalive`]).
     pub keepalive: Option<apsis_client::Keepalive>,
+    /// IP type of service on client connections (Elliptics' `client_net_prio`), and on
+    /// connections with other nodes (`server_net_prio`): those this node opens, and an
+    /// accepted one once its peer joins; 0 leaves the system's (see [`apsis_client::tos`]).
+    pub client_net_prio: u32,
+    pub server_net_prio: u32,
     /// HTTP monitor port on the first listen address's host; 0 = off.
     pub monitor_port: u16,
     pub log_level: String,
@@ -192,6 +199,8 @@ impl NodeConfig {
             max_connections: 4096,
             max_inflight_per_connection: 1024,
             keepalive: Some(apsis_client::Keepalive::ELLIPTICS),
+            client_net_prio: 0,
+            server_net_prio: 0,
             monitor_port: 0,
             log_level: "info".into(),
             log: vec![LogSink::Stderr],
@@ -298,6 +307,12 @@ impl NodeConfig {
         if let Some(v) = n.monitor_port {
             cfg.monitor_port = v;
         }
+        if let Some(v) = n.client_net_prio {
+            cfg.client_net_prio = v;
+        }
+        if let Some(v) = n.server_net_prio {
+            cfg.server_net_prio = v;
+        }
         if let Some(v) = n.log_level {
             cfg.log_level = v;
         }
@@ -376,6 +391,16 @@ impl NodeConfig {
 
     /// Checks what a node cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("client_net_prio", self.client_net_prio),
+            ("server_net_prio", self.server_net_prio),
+        ] {
+            if v > 255 {
+                return Err(ConfigError(format!(
+                    "{name} is an IP type of service, 0..=255, not {v}"
+                )));
+            }
+        }
         if self.listen.is_empty() {
             return Err(ConfigError("no listen address".into()));
         }
@@ -499,6 +524,8 @@ struct TomlNode {
     keepalive_interval_secs: Option<u64>,
     keepalive_count: Option<u32>,
     monitor_port: Option<u16>,
+    client_net_prio: Option<u32>,
+    server_net_prio: Option<u32>,
     log_level: Option<String>,
     log_file: Option<PathBuf>,
     daemon: Option<bool>,

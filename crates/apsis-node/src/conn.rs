@@ -41,6 +41,9 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
             tracing::debug!(%peer, error = %e, "keepalive not set");
         }
     }
+    if let Err(e) = apsis_client::tos::set(&sock, ctx.cfg.client_net_prio) {
+        tracing::debug!(%peer, error = %e, "type of service not set");
+    }
     let local = sock.local_addr().ok();
     let (mut rd, wr) = sock.into_split();
     let cw = Arc::new(ConnWriter::new(wr, ctx.clone()));
@@ -88,7 +91,19 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                             )
                             .await
                             {
-                                Inline::Continue => continue,
+                                Inline::Continue => {
+                                    // A peer that joined is a node: its connection's packets
+                                    // take the nodes' type of service from now on.
+                                    if hdr.cmd == cmd::JOIN
+                                        && ctx.joined.lock().contains_key(&conn_id)
+                                    {
+                                        let tos = ctx.cfg.server_net_prio;
+                                        if let Err(e) = apsis_client::tos::set(rd.as_ref(), tos) {
+                                            tracing::debug!(%peer, error = %e, "type of service not set");
+                                        }
+                                    }
+                                    continue;
+                                }
                                 Inline::Close => break 'conn,
                             }
                         }

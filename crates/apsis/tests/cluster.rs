@@ -7,6 +7,7 @@
 use apsis_client::{Checker, Client, ClientError, Session};
 use apsis_proto::{cflags, cmd, errno, Header, IoAttr, MonitorStatRequest};
 use apsis_testkit::{corrupt_copy, Cluster, ClusterSpec, History, Kind, Net, Outcome};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -327,6 +328,83 @@ async fn a_node_that_vanishes_leaves_an_idle_clients_routes() {
 
 /// A node that receives a request for a key it does not own forwards it to the owner, unless
 /// DIRECT is set; a client that knows only one node learns the others from its route list.
+/// Every established TCP socket on this host as the kernel reports it (`ss -p --tos`): its
+/// local and peer addresses, the pid that holds it, and its type of service.
+fn sockets_with_tos() -> Vec<(SocketAddr, SocketAddr, Option<u32>, u32)> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnpH", "--tos", "state", "established"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let tos = f.iter().find_map(|x| x.strip_prefix("tos:"))?;
+            let tos = match tos.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).ok()?,
+                None => tos.parse().ok()?,
+            };
+            let pid = l
+                .split("pid=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse().ok());
+            Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?, pid, tos))
+        })
+        .collect()
+}
+
+/// Elliptics' `client_net_prio` and `server_net_prio`: a client's connection carries the
+/// clients' type of service on the node's side; a connection a node opens to another node
+/// carries the nodes', and so does the accepted end of a node's connection once it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_carry_the_configured_type_of_service() {
+    let cluster = Cluster::start(
+        BIN,
+        ClusterSpec {
+            node_extra: "client_net_prio = 32\nserver_net_prio = 72".into(),
+            ..ClusterSpec::new(vec![vec![1], vec![2]], Net::Loopback)
+        },
+    )
+    .unwrap();
+    let full = cluster.client().await;
+    cluster.wait_mesh(&full, Duration::from_secs(20)).await;
+    let (a0, a1) = (cluster.addrs()[0], cluster.addrs()[1]);
+    let pids = [cluster.nodes[0].pid(), cluster.nodes[1].pid()];
+    let client = std::net::TcpStream::connect(a0).unwrap();
+    let mine = client.local_addr().unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let socks = sockets_with_tos();
+        let tos_of =
+            |l: SocketAddr, p: SocketAddr| socks.iter().find(|s| (s.0, s.1) == (l, p)).map(|s| s.3);
+        // Connections a node opened to another node (the join, the connection back).
+        let opened: Vec<_> = socks
+            .iter()
+            .filter(|s| pids.contains(&s.2) && (s.1 == a0 || s.1 == a1))
+            .collect();
+        // Node 1's joining connection, at node 0.
+        let joined_end = opened
+            .iter()
+            .find(|s| s.2 == pids[1] && s.1 == a0)
+            .and_then(|s| tos_of(a0, s.0));
+        let ok = tos_of(a0, mine) == Some(32)
+            && opened.len() >= 2
+            && opened.iter().all(|s| s.3 == 72)
+            && joined_end == Some(72);
+        if ok {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "client end {:?}, opened by nodes {opened:?}, joined end {joined_end:?}",
+            tos_of(a0, mine)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_forward_what_they_do_not_own() {
     let cluster = Cluster::start(

@@ -190,6 +190,7 @@ impl Walk {
         let mut stall_count = 0;
         let mut monitor_port = 0;
         let mut daemon = false;
+        let (mut client_net_prio, mut server_net_prio) = (0, 0);
 
         for (key, value) in object(options, "options")? {
             let path = format!("options.{key}");
@@ -234,12 +235,9 @@ impl Walk {
                     boolean(value, &path)?;
                     self.no_effect(&path);
                 }
-                "bg_ionice_class"
-                | "bg_ionice_prio"
-                | "server_net_prio"
-                | "client_net_prio"
-                | "removal_delay"
-                | "indexes_shard_count" => {
+                "client_net_prio" => client_net_prio = uint_in::<u32>(value, &path)?,
+                "server_net_prio" => server_net_prio = uint_in::<u32>(value, &path)?,
+                "bg_ionice_class" | "bg_ionice_prio" | "removal_delay" | "indexes_shard_count" => {
                     uint(value, &path)?;
                     self.no_effect(&path);
                 }
@@ -282,6 +280,8 @@ impl Walk {
         };
         cfg.monitor_port = monitor_port;
         cfg.daemon = daemon;
+        cfg.client_net_prio = client_net_prio;
+        cfg.server_net_prio = server_net_prio;
         cfg.worker_threads = 0;
         Ok(cfg)
     }
@@ -876,6 +876,21 @@ mod tests {
             .iter()
             .any(|k| k == "options.flags 0x100 (unknown bits)"));
         assert!(!cfg.ignored_keys.iter().any(|k| k.contains("NO_CSUM")));
+    }
+
+    /// `client_net_prio` and `server_net_prio` are types of service for the sockets, as in
+    /// Elliptics; a value that is not one is refused when the config is checked.
+    #[test]
+    fn net_prios_are_taken() {
+        let mut v = minimal(1025, 1, &[]);
+        v["options"]["server_net_prio"] = json!(1);
+        v["options"]["client_net_prio"] = json!(6);
+        let cfg = parse(&v).unwrap();
+        assert_eq!((cfg.client_net_prio, cfg.server_net_prio), (6, 1));
+        assert!(!cfg.ignored_keys.iter().any(|k| k.contains("net_prio")));
+        v["options"]["client_net_prio"] = json!(256);
+        let e = parse(&v).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("client_net_prio"), "{e}");
     }
 
     /// `options.daemon` sends `apsis server` to the background, as it does dnet_ioserv.
