@@ -599,7 +599,7 @@ async fn restart_keeps_data_and_kill9_keeps_durable_writes() {
     }
 }
 
-/// Elliptics' NO_CSUM node flag (TOML `no_csum`, `options.flags` bit 8 in the JSON): every
+/// Elliptics' NO_CSUM node flag (TOML `no_csum`, value 8 of `options.flags` in the JSON): every
 /// data command runs as with the NOCSUM ioflag. A byte flipped on disk is −EILSEQ on a node
 /// without it and read back as it is on the same data with it; writes store no checksums.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
