@@ -102,10 +102,7 @@ mod tests {
 
     #[tokio::test]
     async fn applied_to_a_socket_the_kernel_reports_it() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (_l, c) = crate::loopback_socket().await;
         let k = Keepalive::from_secs(7, 3, 4).unwrap();
         k.apply(&c).unwrap();
         let s = socket2::SockRef::from(&c);

@@ -31,6 +31,16 @@ pub mod routes;
 pub mod session;
 pub mod tos;
 
+/// A connected loopback socket (and its listener, kept open), for tests of socket options.
+#[cfg(test)]
+pub(crate) async fn loopback_socket() -> (tokio::net::TcpListener, tokio::net::TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    (l, c)
+}
+
 pub use error::{ClientError, Result};
 pub use keepalive::Keepalive;
 pub use session::{

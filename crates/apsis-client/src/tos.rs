@@ -32,10 +32,7 @@ pub fn get(sock: &tokio::net::TcpStream) -> std::io::Result<u32> {
 mod tests {
     #[tokio::test]
     async fn set_on_a_socket_the_kernel_reports_it() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (_l, c) = crate::loopback_socket().await;
         assert_eq!(super::get(&c).unwrap(), 0);
         super::set(&c, 0).unwrap();
         assert_eq!(super::get(&c).unwrap(), 0);
