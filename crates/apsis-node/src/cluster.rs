@@ -141,7 +141,7 @@ impl Cluster {
     /// for keys a peer still holds (it cannot know the previous owner), and would take
     /// WRITEs for ids another node owns.
     pub async fn wait_joined(&self) {
-        if self.joined.flag.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_joined() {
             return;
         }
         // Boxed: rare, and a request's future would otherwise carry this one's state.

@@ -360,12 +360,12 @@ pub fn prometheus(ctx: &Ctx) -> String {
         ctx.started.elapsed().as_secs()
     );
     // What `/health/ready` answers, for alerts: ready, and ready to take writes.
-    let (ready, h) = health(ctx, false);
+    let h = health(ctx, false);
     let _ = writeln!(
         s,
         "# TYPE apsis_ready gauge\napsis_ready {}\n# TYPE apsis_writable gauge\napsis_writable {}",
-        ready as u8,
-        (ready && h["writable"] == true) as u8
+        h.ready as u8,
+        (h.ready && h.writable) as u8
     );
     s
 }
@@ -378,9 +378,8 @@ pub fn prometheus(ctx: &Ctx) -> String {
 /// (until then data requests wait); at least one backend is enabled; and no enabled backend
 /// is poisoned (a failed fsync or a disk error fenced it, and it refuses writes until it is
 /// disabled and enabled again, or the node restarts). With `writable`, the node must also take writes: not read-only (STATUS RO) and
-/// an enabled backend neither read-only nor poisoned. Returns the verdict and a JSON body
-/// with the reasons against it and each backend's state.
-pub fn health(ctx: &Ctx, writable: bool) -> (bool, Value) {
+/// an enabled backend neither read-only nor poisoned.
+pub fn health(ctx: &Ctx, writable: bool) -> Health {
     let mut reasons: Vec<String> = Vec::new();
     if ctx.is_stopping() {
         reasons.push("the node is stopping".into());
@@ -393,7 +392,7 @@ pub fn health(ctx: &Ctx, writable: bool) -> (bool, Value) {
     for slot in ctx.backends.slots() {
         let st = slot.status();
         let engine = slot.engine();
-        let poisoned = engine.as_ref().and_then(|e| e.stats().poisoned);
+        let poisoned = engine.as_ref().and_then(|e| e.poisoned());
         if st.state == backend_state::ENABLED && engine.is_some() {
             enabled += 1;
             match &poisoned {
@@ -426,7 +425,21 @@ pub fn health(ctx: &Ctx, writable: bool) -> (bool, Value) {
     let ready = reasons.is_empty();
     let body =
         json!({"ready": ready, "writable": writes, "reasons": reasons, "backends": backends});
-    (ready, body)
+    Health {
+        ready,
+        writable: writes,
+        body,
+    }
+}
+
+/// A node's health ([`health`]).
+pub struct Health {
+    pub ready: bool,
+    /// The node takes writes (whether or not they were asked about).
+    pub writable: bool,
+    /// What `/health/ready` answers: the two verdicts, the reasons against readiness and each
+    /// backend's state.
+    pub body: Value,
 }
 
 /// Serves the HTTP monitor until the listener task is aborted.
@@ -476,10 +489,12 @@ pub async fn serve_http(ctx: Arc<Ctx>, l: TcpListener) {
                     .any(|kv| kv == "writable" || kv == "writable=1" || kv == "writable=true");
                 let c = ctx.clone();
                 match tokio::task::spawn_blocking(move || health(&c, writable)).await {
-                    Ok((true, v)) => ("200 OK", "application/json", v.to_string()),
-                    Ok((false, v)) => {
-                        ("503 Service Unavailable", "application/json", v.to_string())
-                    }
+                    Ok(h) if h.ready => ("200 OK", "application/json", h.body.to_string()),
+                    Ok(h) => (
+                        "503 Service Unavailable",
+                        "application/json",
+                        h.body.to_string(),
+                    ),
                     Err(_) => (
                         "500 Internal Server Error",
                         "text/plain",

@@ -24,8 +24,6 @@ use std::path::{Path, PathBuf};
 
 /// Elliptics keeps the cookie in a 32-byte buffer with `snprintf`: 31 bytes and a NUL.
 const AUTH_COOKIE_BYTES_MAX: usize = 31;
-/// `DNET_CFG_JOIN_NETWORK`: Elliptics sets this bit of `flags` from `join`, never from `flags`.
-const FLAG_JOIN_NETWORK: u64 = apsis_proto::node_flags::JOIN_NETWORK;
 /// Elliptics' defaults for a zero (or absent) `wait_timeout`, `check_timeout` and `stall_count`.
 const WAIT_TIMEOUT_SECS_DEFAULT: u64 = 5;
 const CHECK_TIMEOUT_SECS_DEFAULT: u64 = 60;
@@ -269,7 +267,9 @@ impl Walk {
         cfg.backends.clear();
         cfg.remotes = remotes;
         cfg.join = join;
-        cfg.flags = (flags & !FLAG_JOIN_NETWORK) | if join { FLAG_JOIN_NETWORK } else { 0 };
+        // Elliptics sets JOIN_NETWORK from `join`, never from `flags`.
+        let join_bit = apsis_proto::node_flags::JOIN_NETWORK;
+        cfg.flags = (flags & !join_bit) | if join { join_bit } else { 0 };
         cfg.auth_cookie = auth_cookie;
         cfg.wait_timeout_secs = nonzero_or(wait_timeout_secs, WAIT_TIMEOUT_SECS_DEFAULT);
         cfg.check_timeout_secs = nonzero_or(check_timeout_secs, CHECK_TIMEOUT_SECS_DEFAULT);
@@ -771,7 +771,7 @@ mod tests {
         );
         assert!(cfg.remotes.is_empty());
         assert!(cfg.join);
-        assert_eq!(cfg.flags, 4 | FLAG_JOIN_NETWORK);
+        assert_eq!(cfg.flags, 4 | apsis_proto::node_flags::JOIN_NETWORK);
         assert_eq!(cfg.auth_cookie, "secret");
         assert_eq!(
             (

@@ -398,6 +398,15 @@ impl BlobBackend {
         self.inner.read_with(key, req, f)
     }
 
+    /// Why the engine refuses writes after a failed sync, if it does: what
+    /// `stats().poisoned` says, without gathering the rest of the statistics.
+    pub fn poisoned(&self) -> Option<String> {
+        if !self.inner.is_poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.poisoned.lock().clone()
+    }
+
     /// [`Backend::read`](crate::Backend::read) without copying the bytes out of the base's
     /// memory map where they are in it: the answer shares the map (see `Inner::read_shared`),
     /// so a large read costs no memory of its own.
