@@ -13,7 +13,7 @@ use crate::cmd::Origin;
 use crate::reply::{ConnWriter, Msg, Sink};
 use crate::Ctx;
 use apsis_proto::{check_frame, cmd, make_read_room, pending_frame_len, Header, HEADER_SIZE};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +57,8 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     // The connection's own stop signal, polled with every read.
     let mut stop = ctx.conn_stops.signal(conn_id);
     let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
+    // Traded for the replies gathered in each batch (see `ConnWriter::flush_trading`).
+    let mut spare = Vec::with_capacity(64 << 10);
     let max = ctx.cfg.max_frame_bytes;
     // The budget held for the large frame arriving at the head of `buf` (see `frames`).
     let mut admitted: Option<OwnedSemaphorePermit> = None;
@@ -72,25 +74,28 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 Ok(Some(n)) => {
                     // Held until the frame has been handled (inline below, or by its task).
                     let held = admitted.take();
-                    let frame = buf.split_to(n).freeze();
-                    ctx.stats.bytes_in.fetch_add(n as u64, Relaxed);
-                    let hdr = match Header::decode(&frame) {
+                    ctx.stats.add_bytes_in(n as u64);
+                    let hdr = match Header::decode(&buf[..n]) {
                         Ok(h) => h,
                         Err(_) => break 'conn,
                     };
-                    let payload = frame.slice(HEADER_SIZE..);
                     if hdr.is_reply() {
                         // Replies come back on the connections this node opened (its
                         // cluster client), never on accepted ones: drop.
+                        buf.advance(n);
                         continue;
                     }
+                    // Inline commands read their payload where it lies in `buf` (advanced
+                    // past the frame once they are done); a request given a task of its own
+                    // takes the frame out of `buf`.
+                    let payload = &buf[HEADER_SIZE..n];
                     match hdr.cmd {
                         cmd::REVERSE_LOOKUP | cmd::JOIN | cmd::UPDATE_IDS => {
-                            match crate::cmd::system::inline(
-                                &ctx, hdr, &payload, &tx, conn_id, local,
-                            )
-                            .await
-                            {
+                            let r =
+                                crate::cmd::system::inline(&ctx, hdr, payload, &tx, conn_id, local)
+                                    .await;
+                            buf.advance(n);
+                            match r {
                                 Inline::Continue => {
                                     // A peer that joined is a node: its connection's packets
                                     // take the nodes' type of service from now on.
@@ -113,8 +118,10 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                         let sink = Sink::Direct(cw.clone());
                         crate::cmd::dispatch(&ctx, hdr, payload, sink, Origin::Accepted(conn_id))
                             .await;
+                        buf.advance(n);
                         continue;
                     }
+                    let payload = buf.split_to(n).freeze().slice(HEADER_SIZE..);
                     let permit = match inflight.clone().acquire_owned().await {
                         Ok(p) => p,
                         Err(_) => break 'conn,
@@ -167,7 +174,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 }
             }
         }
-        if !cw.flush().await {
+        if !cw.flush_trading(&mut spare).await {
             break 'conn;
         }
         if buf.is_empty() {
@@ -397,8 +404,7 @@ pub(crate) fn peer_requests(
                 return;
             }
             ctx.stats
-                .bytes_in
-                .fetch_add((HEADER_SIZE + frame.payload.len()) as u64, Relaxed);
+                .add_bytes_in((HEADER_SIZE + frame.payload.len()) as u64);
             let permit = running.clone().try_acquire_owned().ok();
             let from = Origin::Opened(peer.addr());
             let kill = peer.clone();

@@ -10,8 +10,8 @@
 //! free stripe is one compare-and-swap each. Contention goes through a queue per shard of
 //! stripes, under a mutex: waiters are served first come, first served, and a release hands
 //! the stripe straight to the first waiter (it stays held), so a stream of newcomers cannot
-//! starve a waiter, as with tokio's fair mutex. A guard owns a reference to the table, so a
-//! mutation can keep its lock until its group commit.
+//! starve a waiter, as with tokio's fair mutex. A guard borrows the table; a mutation that
+//! keeps its lock until its group commit turns it into one that owns a reference to it.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -103,12 +103,39 @@ impl Default for KeyLocks {
 }
 
 /// A held key lock; dropping it releases the stripe (to the first waiter, if there is one).
-pub struct KeyGuard {
+///
+/// It borrows the table while its request holds it; a lock kept past its request (a
+/// mutation's, until its group commit) becomes an [`OwnedKeyGuard`]. Borrowing spares each
+/// read the two locked instructions of counting a reference to a table all requests share.
+pub struct KeyGuard<'a> {
+    table: &'a Arc<Table>,
+    stripe: usize,
+}
+
+/// A held key lock that owns a reference to the table.
+pub struct OwnedKeyGuard {
     table: Arc<Table>,
     stripe: usize,
 }
 
-impl Drop for KeyGuard {
+impl KeyGuard<'_> {
+    /// The same lock, held for as long as the returned guard lives.
+    pub fn into_owned(self) -> OwnedKeyGuard {
+        let me = std::mem::ManuallyDrop::new(self);
+        OwnedKeyGuard {
+            table: Arc::clone(me.table),
+            stripe: me.stripe,
+        }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.table.release(self.stripe);
+    }
+}
+
+impl Drop for OwnedKeyGuard {
     fn drop(&mut self) {
         self.table.release(self.stripe);
     }
@@ -116,7 +143,7 @@ impl Drop for KeyGuard {
 
 impl KeyLocks {
     /// The key's lock.
-    pub async fn lock(&self, id: &[u8; 64], group: u32) -> KeyGuard {
+    pub async fn lock(&self, id: &[u8; 64], group: u32) -> KeyGuard<'_> {
         let h = u64::from_le_bytes(id[8..16].try_into().expect("8 bytes"))
             ^ (group as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let stripe = (h % STRIPES as u64) as usize;
@@ -130,14 +157,14 @@ impl KeyLocks {
         Box::pin(self.wait(stripe)).await
     }
 
-    fn guard(&self, stripe: usize) -> KeyGuard {
+    fn guard(&self, stripe: usize) -> KeyGuard<'_> {
         KeyGuard {
-            table: self.table.clone(),
+            table: &self.table,
             stripe,
         }
     }
 
-    async fn wait(&self, stripe: usize) -> KeyGuard {
+    async fn wait(&self, stripe: usize) -> KeyGuard<'_> {
         let state = &self.table.state[stripe];
         let w = Arc::new(Waiter::default());
         {
@@ -179,10 +206,10 @@ struct Granted<'a> {
     done: bool,
 }
 
-impl Future for Granted<'_> {
-    type Output = KeyGuard;
+impl<'a> Future for Granted<'a> {
+    type Output = KeyGuard<'a>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<KeyGuard> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<KeyGuard<'a>> {
         {
             let mut waker = self.w.waker.lock();
             if !self.w.granted.load(Acquire) {

@@ -73,8 +73,8 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
                 "frames_rejected": ctx.stats.frames_rejected.load(Relaxed),
                 "frames_stalled": ctx.frame_memory.stalled.load(Relaxed),
                 "frame_memory": {"used": ctx.frame_memory.in_use(), "limit": ctx.frame_memory.limit(), "waits": ctx.frame_memory.waits.load(Relaxed)},
-                "bytes_in": ctx.stats.bytes_in.load(Relaxed),
-                "bytes_out": ctx.stats.bytes_out.load(Relaxed),
+                "bytes_in": ctx.stats.bytes_in(),
+                "bytes_out": ctx.stats.bytes_out(),
                 "iterators": ctx.iterators.list().len(),
                 "forwarded": ctx.stats.forwarded.load(Relaxed),
                 "peers": ctx.cluster.client.nodes().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -300,7 +300,7 @@ pub fn prometheus(ctx: &Ctx) -> String {
             ctx.recovery.running() as u8
         );
     }
-    let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in.load(Relaxed), ctx.stats.bytes_out.load(Relaxed));
+    let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in(), ctx.stats.bytes_out());
     s.push_str("# TYPE apsis_backend_state gauge\n# TYPE apsis_backend_records gauge\n# TYPE apsis_backend_removed_records gauge\n# TYPE apsis_backend_bytes gauge\n# TYPE apsis_backend_index_memory_bytes gauge\n# TYPE apsis_backend_fsyncs_total counter\n");
     for slot in ctx.backends.slots() {
         let l = format!("backend=\"{}\",group=\"{}\"", slot.cfg.id, slot.cfg.group);

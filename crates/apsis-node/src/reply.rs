@@ -16,7 +16,6 @@ use crate::backends::Syncer;
 use apsis_proto::{cflags, Header, HEADER_SIZE};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
@@ -40,15 +39,99 @@ const PENDING_FLUSH: usize = 256 << 10;
 /// A connection's socket writer, shared by the reader (requests answered inline, gathered in
 /// `pending` and written once per batch of frames read) and the writer task (requests answered
 /// from their own tasks).
+///
+/// Bytes go to the socket only from whoever holds the [`Gate`], and the holder writes
+/// everything pending first, so frames never interleave and leave in the order they were
+/// gathered. The socket half is written through `&self` (`try_write` and `writable`): the gate
+/// is all the exclusion there is, one locked instruction to enter and one to leave (a
+/// `tokio::sync::Mutex` took four).
 pub struct ConnWriter {
     pending: parking_lot::Mutex<Vec<u8>>,
-    wr: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    gate: Gate,
+    wr: OwnedWriteHalf,
     ctx: Arc<crate::Ctx>,
     /// The runtime, for flushes started off it (held replies settled by a syncer thread).
     rt: tokio::runtime::Handle,
     /// Held replies not yet settled, and a wake-up for [`ConnWriter::drain_deferred`].
     deferred: std::sync::atomic::AtomicUsize,
     settled: tokio::sync::Notify,
+}
+
+/// The right to write to a connection's socket: a flag, and a wake-up for those waiting.
+struct Gate {
+    state: std::sync::atomic::AtomicU8,
+    released: tokio::sync::Notify,
+}
+
+/// [`Gate`] states.
+const FREE: u8 = 0;
+const HELD: u8 = 1;
+/// Held, and someone may be waiting: the holder wakes the waiters when it leaves.
+const WANTED: u8 = 2;
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: std::sync::atomic::AtomicU8::new(FREE),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn try_enter(&self) -> Option<Entered<'_>> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        self.state
+            .compare_exchange(FREE, HELD, Acquire, Relaxed)
+            .ok()
+            .map(|_| Entered(self))
+    }
+
+    async fn enter(&self) -> Entered<'_> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        if let Some(e) = self.try_enter() {
+            return e;
+        }
+        loop {
+            // Registered before the state says someone waits, so the holder's wake-up,
+            // which follows its leaving, cannot be missed.
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            let s = self.state.load(Relaxed);
+            let next = if s == FREE { WANTED } else { s.max(WANTED) };
+            // Entered as WANTED: others may still wait, and leaving must wake them.
+            if let Ok(prev) = self.state.compare_exchange(s, next, Acquire, Relaxed) {
+                if prev == FREE {
+                    return Entered(self);
+                }
+                released.await;
+            }
+        }
+    }
+
+    fn leave(&self) {
+        use std::sync::atomic::Ordering::Release;
+        if self.state.swap(FREE, Release) == WANTED {
+            self.released.notify_waiters();
+        }
+    }
+}
+
+/// The gate, held; leaves it when dropped.
+struct Entered<'a>(&'a Gate);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+/// The gate of a connection's writer, held by a task of its own.
+struct EnteredOwned(Arc<ConnWriter>);
+
+impl Drop for EnteredOwned {
+    fn drop(&mut self) {
+        self.0.gate.leave();
+    }
 }
 
 /// A request's replies held until its mutation is durable. Dropped unanswered (the syncer is
@@ -61,7 +144,7 @@ pub struct Deferred {
     size: u64,
     answered: bool,
     /// The request's key lock, released with the reply.
-    _key_lock: Option<crate::locks::KeyGuard>,
+    _key_lock: Option<crate::locks::OwnedKeyGuard>,
 }
 
 impl Deferred {
@@ -127,7 +210,8 @@ impl ConnWriter {
     pub fn new(wr: OwnedWriteHalf, ctx: Arc<crate::Ctx>) -> ConnWriter {
         ConnWriter {
             pending: parking_lot::Mutex::new(Vec::with_capacity(64 << 10)),
-            wr: Arc::new(tokio::sync::Mutex::new(wr)),
+            gate: Gate::new(),
+            wr,
             ctx,
             rt: tokio::runtime::Handle::current(),
             deferred: std::sync::atomic::AtomicUsize::new(0),
@@ -143,7 +227,7 @@ impl ConnWriter {
         req: Header,
         started: Instant,
         size: u64,
-        key_lock: Option<crate::locks::KeyGuard>,
+        key_lock: Option<crate::locks::OwnedKeyGuard>,
     ) {
         self.deferred
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -172,7 +256,7 @@ impl ConnWriter {
     /// Writes what is pending without waiting, from any thread: as much as the socket takes
     /// now; the rest (or everything, when another write is under way) is written by a task.
     pub fn flush_nowait(self: &Arc<Self>) {
-        let Ok(w) = self.wr.clone().try_lock_owned() else {
+        let Some(entered) = self.gate.try_enter() else {
             let me = self.clone();
             self.rt.spawn(async move {
                 me.flush().await;
@@ -188,7 +272,7 @@ impl ConnWriter {
         };
         let mut off = 0;
         while off < buf.len() {
-            match w.try_write(&buf[off..]) {
+            match self.wr.try_write(&buf[off..]) {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // The socket failed: the reader sees it too and closes the connection.
@@ -197,22 +281,40 @@ impl ConnWriter {
         }
         self.count(off);
         if off < buf.len() {
-            // The rest of a frame must be the next bytes on the socket: the task keeps the
-            // lock until it is written.
-            let me = self.clone();
+            // The rest of a frame must be the next bytes on the socket: the task holds the
+            // gate until it is written.
+            std::mem::forget(entered);
+            let held = EnteredOwned(self.clone());
             self.rt.spawn(async move {
-                let mut w = w;
                 let rest = buf.split_off(off);
-                if w.write_all(&rest).await.is_ok() {
-                    me.count(rest.len());
-                    drop(w);
+                if held.0.write_all(&rest).await.is_ok() {
+                    held.0.count(rest.len());
+                    let me = held.0.clone();
+                    drop(held);
+                    // What was gathered while the task wrote.
                     me.flush().await;
                 }
             });
             return;
         }
-        drop(w);
+        drop(entered);
         self.give_back(buf);
+    }
+
+    /// Writes all of `buf`, waiting for room; the caller holds the gate.
+    async fn write_all(&self, buf: &[u8]) -> std::io::Result<()> {
+        let mut off = 0;
+        while off < buf.len() {
+            match self.wr.try_write(&buf[off..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.wr.writable().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Returns a written buffer for the next batch (no allocation per flush) unless replies
@@ -228,10 +330,7 @@ impl ConnWriter {
     }
 
     fn count(&self, n: usize) {
-        self.ctx
-            .stats
-            .bytes_out
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.stats.add_bytes_out(n as u64);
     }
 
     /// Adds a frame (`h` with its size set) to the pending buffer; returns whether the
@@ -245,8 +344,8 @@ impl ConnWriter {
         p.len() >= PENDING_FLUSH
     }
 
-    /// Writes what is pending; false when the socket failed.
-    pub async fn flush(&self) -> bool {
+    /// Writes what is pending (the caller holds the gate); false when the socket failed.
+    async fn write_pending(&self) -> bool {
         let buf = {
             let mut p = self.pending.lock();
             if p.is_empty() {
@@ -255,19 +354,47 @@ impl ConnWriter {
             std::mem::take(&mut *p)
         };
         self.count(buf.len());
-        let ok = lock_fast(&self.wr).await.write_all(&buf).await.is_ok();
+        let ok = self.write_all(&buf).await.is_ok();
         self.give_back(buf);
         ok
     }
 
-    /// Writes whole buffers (the writer task's batches, large replies).
+    /// Writes what is pending; false when the socket failed.
+    pub async fn flush(&self) -> bool {
+        let _entered = self.gate.enter().await;
+        self.write_pending().await
+    }
+
+    /// [`ConnWriter::flush`] for the connection's reader, which keeps a buffer of its own
+    /// (`spare`, empty) to trade for the pending one: the written buffer stays with the reader
+    /// for the next trade instead of going back under the lock.
+    pub async fn flush_trading(&self, spare: &mut Vec<u8>) -> bool {
+        let _entered = self.gate.enter().await;
+        {
+            let mut p = self.pending.lock();
+            if p.is_empty() {
+                return true;
+            }
+            std::mem::swap(&mut *p, spare);
+        }
+        self.count(spare.len());
+        let ok = self.write_all(spare).await.is_ok();
+        spare.clear();
+        if spare.capacity() > 1 << 20 {
+            *spare = Vec::with_capacity(64 << 10);
+        }
+        ok
+    }
+
+    /// Writes whole buffers (the writer task's batches, large replies), after what is
+    /// pending.
     pub async fn write_parts(&self, parts: &[&[u8]]) -> bool {
-        if !self.flush().await {
+        let _entered = self.gate.enter().await;
+        if !self.write_pending().await {
             return false;
         }
-        let mut w = lock_fast(&self.wr).await;
         for p in parts {
-            if w.write_all(p).await.is_err() {
+            if self.write_all(p).await.is_err() {
                 return false;
             }
             self.count(p.len());
@@ -275,9 +402,11 @@ impl ConnWriter {
         true
     }
 
+    /// Writes what is pending and ends the connection's sending side.
     pub async fn shutdown(&self) {
-        let _ = self.flush().await;
-        let _ = self.wr.lock().await.shutdown().await;
+        let _entered = self.gate.enter().await;
+        let _ = self.write_pending().await;
+        let _ = rustix::net::shutdown(self.wr.as_ref(), rustix::net::Shutdown::Write);
     }
 }
 
@@ -287,15 +416,6 @@ async fn queue(tx: &Tx, m: Msg) -> bool {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(m)) => Box::pin(tx.send(m)).await.is_ok(),
         Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
-}
-
-/// Locks a tokio mutex, trying first without building a waiter: nearly every lock on a hot
-/// path is uncontended, and the try costs one atomic operation.
-pub async fn lock_fast<T>(m: &tokio::sync::Mutex<T>) -> tokio::sync::MutexGuard<'_, T> {
-    match m.try_lock() {
-        Ok(g) => g,
-        Err(_) => m.lock().await,
     }
 }
 
@@ -314,6 +434,9 @@ impl From<Tx> for Sink {
     }
 }
 
+/// Replies held for a sync, and its syncer ([`Out::hold_until`]).
+type Held = Option<(Arc<Syncer>, Vec<u8>)>;
+
 /// The reply side of one request.
 pub struct Out {
     pub tx: Sink,
@@ -323,10 +446,13 @@ pub struct Out {
     pub slot: Option<Arc<crate::backends::Slot>>,
     need_ack: bool,
     /// Replies held until a sync answers ([`Out::hold_until`]).
-    held: parking_lot::Mutex<Option<(Arc<Syncer>, Vec<u8>)>>,
+    held: parking_lot::Mutex<Held>,
+    /// Whether `held` was ever set: read (a plain load) before taking its lock, which costs
+    /// two locked instructions, so the replies that are not held never take it.
+    holding: std::sync::atomic::AtomicBool,
     /// The request's key lock, when a mutation keeps it until its reply goes out (for a held
     /// reply: until the mutation is durable, so nobody reads it before).
-    pub key_lock: Option<crate::locks::KeyGuard>,
+    pub key_lock: Option<crate::locks::OwnedKeyGuard>,
 }
 
 impl Out {
@@ -337,6 +463,7 @@ impl Out {
             need_ack: req.flags & cflags::NEED_ACK != 0,
             req,
             held: parking_lot::Mutex::new(None),
+            holding: std::sync::atomic::AtomicBool::new(false),
             key_lock: None,
         }
     }
@@ -350,12 +477,27 @@ impl Out {
     /// durable; [`Out::release`] hands them over.
     pub fn hold_until(&self, syncer: Arc<Syncer>) {
         *self.held.lock() = Some((syncer, Vec::new()));
+        self.holding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The held replies' lock, unless nothing was ever held.
+    fn held(&self) -> Option<parking_lot::MutexGuard<'_, Held>> {
+        // Relaxed: `holding` is only ever set by the request's own task.
+        self.holding
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.held.lock())
+    }
+
+    /// Whether replies are being held now.
+    fn is_held(&self) -> bool {
+        self.held().is_some_and(|h| h.is_some())
     }
 
     /// Hands held replies to the syncer; false when nothing was held (the replies went out
     /// already).
     pub fn release(&mut self, started: Instant, size: u64) -> bool {
-        let Some((syncer, replies)) = self.held.lock().take() else {
+        let Some((syncer, replies)) = self.held().and_then(|mut h| h.take()) else {
             return false;
         };
         if let Sink::Direct(w) = &self.tx {
@@ -379,12 +521,14 @@ impl Out {
     pub async fn send(&self, mut h: Header, parts: &[&[u8]]) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         h.size = len as u64;
-        if let Some((_, held)) = self.held.lock().as_mut() {
-            h.encode_into(held);
-            for p in parts {
-                held.extend_from_slice(p);
+        if let Some(mut g) = self.held() {
+            if let Some((_, held)) = g.as_mut() {
+                h.encode_into(held);
+                for p in parts {
+                    held.extend_from_slice(p);
+                }
+                return true;
             }
-            return true;
         }
         match &self.tx {
             Sink::Chan(tx) => {
@@ -417,7 +561,7 @@ impl Out {
     pub fn gather_data(&self, parts: &[&[u8]]) -> Option<bool> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         match &self.tx {
-            Sink::Direct(w) if len < GATHER_MAX && self.held.lock().is_none() => {
+            Sink::Direct(w) if len < GATHER_MAX && !self.is_held() => {
                 let mut h = self.req.reply(0, 0, self.need_ack);
                 h.size = len as u64;
                 Some(w.gather(&h, parts))
@@ -443,7 +587,7 @@ impl Out {
         more: bool,
     ) -> bool {
         match &self.tx {
-            Sink::Chan(tx) if data.len() >= GATHER_MAX && self.held.lock().is_none() => {
+            Sink::Chan(tx) if data.len() >= GATHER_MAX && !self.is_held() => {
                 h = h.reply(status, 0, more);
                 h.size = (head.len() + data.len()) as u64;
                 let mut buf = Vec::with_capacity(HEADER_SIZE + head.len());

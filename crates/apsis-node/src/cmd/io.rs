@@ -9,6 +9,7 @@
 use super::HResult;
 use crate::backends::Slot;
 use crate::cache::{patch, Cache, Cached, Put};
+use crate::locks::KeyGuard;
 use crate::reply::Out;
 use crate::Ctx;
 use apsis_proto::{
@@ -178,11 +179,7 @@ pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     Ok(())
 }
 
-pub(crate) async fn lock(
-    ctx: &Ctx,
-    hdr: &Header,
-    key: &[u8; 64],
-) -> Option<crate::locks::KeyGuard> {
+pub(crate) async fn lock<'a>(ctx: &'a Ctx, hdr: &Header, key: &[u8; 64]) -> Option<KeyGuard<'a>> {
     if hdr.flags & cflags::NOLOCK != 0 {
         None
     } else {
@@ -401,7 +398,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     };
     let key = apsis_storage::Key(io.id);
     // Held until the reply goes out: under `sync = 0`, until the write is durable.
-    out.key_lock = lock(ctx, &hdr, &io.id).await;
+    out.key_lock = lock(ctx, &hdr, &io.id).await.map(KeyGuard::into_owned);
     if let Some(c) = slot.cache() {
         let to_cache = f & (ioflags::CACHE | ioflags::CACHE_ONLY) != 0;
         let whole_or_patch = req.prepare.is_none()
@@ -519,7 +516,7 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
     node_writable(ctx, &slot)?;
-    out.key_lock = lock(ctx, &hdr, &hdr.id).await;
+    out.key_lock = lock(ctx, &hdr, &hdr.id).await.map(KeyGuard::into_owned);
     let key = apsis_storage::Key(hdr.id);
     // CAS_TIMESTAMP on DEL (an Apsis extension, what recovery sends): record the tombstone
     // at the request's timestamp even where the key is missing, unless something newer is

@@ -32,7 +32,26 @@ pub enum Origin {
     Opened(std::net::SocketAddr),
 }
 
-pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, from: Origin) {
+/// A request's payload: owned by a request in its own task, or borrowed from the connection's
+/// read buffer by one answered inline (no reference count written per request). Only a
+/// request relayed to another node needs it owned, and copies a borrowed one then.
+pub trait Payload: std::ops::Deref<Target = [u8]> {
+    fn into_bytes(self) -> Bytes;
+}
+
+impl Payload for Bytes {
+    fn into_bytes(self) -> Bytes {
+        self
+    }
+}
+
+impl Payload for &[u8] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self)
+    }
+}
+
+pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: impl Payload, tx: Sink, from: Origin) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
     if matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL) {
@@ -42,7 +61,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, fro
     let owner = ctx.cluster.owner(&hdr);
     let local = match owner {
         Some(r) if !ctx.cluster.is_local(r.addr) => {
-            relay(ctx, r.addr, hdr, payload, out, started);
+            relay(ctx, r.addr, hdr, payload.into_bytes(), out, started);
             return;
         }
         Some(r) => ctx
@@ -71,7 +90,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: Bytes, tx: Sink, fro
         let backend = out.slot.as_ref().map(|s| s.cfg.id as i32);
         if let Some(prev) = backend.and_then(|b| ctx.cluster.previous_owner(&hdr, b)) {
             if !ctx.cluster.is_local(prev.addr) {
-                relay(ctx, prev.addr, hdr, payload, out, started);
+                relay(ctx, prev.addr, hdr, payload.into_bytes(), out, started);
                 return;
             }
             if let Some(s) = ctx.backends.get(prev.backend_id as u32) {
@@ -124,7 +143,7 @@ fn relay(
     tokio::spawn(job);
 }
 
-async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, from: Origin) -> HResult {
+async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin) -> HResult {
     let hdr = out.req;
     let out = &mut *out;
     // The hot commands' futures are part of every request's future (built and moved once per
@@ -139,7 +158,7 @@ async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, from: Origin) -> 
     }
 }
 
-async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &Bytes, from: Origin) -> HResult {
+async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin) -> HResult {
     match out.req.cmd {
         cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
         cmd::READ_RANGE | cmd::DEL_RANGE => range::handle(ctx, out, payload).await,
