@@ -174,7 +174,9 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 }
             }
         }
-        if !cw.flush_trading(&mut spare).await {
+        // Written when this worker thread runs out of tasks, with other connections' (see
+        // `batch`), or now.
+        if !crate::batch::defer(&cw) && !cw.flush_trading(&mut spare).await {
             break 'conn;
         }
         if buf.is_empty() {

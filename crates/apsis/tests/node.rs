@@ -2409,3 +2409,91 @@ async fn requests_share_one_connection_and_an_idle_one_sees_the_node_go() {
         .await
         .expect("the idle connection saw the node go");
 }
+
+/// Replies wait for their worker thread to run out of tasks and go out together (`batch`):
+/// on a node with one worker, 150 connections (more than a batch takes) each pipeline
+/// writes and reads of keys of their own, and every reply comes back, right; then, with the
+/// node idle, a lone request is answered at once, not when something else happens.
+#[test]
+fn batched_replies_all_go_out_and_a_lone_request_does_not_wait() {
+    let d = tempfile::tempdir().unwrap();
+    // One worker: every connection queues on the same thread.
+    let cfg = d.path().join("apsis.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\naddresses = [\"127.0.0.1:0\"]\nworker_threads = 1\n\n[[backend]]\n\
+             id = 1\ngroup = 1\ndir = \"{}\"\n",
+            d.path().join("b1").display()
+        ),
+    )
+    .unwrap();
+    let srv = Server::spawn(
+        d.path(),
+        vec!["server".into(), "-c".into(), cfg.display().to_string()],
+    );
+    let read_req = |id: [u8; 64], trans: u64| {
+        let io = apsis_proto::IoAttr {
+            id,
+            parent: id,
+            ..Default::default()
+        };
+        let mut h = apsis_proto::Header::new(cmd::READ, 0);
+        (h.id, h.group, h.trans) = (id, 1, trans);
+        h.size = apsis_proto::IoAttr::SIZE as u64;
+        let mut v = h.encode().to_vec();
+        v.extend_from_slice(&io.encode());
+        v
+    };
+    let addr = srv.addr;
+    let clients: Vec<_> = (0..150u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let ids: Vec<_> = (0..4u64)
+                    .map(|k| sha(format!("{c}/{k}").as_bytes()))
+                    .collect();
+                let mut batch = Vec::new();
+                for (k, id) in ids.iter().enumerate() {
+                    batch.extend(raw_write(*id, format!("v{c}/{k}").as_bytes(), 0, k as u64));
+                }
+                for (k, id) in ids.iter().enumerate() {
+                    batch.extend(read_req(*id, 100 + k as u64));
+                }
+                s.write_all(&batch).unwrap();
+                let mut got = std::collections::BTreeMap::new();
+                while got.len() < 8 {
+                    let f = read_frame(&mut s).expect("every reply comes back");
+                    assert_eq!(f.header.status, 0);
+                    if f.header.flags & cflags::MORE == 0 {
+                        got.insert(f.header.trans, f);
+                    }
+                }
+                for k in 0..4u64 {
+                    let f = &got[&(100 + k)];
+                    assert_eq!(
+                        &f.payload[apsis_proto::IoAttr::SIZE..],
+                        format!("v{c}/{k}").as_bytes()
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Idle: the worker parks, and writes the reply as it does.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    s.write_all(&read_req(sha(b"0/0"), 7)).unwrap();
+    let f = read_frame(&mut s).unwrap();
+    assert_eq!((f.header.trans, f.header.status), (7, 0));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "a lone request took {:?}",
+        t.elapsed()
+    );
+}
