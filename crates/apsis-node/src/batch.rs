@@ -29,6 +29,9 @@ pub const MAX_WAIT: Duration = Duration::from_micros(200);
 struct Queue {
     conns: Vec<Arc<ConnWriter>>,
     since: Option<Instant>,
+    /// Traded for each connection's pending replies as they are written (one buffer moves
+    /// along instead of each going back under its connection's lock).
+    spare: Vec<u8>,
 }
 
 thread_local! {
@@ -68,18 +71,18 @@ pub(crate) fn defer(cw: &Arc<ConnWriter>) -> bool {
 /// Writes every connection queued on this thread (without waiting: what a socket does not
 /// take at once is written by a task of its own).
 fn flush_all() {
-    let conns = QUEUE.with(|q| {
+    let (conns, mut spare) = QUEUE.with(|q| {
         let mut q = q.borrow_mut();
         q.since = None;
-        std::mem::take(&mut q.conns)
+        (std::mem::take(&mut q.conns), std::mem::take(&mut q.spare))
     });
     if conns.is_empty() {
         return;
     }
     for cw in &conns {
-        cw.flush_nowait();
+        cw.flush_nowait_trading(&mut spare);
     }
-    // The vector goes back for the next queue (no allocation per batch).
+    // The vector and the buffer go back for the next queue (no allocation per batch).
     let mut conns = conns;
     conns.clear();
     QUEUE.with(|q| {
@@ -87,5 +90,6 @@ fn flush_all() {
         if q.conns.capacity() == 0 {
             q.conns = conns;
         }
+        q.spare = spare;
     });
 }

@@ -201,7 +201,7 @@ pub async fn relay(
     addr: SocketAddr,
     hdr: Header,
     payload: &[u8],
-    out: &Out,
+    out: &Out<'_>,
 ) -> Result<(), i32> {
     let mut h = hdr;
     h.flags |= cflags::DIRECT;

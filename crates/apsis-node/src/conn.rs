@@ -115,7 +115,7 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                         _ => {}
                     }
                     if inline_ok(hdr.cmd) {
-                        let sink = Sink::Direct(cw.clone());
+                        let sink = Sink::Direct(std::borrow::Cow::Borrowed(&cw));
                         crate::cmd::dispatch(&ctx, hdr, payload, sink, Origin::Accepted(conn_id))
                             .await;
                         buf.advance(n);

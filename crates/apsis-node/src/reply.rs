@@ -256,49 +256,88 @@ impl ConnWriter {
     /// Writes what is pending without waiting, from any thread: as much as the socket takes
     /// now; the rest (or everything, when another write is under way) is written by a task.
     pub fn flush_nowait(self: &Arc<Self>) {
-        let Some(entered) = self.gate.try_enter() else {
-            let me = self.clone();
-            self.rt.spawn(async move {
-                me.flush().await;
-            });
+        let Some(entered) = self.enter_nowait() else {
             return;
         };
-        let mut buf = {
+        let buf = {
             let mut p = self.pending.lock();
             if p.is_empty() {
                 return;
             }
             std::mem::take(&mut *p)
         };
+        if let Some(buf) = self.write_nowait(entered, buf) {
+            self.give_back(buf);
+        }
+    }
+
+    /// [`ConnWriter::flush_nowait`] trading `spare` (empty) for the pending buffer, as
+    /// [`ConnWriter::flush_trading`] does: for `batch`, which writes many connections in a
+    /// row with one spare buffer.
+    pub fn flush_nowait_trading(self: &Arc<Self>, spare: &mut Vec<u8>) {
+        let Some(entered) = self.enter_nowait() else {
+            return;
+        };
+        {
+            let mut p = self.pending.lock();
+            if p.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *p, spare);
+        }
+        match self.write_nowait(entered, std::mem::take(spare)) {
+            Some(mut buf) if buf.capacity() <= 1 << 20 => {
+                buf.clear();
+                *spare = buf;
+            }
+            _ => *spare = Vec::with_capacity(64 << 10),
+        }
+    }
+
+    /// The gate, if it is free now; otherwise a task flushes once it is.
+    fn enter_nowait(self: &Arc<Self>) -> Option<Entered<'_>> {
+        let entered = self.gate.try_enter();
+        if entered.is_none() {
+            let me = self.clone();
+            self.rt.spawn(async move {
+                me.flush().await;
+            });
+        }
+        entered
+    }
+
+    /// Writes `buf` as far as the socket takes it now; the rest is written by a task that
+    /// takes over the gate. The buffer back when it was all written.
+    fn write_nowait(self: &Arc<Self>, entered: Entered<'_>, mut buf: Vec<u8>) -> Option<Vec<u8>> {
         let mut off = 0;
         while off < buf.len() {
             match self.wr.try_write(&buf[off..]) {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // The socket failed: the reader sees it too and closes the connection.
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
         self.count(off);
-        if off < buf.len() {
-            // The rest of a frame must be the next bytes on the socket: the task holds the
-            // gate until it is written.
-            std::mem::forget(entered);
-            let held = EnteredOwned(self.clone());
-            self.rt.spawn(async move {
-                let rest = buf.split_off(off);
-                if held.0.write_all(&rest).await.is_ok() {
-                    held.0.count(rest.len());
-                    let me = held.0.clone();
-                    drop(held);
-                    // What was gathered while the task wrote.
-                    me.flush().await;
-                }
-            });
-            return;
+        if off == buf.len() {
+            drop(entered);
+            return Some(buf);
         }
-        drop(entered);
-        self.give_back(buf);
+        // The rest of a frame must be the next bytes on the socket: the task holds the gate
+        // until it is written.
+        std::mem::forget(entered);
+        let held = EnteredOwned(self.clone());
+        self.rt.spawn(async move {
+            let rest = buf.split_off(off);
+            if held.0.write_all(&rest).await.is_ok() {
+                held.0.count(rest.len());
+                let me = held.0.clone();
+                drop(held);
+                // What was gathered while the task wrote.
+                me.flush().await;
+            }
+        });
+        None
     }
 
     /// Writes all of `buf`, waiting for room; the caller holds the gate.
@@ -420,16 +459,16 @@ async fn queue(tx: &Tx, m: Msg) -> bool {
 }
 
 /// Where a request's replies go.
-#[derive(Clone)]
-pub enum Sink {
+pub enum Sink<'a> {
     /// Through the writer task (requests running in their own task).
     Chan(Tx),
-    /// Straight into the connection's writer (requests answered inline by the reader).
-    Direct(Arc<ConnWriter>),
+    /// Straight into the connection's writer (requests answered inline by the reader, which
+    /// lends its writer: no reference counted per request; owned once relayed to a task).
+    Direct(std::borrow::Cow<'a, Arc<ConnWriter>>),
 }
 
-impl From<Tx> for Sink {
-    fn from(tx: Tx) -> Sink {
+impl From<Tx> for Sink<'_> {
+    fn from(tx: Tx) -> Self {
         Sink::Chan(tx)
     }
 }
@@ -438,12 +477,13 @@ impl From<Tx> for Sink {
 type Held = Option<(Arc<Syncer>, Vec<u8>)>;
 
 /// The reply side of one request.
-pub struct Out {
-    pub tx: Sink,
+pub struct Out<'a> {
+    pub tx: Sink<'a>,
     pub req: Header,
     /// The local backend serving this request, resolved once by dispatch (as Elliptics picks
     /// it from `cmd.id` and `cmd.group`, or `backend_id` with DIRECT_BACKEND).
-    pub slot: Option<Arc<crate::backends::Slot>>,
+    /// Borrowed from the node's table for the request (owned once relayed to a task).
+    pub slot: Option<std::borrow::Cow<'a, Arc<crate::backends::Slot>>>,
     need_ack: bool,
     /// Replies held until a sync answers ([`Out::hold_until`]).
     held: parking_lot::Mutex<Held>,
@@ -455,8 +495,8 @@ pub struct Out {
     pub key_lock: Option<crate::locks::OwnedKeyGuard>,
 }
 
-impl Out {
-    pub fn new(tx: impl Into<Sink>, req: Header) -> Out {
+impl<'a> Out<'a> {
+    pub fn new(tx: impl Into<Sink<'a>>, req: Header) -> Self {
         Out {
             tx: tx.into(),
             slot: None,
@@ -465,6 +505,22 @@ impl Out {
             held: parking_lot::Mutex::new(None),
             holding: std::sync::atomic::AtomicBool::new(false),
             key_lock: None,
+        }
+    }
+
+    /// The same reply side, owning the writer it borrowed (for a task of its own).
+    pub fn into_static(self) -> Out<'static> {
+        Out {
+            tx: match self.tx {
+                Sink::Chan(tx) => Sink::Chan(tx),
+                Sink::Direct(w) => Sink::Direct(std::borrow::Cow::Owned(w.into_owned())),
+            },
+            req: self.req,
+            slot: self.slot.map(|s| std::borrow::Cow::Owned(s.into_owned())),
+            need_ack: self.need_ack,
+            held: self.held,
+            holding: self.holding,
+            key_lock: self.key_lock,
         }
     }
 

@@ -7,7 +7,7 @@ use apsis_proto::{backend_command as bc, errno, BackendControl, BackendIds, Back
 use apsis_storage::Backend;
 use std::sync::Arc;
 
-pub async fn status(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
+pub async fn status(ctx: &Arc<Ctx>, out: &mut Out<'_>) -> HResult {
     out.no_ack();
     let list = BackendStatusList {
         backends: ctx.backends.slots().iter().map(|s| s.status()).collect(),
@@ -17,7 +17,7 @@ pub async fn status(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     Ok(())
 }
 
-pub async fn control(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn control(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = BackendControl::decode(payload).map_err(|_| -errno::EINVAL)?;
     let slot = ctx
         .backends

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 /// The backend dispatch resolved for this request, with its open engine. None is −ENOTSUP
 /// (Elliptics' answer for a group or backend this node does not serve).
-pub fn backend_for(out: &Out) -> Result<(Arc<Slot>, Arc<BlobBackend>), i32> {
-    let slot = out.slot.clone().ok_or(-errno::ENOTSUP)?;
+pub fn backend_for(out: &Out<'_>) -> Result<(Arc<Slot>, Arc<BlobBackend>), i32> {
+    let slot = out.slot.as_deref().cloned().ok_or(-errno::ENOTSUP)?;
     let engine = slot.engine().ok_or(-errno::ENOTSUP)?;
     Ok((slot, engine))
 }
@@ -126,7 +126,7 @@ pub(crate) async fn run<T>(
 /// request answered inline by the connection's reader does not wait here: it holds its
 /// replies ([`Out::hold_until`]) and the reader moves on.
 pub(crate) async fn run_acked<T>(
-    out: &Out,
+    out: &Out<'_>,
     slot: &Slot,
     f: impl FnOnce() -> Result<T, StorageError>,
 ) -> Result<T, i32> {
@@ -151,7 +151,7 @@ pub(crate) async fn durable(slot: &Slot) -> Result<(), i32> {
     }
 }
 
-pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
+pub async fn lookup(ctx: &Arc<Ctx>, out: &mut Out<'_>) -> HResult {
     out.no_ack();
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
@@ -322,7 +322,7 @@ fn cache_in(c: &Cache, engine: &BlobBackend, key: &Key) -> Result<Option<Cached>
     }))
 }
 
-pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn read(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     out.no_ack();
     let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
@@ -365,7 +365,7 @@ pub async fn read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn write(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     out.no_ack();
     let (io, rest) = io_attr(ctx, payload)?;
     if io.size > rest.len() as u64 {
@@ -438,7 +438,7 @@ pub async fn write(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
 /// Returns the size to report, or `None` when the object is too big for the cache and the
 /// write goes to the engine instead (never for CACHE_ONLY: that is −E2BIG).
 async fn write_cached(
-    out: &Out,
+    out: &Out<'_>,
     slot: &Slot,
     engine: &BlobBackend,
     c: &Cache,
@@ -511,7 +511,7 @@ async fn write_cached(
     Ok(Some(size))
 }
 
-pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn del(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
     let (slot, engine) = backend_for(out)?;
@@ -547,7 +547,7 @@ pub async fn del(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     }
 }
 
-pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn bulk_read(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = apsis_proto::BulkRead::decode(payload).map_err(|_| -errno::EINVAL)?;
     let hdr = out.req;
     let mut first_err = 0;

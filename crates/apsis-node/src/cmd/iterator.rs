@@ -79,7 +79,7 @@ fn ts(t: Time) -> Timestamp {
     Timestamp::new(t.sec, t.nsec.min(999_999_999) as u32)
 }
 
-pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = IteratorRequest::decode(payload).map_err(|_| -errno::EINVAL)?;
     match req.action {
         action::START if req.id == 0 || ctx.iterators.control(req.id, action::START).is_err() => {}
@@ -156,7 +156,7 @@ pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
 type Sender<'a> = (&'a Arc<Ctx>, &'a Slot, &'a super::send::Targets<'a>);
 
 async fn stream(
-    out: &Out,
+    out: &Out<'_>,
     engine: Arc<apsis_storage::BlobBackend>,
     ireq: IterRequest,
     id: u64,

@@ -19,6 +19,7 @@ use crate::Ctx;
 use apsis_proto::recovery::cmd as rp;
 use apsis_proto::{cflags, cmd, errno, Header};
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 pub type HResult = Result<(), i32>;
@@ -51,7 +52,13 @@ impl Payload for &[u8] {
     }
 }
 
-pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: impl Payload, tx: Sink, from: Origin) {
+pub async fn dispatch(
+    ctx: &Arc<Ctx>,
+    hdr: Header,
+    payload: impl Payload,
+    tx: Sink<'_>,
+    from: Origin,
+) {
     let started = std::time::Instant::now();
     let mut out = Out::new(tx, hdr);
     if matches!(hdr.cmd, cmd::LOOKUP | cmd::READ | cmd::WRITE | cmd::DEL) {
@@ -67,7 +74,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: impl Payload, tx: Si
         Some(r) => ctx
             .backends
             .get(r.backend_id as u32)
-            .map(|s| (r.backend_id, Some(s.clone()))),
+            .map(|s| (r.backend_id, Some(Cow::Borrowed(s)))),
         None => None,
     };
     let (backend_id, slot) = local.unwrap_or_else(|| serving_backend(ctx, &hdr));
@@ -94,7 +101,7 @@ pub async fn dispatch(ctx: &Arc<Ctx>, hdr: Header, payload: impl Payload, tx: Si
                 return;
             }
             if let Some(s) = ctx.backends.get(prev.backend_id as u32) {
-                out.slot = Some(s.clone());
+                out.slot = Some(Cow::Borrowed(s));
                 r = serve(ctx, &mut out, &payload, from).await;
             }
         }
@@ -122,10 +129,11 @@ fn relay(
     addr: std::net::SocketAddr,
     hdr: Header,
     payload: Bytes,
-    out: Out,
+    out: Out<'_>,
     started: std::time::Instant,
 ) {
     let ctx = ctx.clone();
+    let out = out.into_static();
     let job = async move {
         let r = crate::cluster::relay(&ctx, addr, hdr, &payload, &out).await;
         let status = r.err().unwrap_or(0);
@@ -143,7 +151,7 @@ fn relay(
     tokio::spawn(job);
 }
 
-async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin) -> HResult {
+async fn serve(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8], from: Origin) -> HResult {
     let hdr = out.req;
     let out = &mut *out;
     // The hot commands' futures are part of every request's future (built and moved once per
@@ -158,7 +166,7 @@ async fn serve(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin) -> H
     }
 }
 
-async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin) -> HResult {
+async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8], from: Origin) -> HResult {
     match out.req.cmd {
         cmd::BULK_READ => io::bulk_read(ctx, out, payload).await,
         cmd::READ_RANGE | cmd::DEL_RANGE => range::handle(ctx, out, payload).await,
@@ -185,7 +193,7 @@ async fn serve_other(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8], from: Origin
 /// fills it in: the local backend owning `cmd.id` in `cmd.group` (`cmd.backend_id` itself with
 /// DIRECT_BACKEND), −1 for the system commands and for keys this node does not serve, and 0
 /// for ROUTE_LIST, whose reply is built from scratch (vectors 04, 11, 12, 15, 24).
-fn serving_backend(ctx: &Ctx, hdr: &Header) -> (i32, Option<Arc<Slot>>) {
+fn serving_backend<'a>(ctx: &'a Ctx, hdr: &Header) -> (i32, Option<Cow<'a, Arc<Slot>>>) {
     match hdr.cmd {
         cmd::ROUTE_LIST => (0, None),
         cmd::AUTH
@@ -196,10 +204,10 @@ fn serving_backend(ctx: &Ctx, hdr: &Header) -> (i32, Option<Arc<Slot>>) {
         | rp::JOB => (-1, None),
         _ if hdr.flags & cflags::DIRECT_BACKEND != 0 => (
             hdr.backend_id,
-            ctx.backends.get(hdr.backend_id as u32).cloned(),
+            ctx.backends.get(hdr.backend_id as u32).map(Cow::Borrowed),
         ),
         _ => match ctx.backends.route(hdr.group, &hdr.id) {
-            Ok(s) => (s.cfg.id as i32, Some(s)),
+            Ok(s) => (s.cfg.id as i32, Some(Cow::Owned(s))),
             Err(_) => (-1, None),
         },
     }

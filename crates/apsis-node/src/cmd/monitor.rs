@@ -11,7 +11,7 @@ use apsis_proto::{errno, MonitorStatRequest};
 use std::io::Write;
 use std::sync::Arc;
 
-pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = MonitorStatRequest::decode(payload).map_err(|_| -errno::EINVAL)?;
     let c = ctx.clone();
     let json = tokio::task::spawn_blocking(move || crate::monitor::json(&c, req.categories))

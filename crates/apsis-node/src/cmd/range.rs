@@ -72,7 +72,7 @@ fn smallest_keys(
     Ok((keys, more))
 }
 
-pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let (io, _) = io_attr(ctx, payload)?;
     let hdr = out.req;
     let del = hdr.cmd == cmd::DEL_RANGE;

@@ -18,7 +18,7 @@ fn range_request(payload: &[u8]) -> Result<RangeRequest, i32> {
     })
 }
 
-pub async fn digest(_ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn digest(_ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = range_request(payload)?;
     let (_slot, engine) = backend_for(out)?;
     let d = tokio::task::spawn_blocking(move || side::local_digests(&engine, &req))
@@ -28,7 +28,7 @@ pub async fn digest(_ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-pub async fn list(_ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn list(_ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = range_request(payload)?;
     let (_slot, engine) = backend_for(out)?;
     // The scan runs on a blocking thread and hands batches over a small channel, so a slow
@@ -48,7 +48,7 @@ pub async fn list(_ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
     scan.await.unwrap_or(Err(-errno::EIO))
 }
 
-pub async fn sync(_ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
+pub async fn sync(_ctx: &Arc<Ctx>, out: &mut Out<'_>) -> HResult {
     let (_slot, engine) = backend_for(out)?;
     tokio::task::spawn_blocking(move || {
         use apsis_storage::Backend;
@@ -58,7 +58,7 @@ pub async fn sync(_ctx: &Arc<Ctx>, out: &mut Out) -> HResult {
     .unwrap_or(Err(-errno::EIO))
 }
 
-pub async fn job(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn job(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = JobRequest::decode(payload).map_err(|e| e.errno())?;
     let backend = out.req.backend_id;
     let spec = JobSpec {

@@ -26,7 +26,7 @@ use apsis_storage::{Backend, BlobBackend, Key, ReadRequest, RecordInfo, RemoveRe
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn handle(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let req = ServerSend::decode(payload).map_err(|_| -errno::EINVAL)?;
     let (slot, engine) = backend_for(out)?;
     if req.flags & !(iflags::MOVE | iflags::OVERWRITE) != 0 {

@@ -23,7 +23,7 @@ pub fn node_info(ctx: &Ctx) -> NodeInfo {
 /// Answers a handshake (REVERSE_LOOKUP) with this node's description; `false` when the
 /// requester's version is not 3.0 (no reply: the connection must close) or the reply could
 /// not be sent.
-pub async fn reverse_lookup(ctx: &Ctx, out: &Out) -> bool {
+pub async fn reverse_lookup(ctx: &Ctx, out: &Out<'_>) -> bool {
     let v = out.req.version();
     if !Header::version_compatible(v) {
         tracing::warn!(version = ?v, "VERSION MISMATCH: closing connection");
@@ -95,7 +95,7 @@ pub async fn inline(
 /// ROUTE_LIST: this node, the nodes that joined it and every peer it is connected to, each
 /// with as many addresses as this node has; not the requester itself, as Elliptics (a node
 /// that joined on this connection, or the peer we opened it to).
-pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out, from: super::Origin) -> HResult {
+pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out<'_>, from: super::Origin) -> HResult {
     out.no_ack();
     let per = ctx.addrs.len();
     let mut nodes: Vec<Vec<Addr>> = vec![ctx.addrs.clone()];
@@ -143,7 +143,7 @@ pub async fn route_list(ctx: &Arc<Ctx>, out: &mut Out, from: super::Origin) -> H
     Ok(())
 }
 
-pub async fn auth(ctx: &Arc<Ctx>, _out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn auth(ctx: &Arc<Ctx>, _out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let a = Auth::decode(payload).map_err(|_| -errno::EINVAL)?;
     let want = ctx.cfg.auth_cookie.as_bytes();
     if a.cookie.as_slice() != &want[..want.len().min(31)] {
@@ -152,7 +152,7 @@ pub async fn auth(ctx: &Arc<Ctx>, _out: &mut Out, payload: &[u8]) -> HResult {
     Ok(())
 }
 
-pub async fn status(ctx: &Arc<Ctx>, out: &mut Out, payload: &[u8]) -> HResult {
+pub async fn status(ctx: &Arc<Ctx>, out: &mut Out<'_>, payload: &[u8]) -> HResult {
     let s = NodeStatus::decode(payload).map_err(|_| -errno::EINVAL)?;
     if s.status_flags != -1 {
         ctx.read_only
