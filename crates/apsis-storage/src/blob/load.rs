@@ -77,7 +77,8 @@ enum Cursor<'a> {
     File {
         reader: BufReader<DevReader>,
         remaining: u64,
-        crc: u32,
+        /// Boxed: a running checksum carries its algorithm's tables (~250 bytes).
+        crc: Box<Crc>,
     },
     Mem(std::slice::Iter<'a, IndexEntry>),
 }
@@ -94,7 +95,7 @@ impl Cursor<'_> {
             } => {
                 let mut b = [0u8; INDEX_ENTRY_SIZE as usize];
                 reader.read_exact(&mut b)?;
-                *crc = crc32c::crc32c_append(*crc, &b);
+                crc.update(&b);
                 *remaining -= 1;
                 IndexEntry::decode(&b)
                     .map(Some)
@@ -158,7 +159,7 @@ impl Source {
                     },
                 ),
                 remaining: to - from,
-                crc: 0,
+                crc: Box::default(),
             },
         }
     }
@@ -225,7 +226,7 @@ impl Inner {
             for (p, o) in outs.iter().enumerate() {
                 let len = (starts[i][p + 1] - starts[i][p]) * INDEX_ENTRY_SIZE;
                 if len > 0 {
-                    crc = crc32c::crc32c_combine(crc, o.crcs[i], len as usize);
+                    crc = crc_combine(crc, o.crcs[i], len);
                 }
             }
             let mut foot = [0u8; INDEX_FOOTER_SIZE as usize];
@@ -340,7 +341,7 @@ impl Inner {
         out.crcs = cursors
             .iter()
             .map(|c| match c {
-                Cursor::File { crc, .. } => *crc,
+                Cursor::File { crc, .. } => crc.value(),
                 Cursor::Mem(_) => 0,
             })
             .collect();

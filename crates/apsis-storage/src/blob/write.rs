@@ -443,7 +443,7 @@ impl Inner {
         for i in first..last {
             let n = chunk.min(h.data_size - i * chunk) as usize;
             read_region_locked(w, &c.base, data_off + i * chunk, &mut buf[..n])?;
-            sums.extend_from_slice(&crc32c::crc32c(&buf[..n]).to_le_bytes());
+            sums.extend_from_slice(&crc(&buf[..n]).to_le_bytes());
         }
         self.write_region_locked(
             w,
