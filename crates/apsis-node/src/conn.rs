@@ -57,8 +57,6 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
     // The connection's own stop signal, polled with every read.
     let mut stop = ctx.conn_stops.signal(conn_id);
     let mut buf = BytesMut::with_capacity(apsis_proto::READ_BUF);
-    // Traded for the replies gathered in each batch (see `ConnWriter::flush_trading`).
-    let mut spare = Vec::with_capacity(64 << 10);
     let max = ctx.cfg.max_frame_bytes;
     // The budget held for the large frame arriving at the head of `buf` (see `frames`).
     let mut admitted: Option<OwnedSemaphorePermit> = None;
@@ -174,10 +172,11 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 }
             }
         }
-        // Written when this worker thread runs out of tasks, with other connections' (see
-        // `batch`), or now.
-        if !crate::batch::defer(&cw) && !cw.flush_trading(&mut spare).await {
-            break 'conn;
+        // Written with other connections' replies once this worker has run the tasks it had
+        // ready (see `batch`); by this reader when it is the batch's flusher.
+        if let Some(queue) = crate::batch::defer(&cw) {
+            tokio::task::yield_now().await;
+            crate::batch::flush(&queue);
         }
         if buf.is_empty() {
             armed = false;

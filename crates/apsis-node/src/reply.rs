@@ -271,9 +271,9 @@ impl ConnWriter {
         }
     }
 
-    /// [`ConnWriter::flush_nowait`] trading `spare` (empty) for the pending buffer, as
-    /// [`ConnWriter::flush_trading`] does: for `batch`, which writes many connections in a
-    /// row with one spare buffer.
+    /// [`ConnWriter::flush_nowait`] trading `spare` (empty) for the pending buffer: for
+    /// `batch`, which writes many connections in a row with one spare buffer, so the written
+    /// buffer moves on to the next connection instead of going back under this one's lock.
     pub fn flush_nowait_trading(self: &Arc<Self>, spare: &mut Vec<u8>) {
         let Some(entered) = self.enter_nowait() else {
             return;
@@ -402,27 +402,6 @@ impl ConnWriter {
     pub async fn flush(&self) -> bool {
         let _entered = self.gate.enter().await;
         self.write_pending().await
-    }
-
-    /// [`ConnWriter::flush`] for the connection's reader, which keeps a buffer of its own
-    /// (`spare`, empty) to trade for the pending one: the written buffer stays with the reader
-    /// for the next trade instead of going back under the lock.
-    pub async fn flush_trading(&self, spare: &mut Vec<u8>) -> bool {
-        let _entered = self.gate.enter().await;
-        {
-            let mut p = self.pending.lock();
-            if p.is_empty() {
-                return true;
-            }
-            std::mem::swap(&mut *p, spare);
-        }
-        self.count(spare.len());
-        let ok = self.write_all(spare).await.is_ok();
-        spare.clear();
-        if spare.capacity() > 1 << 20 {
-            *spare = Vec::with_capacity(64 << 10);
-        }
-        ok
     }
 
     /// Writes whole buffers (the writer task's batches, large replies), after what is

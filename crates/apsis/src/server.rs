@@ -110,7 +110,6 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     if cfg.worker_threads > 0 {
         rt.worker_threads(cfg.worker_threads);
     }
-    apsis_node::batch::install(&mut rt);
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};

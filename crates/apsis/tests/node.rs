@@ -2410,10 +2410,10 @@ async fn requests_share_one_connection_and_an_idle_one_sees_the_node_go() {
         .expect("the idle connection saw the node go");
 }
 
-/// Replies wait for their worker thread to run out of tasks and go out together (`batch`):
-/// on a node with one worker, 150 connections (more than a batch takes) each pipeline
-/// writes and reads of keys of their own, and every reply comes back, right; then, with the
-/// node idle, a lone request is answered at once, not when something else happens.
+/// Replies wait for their worker thread to run the tasks it had ready and go out together
+/// (`batch`): on a node with one worker, 150 connections (more than a batch takes) each
+/// pipeline writes and reads of keys of their own, and every reply comes back, right; then,
+/// with the node idle, a lone request is answered at once, not when something else happens.
 #[test]
 fn batched_replies_all_go_out_and_a_lone_request_does_not_wait() {
     let d = tempfile::tempdir().unwrap();
@@ -2483,7 +2483,7 @@ fn batched_replies_all_go_out_and_a_lone_request_does_not_wait() {
     for c in clients {
         c.join().unwrap();
     }
-    // Idle: the worker parks, and writes the reply as it does.
+    // Idle: nothing else is ready, so the reply's batch is written at once.
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     std::thread::sleep(Duration::from_millis(200));
