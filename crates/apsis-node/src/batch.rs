@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 /// Most connections waiting on one queue: past this, they are written at once.
-pub const MAX_CONNS: usize = 64;
+pub(crate) const MAX_CONNS: usize = 64;
 
 /// One thread's waiting connections.
 #[derive(Default)]

@@ -23,8 +23,8 @@
 //! - [`frames`]: the node-wide memory budget for large incoming frames, and the limit on a
 //!   frame that stalls half-received.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack), replies held for a
-//!   `sync = 0` group commit, and the connection's writer; [`batch`]: replies written in one
-//!   go when a worker thread runs out of tasks.
+//!   `sync = 0` group commit, and the connection's writer; `batch`: replies written in one
+//!   go once a worker thread has run the tasks it had ready.
 //! - `cmd`: dispatch (one `match` on the command) and one module per command family:
 //!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::range` (READ_RANGE, DEL_RANGE),
 //!   `cmd::iterator`, `cmd::send` (SEND, and the server-send iterator's copies), `cmd::system`
@@ -37,7 +37,7 @@
 //! - `locks`: per-key serialisation; `stats`: counters.
 
 pub mod backends;
-pub mod batch;
+mod batch;
 pub mod cache;
 pub mod cluster;
 mod cmd;
