@@ -37,8 +37,8 @@ const GATHER_MAX: usize = 64 << 10;
 const PENDING_FLUSH: usize = 256 << 10;
 
 /// A connection's socket writer, shared by the reader (requests answered inline, gathered in
-/// `pending` and written once per batch of frames read) and the writer task (requests answered
-/// from their own tasks).
+/// `pending` and written with other connections' by `batch`) and the writer task (requests
+/// answered from their own tasks).
 ///
 /// Bytes go to the socket only from whoever holds the [`Gate`], and the holder writes
 /// everything pending first, so frames never interleave and leave in the order they were
@@ -96,11 +96,15 @@ impl Gate {
             let released = self.released.notified();
             let mut released = std::pin::pin!(released);
             released.as_mut().enable();
+            // Held: mark it wanted and wait. Free: enter, as wanted too, since others may
+            // still wait and leaving must wake them.
             let s = self.state.load(Relaxed);
-            let next = if s == FREE { WANTED } else { s.max(WANTED) };
-            // Entered as WANTED: others may still wait, and leaving must wake them.
-            if let Ok(prev) = self.state.compare_exchange(s, next, Acquire, Relaxed) {
-                if prev == FREE {
+            if self
+                .state
+                .compare_exchange(s, WANTED, Acquire, Relaxed)
+                .is_ok()
+            {
+                if s == FREE {
                     return Entered(self);
                 }
                 released.await;
@@ -654,5 +658,54 @@ impl<'a> Out<'a> {
             let h = self.req.reply(status, 0, false);
             self.send(h, &[]).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+    /// One holder at a time however tasks contend, every waiter gets in, and the gate is
+    /// free at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_gate_lets_one_in_at_a_time_and_nobody_waits_for_ever() {
+        let gate = Arc::new(Gate::new());
+        let inside = Arc::new(AtomicBool::new(false));
+        let entries = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let (gate, inside, entries) = (gate.clone(), inside.clone(), entries.clone());
+                tokio::spawn(async move {
+                    for i in 0..500u32 {
+                        let e = if (t + i) % 3 == 0 {
+                            match gate.try_enter() {
+                                Some(e) => e,
+                                None => continue,
+                            }
+                        } else {
+                            gate.enter().await
+                        };
+                        assert!(!inside.swap(true, SeqCst), "two holders at once");
+                        if i % 7 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        inside.store(false, SeqCst);
+                        entries.fetch_add(1, SeqCst);
+                        drop(e);
+                    }
+                })
+            })
+            .collect();
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), all)
+            .await
+            .expect("a waiter was never let in");
+        assert!(entries.load(SeqCst) > 16 * 500 / 2);
+        assert_eq!(gate.state.load(SeqCst), FREE);
     }
 }
