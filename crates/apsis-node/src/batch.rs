@@ -9,10 +9,11 @@
 //! connection's replies ([`flush`]). A queue of [`MAX_CONNS`] connections is written at once.
 //!
 //! The readers that were ready together are answered together, so their clients' replies
-//! arrive in a burst too, and both sides handle many sockets per wake-up: under 50 clients of
-//! 1 KiB GETs this took ~0.5 µs of CPU off each request (both sides together) and SETs went
-//! 12 % faster (`docs/benchmarks.md`). It costs one more poll of one reader per batch, not per
-//! request.
+//! arrive in a burst too, and both sides handle many sockets per wake-up. Under 50 clients of
+//! 1 KiB GETs, a first version (written from tokio's park hook) took ~0.5 µs of CPU off each
+//! request (both sides together) and SETs went 12 % faster; this one gives ~2 % of that back
+//! (`docs/benchmarks.md`, eighteenth session). It costs one more poll of one reader per batch,
+//! not per request, and the queue's lock.
 //!
 //! The queue is behind a mutex, not a thread-local cell: the flusher may be resumed on another
 //! worker (stolen), and a worker kept busy by other tasks still resumes it at its periodic look

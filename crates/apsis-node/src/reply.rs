@@ -260,18 +260,11 @@ impl ConnWriter {
     /// Writes what is pending without waiting, from any thread: as much as the socket takes
     /// now; the rest (or everything, when another write is under way) is written by a task.
     pub fn flush_nowait(self: &Arc<Self>) {
-        let Some(entered) = self.enter_nowait() else {
-            return;
-        };
-        let buf = {
-            let mut p = self.pending.lock();
-            if p.is_empty() {
-                return;
-            }
-            std::mem::take(&mut *p)
-        };
-        if let Some(buf) = self.write_nowait(entered, buf) {
-            self.give_back(buf);
+        // The written buffer comes back in `spare` and goes back as the pending one.
+        let mut spare = Vec::new();
+        self.flush_nowait_trading(&mut spare);
+        if spare.capacity() > 0 {
+            self.give_back(spare);
         }
     }
 
