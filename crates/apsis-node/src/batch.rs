@@ -1,30 +1,48 @@
-//! Replies written in one go once a worker thread has run the tasks it had ready, as Redis
-//! writes its replies just before its event loop sleeps.
+//! Replies written in one go when a worker thread runs out of tasks, as Redis writes its
+//! replies just before its event loop sleeps.
 //!
 //! A connection's reader, done with the frames it had, does not write its replies at once: it
-//! queues its `ConnWriter` on a queue of the worker thread it runs on ([`defer`]). The first
-//! reader to queue on an empty queue becomes its flusher: it yields with
-//! `tokio::task::yield_now`, which tokio resumes only once the worker has no other task ready
-//! or at its periodic look at the I/O driver (every 61 tasks), and then writes every queued
-//! connection's replies ([`flush`]). A queue of [`MAX_CONNS`] connections is written at once.
+//! queues its `ConnWriter` on a queue of the worker thread it runs on ([`defer`]). The queue is
+//! written ([`flush`]):
+//!
+//! - when the thread is about to park, out of tasks ([`install`] hooks the runtime's
+//!   `on_thread_park`): the usual case, one write per connection per wake-up of the thread,
+//!   just before it waits on the I/O driver;
+//! - when a connection already queued queues again: its reader was polled again, so the
+//!   thread went round its ready readers once, and their replies go before it goes round
+//!   again (a client pipelining on a thread that never runs dry still gets its replies);
+//! - when [`MAX_CONNS`] connections wait;
+//! - by the sweeper task ([`sweeper`], one per node) when it finds a queue holding the same
+//!   batch two looks in a row, [`SWEEP`] apart: a thread kept busy by tasks that queue no
+//!   replies (a long iterator, many writer tasks) takes tokio's `park_yield` path, which
+//!   skips the park hook, and its queued replies would otherwise wait for it to run dry.
 //!
 //! The readers that were ready together are answered together, so their clients' replies
 //! arrive in a burst too, and both sides handle many sockets per wake-up. Under 50 clients of
-//! 1 KiB GETs, a first version (written from tokio's park hook) took ~0.5 µs of CPU off each
-//! request (both sides together) and SETs went 12 % faster; this one gives ~2 % of that back
-//! (`docs/benchmarks.md`, eighteenth session). It costs one more poll of one reader per batch,
-//! not per request, and the queue's lock.
+//! 1 KiB GETs this took ~0.5 µs of CPU off each request (both sides together) and SETs went
+//! 12 % faster (`docs/benchmarks.md`, eighteenth session).
 //!
-//! The queue is behind a mutex, not a thread-local cell: the flusher may be resumed on another
-//! worker (stolen), and a worker kept busy by other tasks still resumes it at its periodic look
-//! at the driver, so no reply waits for the worker to run out of work.
+//! A thread without the hook (a runtime [`install`] was not called on: tests that run a node
+//! in-process) batches another way: the first reader to queue on its empty queue yields
+//! (`tokio::task::yield_now`, resumed once the thread has no other task ready) and then
+//! writes the queue. That costs one more poll of one reader and one more look at the I/O
+//! driver per batch, ~2 % of a GET. The queues are behind a mutex (uncontended but for the
+//! sweeper, or a yielded reader resumed on another thread).
 
 use crate::reply::ConnWriter;
 use parking_lot::Mutex;
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 /// Most connections waiting on one queue: past this, they are written at once.
 pub(crate) const MAX_CONNS: usize = 64;
+/// How often the sweeper looks at the queues: a batch waits at most about twice this.
+pub(crate) const SWEEP: Duration = Duration::from_millis(1);
+/// Looks finding every queue empty before the sweeper waits for a batch instead (an idle
+/// node does not wake every millisecond).
+const IDLE_LOOKS: u32 = 64;
 
 /// One thread's waiting connections.
 #[derive(Default)]
@@ -33,28 +51,79 @@ pub(crate) struct Queue {
     /// Traded for each connection's pending replies as they are written (one buffer moves
     /// along instead of each going back under its connection's lock).
     spare: Vec<u8>,
+    /// Batches begun on this queue (counted when a connection queues on it empty).
+    batch: u64,
+    /// The batch the sweeper saw here at its last look.
+    swept: u64,
 }
+
+type Shared = Arc<Mutex<Queue>>;
 
 thread_local! {
-    static MINE: Arc<Mutex<Queue>> = Arc::default();
+    static MINE: Shared = Arc::default();
+    /// Whether this thread writes its queue before it parks (set at its first park, when
+    /// the queue is listed in [`QUEUES`]).
+    static PARKS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Queues `cw`'s replies on this thread's queue. `Some(queue)` when the caller is the queue's
-/// flusher: it must `yield_now` and then [`flush`] it.
-pub(crate) fn defer(cw: &Arc<ConnWriter>) -> Option<Arc<Mutex<Queue>>> {
+/// The queues of the threads that park with the hook: what the sweeper looks at (weak: a
+/// thread that ends takes its queue along).
+static QUEUES: Mutex<Vec<Weak<Mutex<Queue>>>> = Mutex::new(Vec::new());
+/// Set while a sweeper waits for a batch to begin ([`WAKE`]).
+static ASLEEP: AtomicBool = AtomicBool::new(false);
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Has the runtime's worker threads write their queued replies before each park (see the
+/// module doc). Without it, replies are still batched, at a small cost per batch.
+pub fn install(rt: &mut tokio::runtime::Builder) {
+    rt.on_thread_park(|| {
+        if !PARKS.with(Cell::get) {
+            PARKS.with(|p| p.set(true));
+            MINE.with(|mine| QUEUES.lock().push(Arc::downgrade(mine)));
+        }
+        MINE.with(|mine| flush(mine));
+    });
+}
+
+/// Queues `cw`'s replies on this thread's queue. `Some(queue)` on a thread without the park
+/// hook when the caller is the queue's flusher: it must `yield_now` and then [`flush`] it.
+pub(crate) fn defer(cw: &Arc<ConnWriter>) -> Option<Shared> {
     MINE.with(|mine| {
+        let parks = PARKS.with(Cell::get);
         let mut q = mine.lock();
         let first = q.conns.is_empty();
-        if !q.conns.iter().any(|c| Arc::ptr_eq(c, cw)) {
+        let again = !first && q.conns.iter().any(|c| Arc::ptr_eq(c, cw));
+        if again && parks {
+            // A round of this thread's readers is over: their replies go now (this
+            // connection's new ones with them).
+            drop(q);
+            flush(mine);
+            return None;
+        }
+        if !again {
             q.conns.push(cw.clone());
         }
         if q.conns.len() >= MAX_CONNS {
             drop(q);
-            // Its flusher finds it empty, or what was queued since.
+            // A yielded flusher finds it empty, or what was queued since.
             flush(mine);
             return None;
         }
-        first.then(|| mine.clone())
+        if first {
+            q.batch += 1;
+        }
+        drop(q);
+        if !parks {
+            return first.then(|| mine.clone());
+        }
+        if first {
+            // Pairs with the sweeper's fence: it sees this batch, or this sees it asleep.
+            fence(Ordering::SeqCst);
+            if ASLEEP.load(Ordering::Relaxed) {
+                WAKE.notify_one();
+            }
+        }
+        None
     })
 }
 
@@ -80,5 +149,129 @@ pub(crate) fn flush(queue: &Mutex<Queue>) {
     }
     if q.spare.capacity() == 0 {
         q.spare = spare;
+    }
+}
+
+/// One look at every listed queue: writes those that hold the batch they held at the last
+/// look. Returns whether any queue held replies.
+fn sweep() -> bool {
+    let queues: Vec<Shared> = {
+        let mut list = QUEUES.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut busy = false;
+    for queue in &queues {
+        let mut q = queue.lock();
+        if q.conns.is_empty() {
+            continue;
+        }
+        busy = true;
+        if q.batch == q.swept {
+            drop(q);
+            flush(queue);
+        } else {
+            q.swept = q.batch;
+        }
+    }
+    busy
+}
+
+/// The sweeper (see the module doc): a node runs one for as long as it runs. It looks every
+/// [`SWEEP`] while batches come, and waits for the next one once it found every queue empty
+/// [`IDLE_LOOKS`] times in a row.
+pub(crate) async fn sweeper() {
+    let mut idle = 0;
+    loop {
+        tokio::time::sleep(SWEEP).await;
+        if sweep() {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < IDLE_LOOKS {
+            continue;
+        }
+        idle = 0;
+        let woken = WAKE.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        ASLEEP.store(true, Ordering::Relaxed);
+        // Pairs with `defer`'s fence: a batch begun before this is seen below, and one
+        // begun after it sees ASLEEP and wakes this.
+        fence(Ordering::SeqCst);
+        if !sweep() {
+            woken.await;
+        }
+        ASLEEP.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apsis_proto::{cmd, errno, Header, IoAttr, HEADER_SIZE};
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    /// A READ of a key nobody wrote, and its reply's status.
+    fn miss(s: &mut std::net::TcpStream, trans: u64) -> i32 {
+        let mut h = Header::new(cmd::READ, 0);
+        (h.id, h.group, h.trans) = ([7; 64], 1, trans);
+        h.size = IoAttr::SIZE as u64;
+        let io = IoAttr {
+            id: h.id,
+            parent: h.id,
+            ..Default::default()
+        };
+        let mut frame = h.encode().to_vec();
+        frame.extend_from_slice(&io.encode());
+        s.write_all(&frame).unwrap();
+        let mut head = [0u8; HEADER_SIZE];
+        s.read_exact(&mut head).unwrap();
+        let reply = Header::decode(&head).unwrap();
+        let mut rest = vec![0u8; reply.size as usize];
+        s.read_exact(&mut rest).unwrap();
+        assert_eq!(reply.trans, trans);
+        reply.status
+    }
+
+    /// A worker thread kept from parking by a task that always has more to do (it yields to
+    /// tokio again and again, so tokio takes its `park_yield` path, which skips the park
+    /// hook) still sends the replies queued on it: the sweeper writes them within a few
+    /// milliseconds, not once the busy task is done. Without the sweeper this reply waits the
+    /// busy task's 1.5 s.
+    #[test]
+    fn a_reply_queued_on_a_thread_that_never_parks_goes_out() {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        super::install(&mut b);
+        let rt = b.enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::NodeConfig::single("127.0.0.1:0".parse().unwrap(), dir.path());
+        let node = rt.block_on(crate::Node::start(cfg, None)).unwrap();
+        let mut s = std::net::TcpStream::connect(node.listen[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Answered while the worker is idle (it has parked, so its queue is listed).
+        assert_eq!(miss(&mut s, 1), -errno::ENOENT);
+        let busy = rt.spawn(async {
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end {
+                tokio::task::yield_now().await;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let asked = Instant::now();
+        assert_eq!(miss(&mut s, 2), -errno::ENOENT);
+        let waited = asked.elapsed();
+        assert!(
+            !busy.is_finished(),
+            "the busy task ended first: the test proves nothing"
+        );
+        assert!(
+            waited < Duration::from_millis(500),
+            "the reply waited {waited:?} for its thread to park"
+        );
+        rt.block_on(busy).unwrap();
+        rt.block_on(node.shutdown());
     }
 }

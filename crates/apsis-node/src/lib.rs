@@ -24,7 +24,7 @@
 //!   frame that stalls half-received.
 //! - `reply`: Elliptics' reply rules (MORE, NEED_ACK, final ack), replies held for a
 //!   `sync = 0` group commit, and the connection's writer; `batch`: replies written in one
-//!   go once a worker thread has run the tasks it had ready.
+//!   go when a worker thread runs out of tasks ([`install_reply_batching`] hooks a runtime).
 //! - `cmd`: dispatch (one `match` on the command) and one module per command family:
 //!   `cmd::io` (LOOKUP, READ, WRITE, DEL, BULK_READ), `cmd::range` (READ_RANGE, DEL_RANGE),
 //!   `cmd::iterator`, `cmd::send` (SEND, and the server-send iterator's copies), `cmd::system`
@@ -38,6 +38,7 @@
 
 pub mod backends;
 mod batch;
+pub use batch::install as install_reply_batching;
 pub mod cache;
 pub mod cluster;
 mod cmd;

@@ -127,7 +127,11 @@ impl Node {
         ctx.cluster.set_local_routes(&ctx);
         ctx.cluster.join_remotes(&ctx.cfg.remotes);
         crate::recovery::start(&ctx);
-        let mut tasks = vec![tokio::spawn(cache_flusher(ctx.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(cache_flusher(ctx.clone())),
+            // Writes replies a busy worker thread would keep queued (see `batch`).
+            tokio::spawn(crate::batch::sweeper()),
+        ];
         let conn_ids = Arc::new(AtomicU64::new(1));
         for (_, l) in listeners {
             tasks.push(tokio::spawn(accept_loop(ctx.clone(), l, conn_ids.clone())));

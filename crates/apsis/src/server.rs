@@ -110,6 +110,9 @@ pub fn run(a: ServerArgs) -> anyhow::Result<()> {
     if cfg.worker_threads > 0 {
         rt.worker_threads(cfg.worker_threads);
     }
+    // Replies are written when a worker thread runs out of tasks, as Redis writes them
+    // before its event loop sleeps.
+    apsis_node::install_reply_batching(&mut rt);
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
