@@ -172,8 +172,9 @@ pub async fn serve(ctx: Arc<Ctx>, sock: TcpStream, peer: SocketAddr, conn_id: u6
                 }
             }
         }
-        // Written with other connections' replies once this worker has run the tasks it had
-        // ready (see `batch`); by this reader when it is the batch's flusher.
+        // Written with other connections' replies when this worker thread runs out of tasks
+        // (see `batch`); on a thread without the park hook, by this reader when it is the
+        // batch's flusher.
         if let Some(queue) = crate::batch::defer(&cw) {
             tokio::task::yield_now().await;
             crate::batch::flush(&queue);
