@@ -39,14 +39,20 @@ pub(crate) enum Located {
 /// the last had come).
 fn warm(src: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    for line in src.chunks(64) {
-        // SAFETY: a prefetch only hints the cache; it never faults, whatever the address
-        // (and this one is inside `src`).
-        unsafe {
-            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
+    {
+        // From the start of the first line, so that the last line, however `src` straddles
+        // line boundaries, is loaded too.
+        let skew = src.as_ptr() as usize % 64;
+        let first = src.as_ptr().wrapping_sub(skew);
+        for off in (0..skew + src.len()).step_by(64) {
+            // SAFETY: a prefetch only hints the cache and never faults, whatever the address
+            // (this one is on a line that holds bytes of `src`).
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    first.wrapping_add(off).cast(),
+                )
+            };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
