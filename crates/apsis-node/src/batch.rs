@@ -32,7 +32,7 @@
 use crate::reply::ConnWriter;
 use parking_lot::Mutex;
 use std::cell::Cell;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -72,6 +72,16 @@ static QUEUES: Mutex<Vec<Weak<Mutex<Queue>>>> = Mutex::new(Vec::new());
 /// Set while a sweeper waits for a batch to begin ([`WAKE`]).
 static ASLEEP: AtomicBool = AtomicBool::new(false);
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Queues the sweeper wrote (their thread stayed busy a millisecond and more without parking).
+static SWEPT: AtomicU64 = AtomicU64::new(0);
+
+/// How many queues of replies the sweeper has written in this process: each is a worker thread
+/// that stayed busy at least a millisecond with replies waiting on it (the monitor's
+/// `io.replies_swept`). Rising steadily, the node's threads have more work than they get
+/// through between two waits on the network.
+pub(crate) fn swept() -> u64 {
+    SWEPT.load(Ordering::Relaxed)
+}
 
 /// Has the runtime's worker threads write their queued replies before each park (see the
 /// module doc). Without it, replies are still batched, at a small cost per batch.
@@ -169,6 +179,7 @@ fn sweep() -> bool {
         busy = true;
         if q.batch == q.swept {
             drop(q);
+            SWEPT.fetch_add(1, Ordering::Relaxed);
             flush(queue);
         } else {
             q.swept = q.batch;
@@ -271,6 +282,7 @@ mod tests {
             waited < Duration::from_millis(500),
             "the reply waited {waited:?} for its thread to park"
         );
+        assert!(super::swept() > 0, "the sweeper did not count its write");
         rt.block_on(busy).unwrap();
         rt.block_on(node.shutdown());
     }

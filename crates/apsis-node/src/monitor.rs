@@ -77,6 +77,7 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
                 "bytes_out": ctx.stats.bytes_out(),
                 "iterators": ctx.iterators.list().len(),
                 "forwarded": ctx.stats.forwarded.load(Relaxed),
+                "replies_swept": crate::batch::swept(),
                 "peers": ctx.cluster.client.nodes().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             }),
         );
@@ -266,6 +267,11 @@ pub fn prometheus(ctx: &Ctx) -> String {
         m.in_use(),
         m.limit(),
         m.waits.load(Relaxed)
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE apsis_replies_swept_total counter\napsis_replies_swept_total {}",
+        crate::batch::swept()
     );
     let _ = writeln!(
         s,
