@@ -15,7 +15,9 @@
 //! - by the sweeper task ([`sweeper`], one per node) when it finds a queue holding the same
 //!   batch two looks in a row, [`SWEEP`] apart: a thread kept busy by tasks that queue no
 //!   replies (a long iterator, many writer tasks) takes tokio's `park_yield` path, which
-//!   skips the park hook, and its queued replies would otherwise wait for it to run dry.
+//!   skips the park hook, and its queued replies would otherwise wait for it to run dry; and
+//!   a thread the OS took the CPU from (on a machine whose cores the node shares) would keep
+//!   them until it runs again.
 //!
 //! The readers that were ready together are answered together, so their clients' replies
 //! arrive in a burst too, and both sides handle many sockets per wake-up. Under 50 clients of
@@ -38,10 +40,14 @@ use std::time::Duration;
 
 /// Most connections waiting on one queue: past this, they are written at once.
 pub(crate) const MAX_CONNS: usize = 64;
-/// How often the sweeper looks at the queues: a batch waits at most about twice this.
-pub(crate) const SWEEP: Duration = Duration::from_millis(1);
+/// How long the sweeper sleeps between looks at the queues. tokio's timers tick every
+/// millisecond, so this ends at the next tick: a look every 0.25–1 ms, and a batch a busy
+/// thread holds waits at most about two ticks. A whole millisecond (a look every 1–2 ms) left
+/// the GET p99 at 2.6–3.2 ms on a node sharing its two cores with its load, this at 1.4–2.0 ms
+/// (`docs/benchmarks.md`, nineteenth session).
+pub(crate) const SWEEP: Duration = Duration::from_micros(250);
 /// Looks finding every queue empty before the sweeper waits for a batch instead (an idle
-/// node does not wake every millisecond).
+/// node does not wake at every tick).
 const IDLE_LOOKS: u32 = 64;
 
 /// One thread's waiting connections.
@@ -72,11 +78,11 @@ static QUEUES: Mutex<Vec<Weak<Mutex<Queue>>>> = Mutex::new(Vec::new());
 /// Set while a sweeper waits for a batch to begin ([`WAKE`]).
 static ASLEEP: AtomicBool = AtomicBool::new(false);
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-/// Queues the sweeper wrote (their thread stayed busy a millisecond and more without parking).
+/// Queues the sweeper wrote (their thread stayed a timer tick and more without parking).
 static SWEPT: AtomicU64 = AtomicU64::new(0);
 
 /// How many queues of replies the sweeper has written in this process: each is a worker thread
-/// that stayed busy at least a millisecond with replies waiting on it (the monitor's
+/// that stayed busy a timer tick or more with replies waiting on it (the monitor's
 /// `io.replies_swept`). Rising steadily, the node's threads have more work than they get
 /// through between two waits on the network.
 pub(crate) fn swept() -> u64 {
