@@ -46,9 +46,9 @@ pub(crate) const MAX_CONNS: usize = 64;
 /// the GET p99 at 2.6–3.2 ms on a node sharing its two cores with its load, this at 1.4–2.0 ms
 /// (`docs/benchmarks.md`, nineteenth session).
 pub(crate) const SWEEP: Duration = Duration::from_micros(250);
-/// Looks finding every queue empty before the sweeper waits for a batch instead (an idle
-/// node does not wake at every tick).
-const IDLE_LOOKS: u32 = 64;
+/// Looks finding every queue empty before the sweeper waits for a batch instead: ~16 ms, so a
+/// node that gets a request now and then does not wake at every tick in between.
+const IDLE_LOOKS: u32 = 16;
 
 /// One thread's waiting connections.
 #[derive(Default)]
