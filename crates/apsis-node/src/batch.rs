@@ -93,11 +93,14 @@ pub(crate) fn swept() -> u64 {
 /// module doc). Without it, replies are still batched, at a small cost per batch.
 pub fn install(rt: &mut tokio::runtime::Builder) {
     rt.on_thread_park(|| {
-        if !PARKS.with(Cell::get) {
-            PARKS.with(|p| p.set(true));
-            MINE.with(|mine| QUEUES.lock().push(Arc::downgrade(mine)));
-        }
-        MINE.with(|mine| flush(mine));
+        // `try_with`: a hook never panics, even on a thread whose locals are going.
+        let _ = MINE.try_with(|mine| {
+            if !PARKS.with(Cell::get) {
+                PARKS.with(|p| p.set(true));
+                QUEUES.lock().push(Arc::downgrade(mine));
+            }
+            flush(mine);
+        });
     });
 }
 
