@@ -46,9 +46,6 @@ pub(crate) const MAX_CONNS: usize = 64;
 /// the GET p99 at 2.6–3.2 ms on a node sharing its two cores with its load, this at 1.4–2.0 ms
 /// (`docs/benchmarks.md`, nineteenth session).
 pub(crate) const SWEEP: Duration = Duration::from_micros(250);
-/// Looks finding every queue empty before the sweeper waits for a batch instead: ~16 ms, so a
-/// node that gets a request now and then does not wake at every tick in between.
-const IDLE_LOOKS: u32 = 16;
 
 /// One thread's waiting connections.
 #[derive(Default)]
@@ -75,7 +72,9 @@ thread_local! {
 /// The queues of the threads that park with the hook: what the sweeper looks at (weak: a
 /// thread that ends takes its queue along).
 static QUEUES: Mutex<Vec<Weak<Mutex<Queue>>>> = Mutex::new(Vec::new());
-/// Set while a sweeper waits for a batch to begin ([`WAKE`]).
+/// Set by the sweeper before it looks; still set when it found every queue empty and went to
+/// sleep. The first reader to queue on an empty queue clears it and wakes the sweeper
+/// ([`WAKE`]), as requests wake the client's deadline sweeper (`apsis_client::clock`).
 static ASLEEP: AtomicBool = AtomicBool::new(false);
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Queues the sweeper wrote (their thread stayed a timer tick and more without parking).
@@ -138,7 +137,7 @@ pub(crate) fn defer(cw: &Arc<ConnWriter>) -> Option<Shared> {
         if first {
             // Pairs with the sweeper's fence: it sees this batch, or this sees it asleep.
             fence(Ordering::SeqCst);
-            if ASLEEP.load(Ordering::Relaxed) {
+            if ASLEEP.load(Ordering::Relaxed) && ASLEEP.swap(false, Ordering::Relaxed) {
                 WAKE.notify_one();
             }
         }
@@ -198,32 +197,21 @@ fn sweep() -> bool {
 }
 
 /// The sweeper (see the module doc): a node runs one for as long as it runs. It looks every
-/// [`SWEEP`] while batches come, and waits for the next one once it found every queue empty
-/// [`IDLE_LOOKS`] times in a row.
+/// [`SWEEP`] while replies wait anywhere, and sleeps once a look finds every queue empty
+/// until a batch begins.
 pub(crate) async fn sweeper() {
-    let mut idle = 0;
     loop {
         tokio::time::sleep(SWEEP).await;
-        if sweep() {
-            idle = 0;
-            continue;
-        }
-        idle += 1;
-        if idle < IDLE_LOOKS {
-            continue;
-        }
-        idle = 0;
-        let woken = WAKE.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
         ASLEEP.store(true, Ordering::Relaxed);
-        // Pairs with `defer`'s fence: a batch begun before this is seen below, and one
-        // begun after it sees ASLEEP and wakes this.
+        // Pairs with `defer`'s fence: a batch begun before this is seen by the look below,
+        // and one begun after it finds ASLEEP set and wakes this.
         fence(Ordering::SeqCst);
-        if !sweep() {
-            woken.await;
+        if sweep() {
+            ASLEEP.store(false, Ordering::Relaxed);
+            continue;
         }
-        ASLEEP.store(false, Ordering::Relaxed);
+        // A wake-up that came before this wait is kept by `Notify` as a permit.
+        WAKE.notified().await;
     }
 }
 
