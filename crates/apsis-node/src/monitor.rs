@@ -135,6 +135,7 @@ pub fn json(ctx: &Ctx, categories: u64) -> Value {
                 b["backend"]["global_stats"] = json!({
                     "memory_index_bytes": s.index_memory_bytes,
                     "fsyncs": s.fsyncs,
+                    "bases_reused": s.bases_reused,
                     "defrag_completed": s.defrag_completed,
                     "poisoned": s.poisoned,
                 });
@@ -307,7 +308,7 @@ pub fn prometheus(ctx: &Ctx) -> String {
         );
     }
     let _ = writeln!(s, "# TYPE apsis_network_bytes_total counter\napsis_network_bytes_total{{dir=\"in\"}} {}\napsis_network_bytes_total{{dir=\"out\"}} {}", ctx.stats.bytes_in(), ctx.stats.bytes_out());
-    s.push_str("# TYPE apsis_backend_state gauge\n# TYPE apsis_backend_records gauge\n# TYPE apsis_backend_removed_records gauge\n# TYPE apsis_backend_bytes gauge\n# TYPE apsis_backend_index_memory_bytes gauge\n# TYPE apsis_backend_fsyncs_total counter\n");
+    s.push_str("# TYPE apsis_backend_state gauge\n# TYPE apsis_backend_records gauge\n# TYPE apsis_backend_removed_records gauge\n# TYPE apsis_backend_bytes gauge\n# TYPE apsis_backend_index_memory_bytes gauge\n# TYPE apsis_backend_fsyncs_total counter\n# TYPE apsis_backend_bases_reused_total counter\n");
     for slot in ctx.backends.slots() {
         let l = format!("backend=\"{}\",group=\"{}\"", slot.cfg.id, slot.cfg.group);
         let st = slot.status();
@@ -337,6 +338,11 @@ pub fn prometheus(ctx: &Ctx) -> String {
                 b.index_memory_bytes
             );
             let _ = writeln!(s, "apsis_backend_fsyncs_total{{{l}}} {}", b.fsyncs);
+            let _ = writeln!(
+                s,
+                "apsis_backend_bases_reused_total{{{l}}} {}",
+                b.bases_reused
+            );
             let _ = writeln!(
                 s,
                 "apsis_backend_poisoned{{{l}}} {}",

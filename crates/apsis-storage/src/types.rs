@@ -356,6 +356,8 @@ pub struct BackendStats {
     pub defrag_completed: u64,
     /// Group fsyncs done so far (durable writes per fsync = writes / this under `sync = 0`).
     pub fsyncs: u64,
+    /// New bases made from the file of a base defrag dropped (`BlobConfig::reuse_bases`).
+    pub bases_reused: u64,
 }
 
 /// What a defrag pass did.

@@ -122,15 +122,7 @@ impl Inner {
         old.defragging.store(true, Ordering::Release);
         let _flag = Flag(&old.defragging);
         if self.holds_nothing_current(old) {
-            // Every record was superseded: drop the base without reading it (nothing can
-            // come to point into a closed base that nothing points into). The versions that
-            // superseded them must be durable before the old copies go.
-            self.sync_all()?;
-            let old_end = old.end.load(Ordering::Acquire);
-            self.delete_base(old, report)?;
-            report.bases_rewritten += 1;
-            report.bytes_reclaimed += old_end;
-            return Ok(());
+            return self.drop_whole(old, report);
         }
         let tmp = format!("{}.tmp", base_name(old.number));
         let dev = self.dir.open(&tmp, true)?;
@@ -144,6 +136,7 @@ impl Inner {
                 &BaseHeader {
                     number: old.number,
                     generation,
+                    tagged: true,
                 }
                 .encode(),
                 0,
@@ -172,7 +165,8 @@ impl Inner {
                 // before this base was marked.
                 let mut rec = vec![0u8; h.disk_size() as usize];
                 old.dev.read_at(&mut rec, off)?;
-                let hdr = RecordHeader::decode(&rec)
+                let hdr = old
+                    .record_header(&rec)
                     .filter(|x| x.key == h.key && x.disk_size() == h.disk_size())
                     .unwrap_or(h);
                 let expired = hdr.is_removed()
@@ -187,6 +181,12 @@ impl Inner {
                     });
                     continue;
                 }
+                // The copy is the new file's record: its tag (the old base may be untagged).
+                let stamped = RecordHeader {
+                    tag: record_tag(old.number),
+                    ..hdr
+                };
+                rec[..RECORD_HEADER_SIZE as usize].copy_from_slice(&stamped.encode());
                 dev.write_at(&rec, out)
                     .map_err(|e| StorageError::from_io(e, "defrag"))?;
                 moves.push(Moved {
@@ -218,6 +218,7 @@ impl Inner {
         let new_base = self.install_base(|slot| Base {
             number: old.number,
             generation,
+            tag: record_tag(old.number),
             slot,
             map,
             dev: dev.clone(),
@@ -274,10 +275,63 @@ impl Inner {
         Ok(())
     }
 
-    /// Retires base `b` from its slot and removes its data and index files.
-    fn delete_base(&self, b: &Base, report: &mut crate::types::DefragReport) -> Result<()> {
+    /// Drops `old`, a closed base whose every record was superseded, without reading it
+    /// (nothing can come to point into a closed base that nothing points into). The versions
+    /// that superseded them must be durable before the old copies go.
+    fn drop_whole(&self, old: &Arc<Base>, report: &mut crate::types::DefragReport) -> Result<()> {
+        self.sync_all()?;
+        let old_end = old.end.load(Ordering::Acquire);
+        self.delete_base(old, report)?;
+        report.bases_rewritten += 1;
+        report.bytes_reclaimed += old_end;
+        Ok(())
+    }
+
+    /// Drops every closed base that holds nothing current, between defrag passes (the
+    /// background thread asks every second): its disk space comes back sooner, and its file
+    /// can become the next base ([`Inner::recycle`]) while its pages are still cached. Does
+    /// nothing while a defrag pass runs (it drops them itself).
+    pub(crate) fn drop_superseded(&self) -> Result<crate::types::DefragReport> {
+        let mut report = crate::types::DefragReport::default();
+        let candidates: Vec<Arc<Base>> = self
+            .bases
+            .read()
+            .iter()
+            .flatten()
+            .filter(|b| {
+                !b.open.load(Ordering::Acquire)
+                    && b.end.load(Ordering::Acquire) > BASE_HEADER_SIZE
+                    && b.live_records.load(Ordering::Acquire) == 0
+                    && b.removed_records.load(Ordering::Acquire) == 0
+                    && b.live_bytes.load(Ordering::Acquire) == 0
+            })
+            .cloned()
+            .collect();
+        if candidates.is_empty() || self.check_writable().is_err() {
+            return Ok(report);
+        }
+        let Some(_g) = self.defrag_lock.try_lock() else {
+            return Ok(report);
+        };
+        // A base still waiting for its index is held by the queue.
+        self.build_pending_indexes()?;
+        for b in candidates {
+            if self.holds_nothing_current(&b) {
+                b.defragging.store(true, Ordering::Release);
+                let _flag = Flag(&b.defragging);
+                self.drop_whole(&b, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Retires base `b` from its slot and removes its data and index files (the data file
+    /// may be kept to become the next base instead: [`Inner::keep_file`]).
+    fn delete_base(&self, b: &Arc<Base>, report: &mut crate::types::DefragReport) -> Result<()> {
         self.bases.write()[b.slot as usize] = None;
-        self.dir.remove(&base_name(b.number))?;
+        if !self.keep_file(b) {
+            self.dir.remove(&base_name(b.number))?;
+        }
         let _ = self.dir.remove(&index_name(b.number));
         self.dir.sync_dir()?;
         report.bases_deleted += 1;

@@ -5,8 +5,21 @@
 
 use crate::types::{record_flags, Key, Timestamp, KEY_SIZE};
 
-/// Format version written into base, record and index headers.
+/// Format version written into record and index headers, and into the headers of bases
+/// whose records are not tagged (written before tags existed).
 pub const FORMAT_VERSION: u16 = 1;
+
+/// Base header version of a base whose records carry its tag ([`record_tag`]): every base
+/// this build creates. A build that reads only version 1 refuses such a base rather than
+/// read records of a reused file's previous life as its own.
+pub const BASE_VERSION_TAGGED: u16 = 2;
+
+/// The tag the records of tagged base `number` carry (record header bytes 120..124). Base
+/// numbers only grow, so a file reused for a new base (see `docs/format.md`, "Reused files")
+/// holds no record of an earlier life with its new tag, and a scan stops at the first.
+pub fn record_tag(number: u64) -> u32 {
+    number as u32
+}
 
 pub const BASE_MAGIC: &[u8; 8] = b"APSISBLB";
 pub const BASE_HEADER_SIZE: u64 = 128;
@@ -92,13 +105,21 @@ pub struct BaseHeader {
     pub number: u64,
     /// Random; changes each time defrag rewrites the base, tying an index file to its base.
     pub generation: u64,
+    /// Its records carry [`record_tag`] of its number (header version 2); `false` for a
+    /// version 1 base, whose records carry 0.
+    pub tagged: bool,
 }
 
 impl BaseHeader {
     pub fn encode(&self) -> [u8; BASE_HEADER_SIZE as usize] {
         let mut b = [0u8; BASE_HEADER_SIZE as usize];
         b[0..8].copy_from_slice(BASE_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.tagged {
+            BASE_VERSION_TAGGED
+        } else {
+            FORMAT_VERSION
+        };
+        b[8..10].copy_from_slice(&version.to_le_bytes());
         b[10..12].copy_from_slice(&(BASE_HEADER_SIZE as u16).to_le_bytes());
         b[16..24].copy_from_slice(&self.number.to_le_bytes());
         b[24..32].copy_from_slice(&self.generation.to_le_bytes());
@@ -115,9 +136,10 @@ impl BaseHeader {
             return Err("not an apsis base file (bad magic)".into());
         }
         let v = u16_at(b, 8);
-        if v != FORMAT_VERSION {
+        if v != FORMAT_VERSION && v != BASE_VERSION_TAGGED {
             return Err(format!(
-                "base format version {v} is not supported (this build reads {FORMAT_VERSION})"
+                "base format version {v} is not supported (this build reads \
+                 {FORMAT_VERSION} and {BASE_VERSION_TAGGED})"
             ));
         }
         if crc(&b[..124]) != u32_at(b, 124) {
@@ -126,7 +148,17 @@ impl BaseHeader {
         Ok(BaseHeader {
             number: u64_at(b, 16),
             generation: u64_at(b, 24),
+            tagged: v == BASE_VERSION_TAGGED,
         })
+    }
+
+    /// The tag this base's records carry.
+    pub fn tag(&self) -> u32 {
+        if self.tagged {
+            record_tag(self.number)
+        } else {
+            0
+        }
     }
 }
 
@@ -147,6 +179,9 @@ pub struct RecordHeader {
     pub user_flags: u64,
     /// log2 of the checksum chunk size.
     pub chunk_log2: u8,
+    /// The tag of the base the record was written into ([`BaseHeader::tag`]): a record is
+    /// its base's only if the two agree. Set by the append that places it.
+    pub tag: u32,
 }
 
 impl RecordHeader {
@@ -195,6 +230,7 @@ impl RecordHeader {
         b[104..108].copy_from_slice(&self.timestamp.nsec.to_le_bytes());
         b[108] = self.chunk_log2;
         b[112..120].copy_from_slice(&self.user_flags.to_le_bytes());
+        b[120..124].copy_from_slice(&self.tag.to_le_bytes());
         let c = crc(&b[..124]);
         b[124..128].copy_from_slice(&c.to_le_bytes());
         b
@@ -225,6 +261,7 @@ impl RecordHeader {
             },
             chunk_log2: b[108],
             user_flags: u64_at(b, 112),
+            tag: u32_at(b, 120),
         };
         let sane = h.flags & !record_flags::STORED_MASK == 0
             && h.capacity <= CAPACITY_MAX
@@ -487,7 +524,36 @@ mod tests {
             timestamp: Timestamp::new(5, 6),
             user_flags: 7,
             chunk_log2: DEFAULT_CHUNK_LOG2,
+            tag: 9,
         }
+    }
+
+    /// A version 1 base header (written before record tags) still reads, untagged; a new
+    /// one is version 2 and tags its records with its number.
+    #[test]
+    fn base_headers_of_both_versions_read() {
+        let old = BaseHeader {
+            number: 7,
+            generation: 11,
+            tagged: false,
+        };
+        let b = old.encode();
+        assert_eq!(u16_at(&b, 8), 1);
+        assert_eq!(BaseHeader::decode(&b), Ok(old));
+        assert_eq!(old.tag(), 0);
+        let new = BaseHeader {
+            tagged: true,
+            ..old
+        };
+        let b = new.encode();
+        assert_eq!(u16_at(&b, 8), BASE_VERSION_TAGGED);
+        assert_eq!(BaseHeader::decode(&b), Ok(new));
+        assert_eq!(new.tag(), 7);
+        let mut v3 = b;
+        v3[8] = 3;
+        let c = crc(&v3[..124]);
+        v3[124..].copy_from_slice(&c.to_le_bytes());
+        assert!(BaseHeader::decode(&v3).unwrap_err().contains("version 3"));
     }
 
     #[test]

@@ -304,10 +304,15 @@ impl Inner {
                 // Committed in place after its index was written? The header knows.
                 let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
                 base.dev.read_at(&mut hb, e.offset)?;
-                if let Some(h) = RecordHeader::decode(&hb).filter(|h| h.key == e.key) {
+                if let Some(h) = base.record_header(&hb).filter(|h| h.key == e.key) {
                     // The commit may have been torn (its data never reached the disk):
                     // only a verified record counts as committed.
-                    let mut sc = scan::Scanner::new(&*base.dev, e.offset, e.offset + h.disk_size());
+                    let mut sc = scan::Scanner::new(
+                        &*base.dev,
+                        base.tag,
+                        e.offset,
+                        e.offset + h.disk_size(),
+                    );
                     if h.is_uncommitted() || sc.verify(e.offset, &h)?.is_ok() {
                         flags = h.flags;
                     }

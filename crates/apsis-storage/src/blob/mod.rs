@@ -102,6 +102,13 @@ pub struct BlobConfig {
     /// Threads that load the index at start (each merges one key range of every base's
     /// sorted index). 0 = one per CPU for large loads, one for small ones.
     pub load_threads: usize,
+    /// Keep the file of one base that defrag drops whole (every record superseded) and make
+    /// it the next new base, written over from its start ([`Inner::recycle`]), instead of
+    /// deleting it and growing a new file. Its pages are still in the page cache: appends
+    /// copy into them, instead of into pages the kernel must allocate (and zero, on a VM
+    /// whose host reclaims freed guest memory). Costs up to `blob_size` of disk while kept;
+    /// not kept when the disk has less than `blob_size` free besides it.
+    pub reuse_bases: bool,
 }
 
 /// How far the open base is zero-filled ahead of its records under `sync = 0` (see
@@ -126,14 +133,29 @@ impl Default for BlobConfig {
             mmap_reads: true,
             zero_ahead_bytes: None,
             load_threads: 0,
+            reuse_bases: true,
         }
     }
 }
+
+/// The file of a base defrag dropped, kept under [`KEPT_NAME`] until the next new base
+/// takes it over ([`Inner::recycle`]).
+struct KeptFile {
+    dev: Arc<dyn Device>,
+    /// Its length: bytes of its earlier life, which the new base writes over.
+    len: u64,
+}
+
+/// The kept file's name while it waits: a `.tmp`, so a restart deletes it.
+const KEPT_NAME: &str = "spare-base.tmp";
 
 /// One base (data file).
 pub(crate) struct Base {
     number: u64,
     generation: u64,
+    /// The tag its records carry ([`BaseHeader::tag`]); a header with another is not one of
+    /// its records (a reused file's earlier life, see [`Inner::recycle`]).
+    tag: u32,
     slot: u16,
     dev: Arc<dyn Device>,
     /// End of the records (for the open base: including buffered ones).
@@ -154,6 +176,11 @@ pub(crate) struct Base {
 }
 
 impl Base {
+    /// The record header in `b`, if it is valid and one of this base's records (its tag).
+    fn record_header(&self, b: &[u8]) -> Option<RecordHeader> {
+        RecordHeader::decode(b).filter(|h| h.tag == self.tag)
+    }
+
     /// A scanner of `[start, end)`: through the map where reads may use it
     /// ([`Inner::mapped`]), otherwise with `pread`.
     fn scanner(&self, start: u64, end: u64) -> scan::Scanner<'_> {
@@ -161,8 +188,8 @@ impl Base {
             .ok()
             .and_then(|len| Inner::mapped(self, 0, len));
         match map {
-            Some(m) => scan::Scanner::mapped(&*self.dev, m, start, end),
-            None => scan::Scanner::new(&*self.dev, start, end),
+            Some(m) => scan::Scanner::mapped(&*self.dev, m, self.tag, start, end),
+            None => scan::Scanner::new(&*self.dev, self.tag, start, end),
         }
     }
 
@@ -295,9 +322,14 @@ pub(crate) struct Writer {
     /// How far the open base's disk space is reserved (fallocate): appends below it cannot
     /// meet a full disk, so a buffered record is never lost to ENOSPC at flush time.
     reserved: u64,
-    /// How far the open base's file is written (records, then zeros): its length. Only moves
-    /// past `tail` with [`BlobConfig::zero_ahead_bytes`].
+    /// How far the open base's file is written (records, then zeros, or a reused file's
+    /// earlier life): its length. Moves past `tail` with [`BlobConfig::zero_ahead_bytes`],
+    /// and is the reused file's length after [`Inner::recycle`].
     zeroed: u64,
+    /// Below this, past `tail`, the open base holds a reused file's earlier life
+    /// ([`Inner::recycle`]): the gaps of a record placed there are written with zeros, as
+    /// they would read in a new file.
+    stale_end: u64,
     /// Every mutation gets the next sequence number; group commit makes a prefix durable.
     seq: u64,
     /// Closed bases written to (in place) or closed since the last sync.
@@ -354,6 +386,10 @@ pub(crate) struct Inner {
     last_sync: Mutex<std::time::Instant>,
     /// Group fsyncs done (for stats).
     fsyncs: AtomicU64,
+    /// A dropped base's file kept to become the next base ([`Inner::recycle`]).
+    kept: Mutex<Option<KeptFile>>,
+    /// Bases made from a kept file (for stats).
+    bases_reused: AtomicU64,
 }
 
 const LOCK_STRIPES: usize = 4096;
@@ -374,9 +410,13 @@ pub struct RecoveryReport {
     pub bases: u64,
     pub indexes_rebuilt: u64,
     pub open_base_records: u64,
-    /// Bytes cut from the end of the open base (a torn tail; zeros past the last record
-    /// are not counted).
+    /// Bytes cut from the end of the open base (a torn tail; zeros past the last record,
+    /// and a reused file's earlier life, are not counted).
     pub truncated_bytes: u64,
+    /// Bytes cut from the end of the open base that were a reused file's earlier life
+    /// ([`BlobConfig::reuse_bases`]): everything past the last record when a record with
+    /// another base's tag lies there.
+    pub reused_tail_bytes: u64,
     /// Records of the open base skipped because their data failed its checksum.
     pub damaged_records: u64,
     /// The open base's index from the last clean shutdown was used.
@@ -571,6 +611,7 @@ impl Inner {
             bases.push(Arc::new(Base {
                 number: n,
                 generation: hdr.generation,
+                tag: hdr.tag(),
                 slot: bases.len() as u16,
                 map: map_base(&cfg, &dev, map_len),
                 dev,
@@ -605,7 +646,7 @@ impl Inner {
                 report.open_base_checkpoint = true;
             }
             report.scanned_bytes = end - scan_from;
-            let mut sc = scan::Scanner::new(&*open.dev, scan_from, end);
+            let mut sc = scan::Scanner::new(&*open.dev, open.tag, scan_from, end);
             while let Some((off, h)) = sc.next_record()? {
                 if !h.is_uncommitted() && sc.verify(off, &h)?.is_err() {
                     // Damaged or torn: the key keeps its previous version.
@@ -622,9 +663,19 @@ impl Inner {
             let valid_end = sc.valid_end;
             if valid_end < end {
                 // Zeros past the last record are the zero-filled room ahead of it
-                // (`zero_ahead_bytes`), not damage.
+                // (`zero_ahead_bytes`), and records with another base's tag a reused
+                // file's earlier life (`reuse_bases`): neither is damage.
+                // Past the last record, a reused file holds the rest of the earlier record
+                // the last append wrote over, then the earlier life's records: all of it
+                // counts as the earlier life's (a record torn there counts with it).
+                let torn_end = if sc.foreign_at.is_some() {
+                    valid_end
+                } else {
+                    end
+                };
+                report.reused_tail_bytes = end - torn_end;
                 report.truncated_bytes =
-                    nonzero_extent(&*open.dev, valid_end, end).map_err(open_err)?;
+                    nonzero_extent(&*open.dev, valid_end, torn_end).map_err(open_err)?;
                 open.dev.set_len(valid_end).map_err(open_err)?;
                 open.dev.sync().map_err(open_err)?;
             }
@@ -658,6 +709,7 @@ impl Inner {
                 open_records: open_entries.len() as u64,
                 reserved: 0,
                 zeroed: open_end,
+                stale_end: open_end,
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,
@@ -686,6 +738,8 @@ impl Inner {
             flush_cv: Condvar::new(),
             last_sync: Mutex::new(std::time::Instant::now()),
             fsyncs: AtomicU64::new(0),
+            kept: Mutex::new(None),
+            bases_reused: AtomicU64::new(0),
             dir: inner_dir,
             cfg,
         };
@@ -864,16 +918,29 @@ impl Inner {
     fn create_open_base(&self, w: &mut Writer) -> Result<()> {
         let number = w.next_number;
         let name = base_name(number);
-        let dev = self
-            .dir
-            .open(&name, true)
-            .map_err(|e| StorageError::from_io(e, "creating a base"))?;
         let generation = random_u64();
+        let header = BaseHeader {
+            number,
+            generation,
+            tagged: true,
+        }
+        .encode();
+        // A kept file holds its earlier life's bytes up to `written`: appends write over them.
+        let (dev, written) = match self.recycle(&name, &header) {
+            Some(kept) => (kept.dev, kept.len),
+            None => {
+                let dev = self
+                    .dir
+                    .open(&name, true)
+                    .map_err(|e| StorageError::from_io(e, "creating a base"))?;
+                (dev, BASE_HEADER_SIZE)
+            }
+        };
         let setup = self
             .reserve_base(&*dev, BASE_HEADER_SIZE)
             .and_then(|reserved| {
                 (|| {
-                    dev.write_at(&BaseHeader { number, generation }.encode(), 0)?;
+                    dev.write_at(&header, 0)?;
                     dev.sync()?;
                     self.dir.sync_dir()
                 })()
@@ -891,6 +958,7 @@ impl Inner {
         let base = self.install_base(|slot| Base {
             number,
             generation,
+            tag: record_tag(number),
             slot,
             map,
             dev,
@@ -906,7 +974,8 @@ impl Inner {
         debug_assert!(w.buf.is_empty() && w.inflight.is_none());
         w.open = base;
         w.tail = BASE_HEADER_SIZE;
-        w.zeroed = BASE_HEADER_SIZE;
+        w.zeroed = written.max(BASE_HEADER_SIZE);
+        w.stale_end = written.max(BASE_HEADER_SIZE);
         w.reserved = reserved;
         w.buf_start = BASE_HEADER_SIZE;
         w.open_records = 0;
@@ -979,24 +1048,69 @@ impl Inner {
         }
         let from = w.zeroed.max(off);
         let to = (end + step).min(w.reserved);
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut at = from;
-        while at < to {
-            // Up to 4 MiB per system call.
-            let chunks: Vec<&[u8]> = (0..64)
-                .map(|i| at + i * ZEROS.len() as u64)
-                .take_while(|&o| o < to)
-                .map(|o| &ZEROS[..(to - o).min(ZEROS.len() as u64) as usize])
-                .collect();
-            let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            if let Err(e) = w.open.dev.write_all_vectored_at(&chunks, at) {
-                tracing::warn!(error = %e, "blob: could not zero-fill ahead of the open base");
-                w.zeroed = w.zeroed.max(at).max(end);
-                return;
-            }
-            at += n;
+        if let Err((at, e)) = write_zeros(&*w.open.dev, from, to) {
+            tracing::warn!(error = %e, "blob: could not zero-fill ahead of the open base");
+            w.zeroed = w.zeroed.max(at).max(end);
+            return;
         }
         w.zeroed = to.max(end);
+    }
+
+    /// Takes the kept file ([`BlobConfig::reuse_bases`]) for the new base `name`: writes
+    /// the new base's `header` over the old one, makes it durable, and only then gives the
+    /// file its name, so a base file never carries another base's header. The records of
+    /// its earlier life stay, and are written over by appends: they carry another base's tag,
+    /// so a scan after a crash ends at the first of them (`scan`). `None` (a new file is
+    /// made) when no file is kept or taking it fails.
+    fn recycle(&self, name: &str, header: &[u8]) -> Option<KeptFile> {
+        let kept = self.kept.lock().take()?;
+        let res = (|| {
+            kept.dev.write_at(header, 0)?;
+            kept.dev.sync()?;
+            self.dir.rename(KEPT_NAME, name)
+        })();
+        match res {
+            Ok(()) => {
+                self.bases_reused.fetch_add(1, Ordering::Relaxed);
+                Some(kept)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "blob: could not reuse a kept base file; a new one is made");
+                let _ = self.dir.remove(KEPT_NAME);
+                None
+            }
+        }
+    }
+
+    /// Keeps the file of `b`, a base defrag drops whole and has taken out of its slot, for
+    /// [`Inner::recycle`], when nothing else holds the base (a read sharing its map, an
+    /// iteration) and the disk has `blob_size` free besides it. Returns whether it was kept;
+    /// otherwise the caller deletes it.
+    fn keep_file(&self, b: &Arc<Base>) -> bool {
+        if !self.cfg.reuse_bases || Arc::strong_count(b) > 1 {
+            return false;
+        }
+        let Ok(len) = b.dev.len() else {
+            return false;
+        };
+        if len <= BASE_HEADER_SIZE
+            || !self
+                .dir
+                .free_space()
+                .is_ok_and(|free| free >= self.cfg.blob_size)
+        {
+            return false;
+        }
+        let mut kept = self.kept.lock();
+        // Renamed over an older kept file, which goes: the newer one's pages are warmer.
+        if self.dir.rename(&base_name(b.number), KEPT_NAME).is_err() {
+            return false;
+        }
+        *kept = Some(KeptFile {
+            dev: b.dev.clone(),
+            len,
+        });
+        true
     }
 
     /// Cuts the zeros past the open base's last record (buffer flushed first) and makes
@@ -1028,6 +1142,29 @@ impl Inner {
         self.index_queue.lock().push(old);
         Ok(())
     }
+}
+
+/// Writes zeros over `[from, to)` of `dev`, up to 4 MiB per system call; on failure, where
+/// it stopped and why.
+fn write_zeros(
+    dev: &dyn Device,
+    from: u64,
+    to: u64,
+) -> std::result::Result<(), (u64, std::io::Error)> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let chunks: Vec<&[u8]> = (0..64)
+            .map(|i| at + i * ZEROS.len() as u64)
+            .take_while(|&o| o < to)
+            .map(|o| &ZEROS[..(to - o).min(ZEROS.len() as u64) as usize])
+            .collect();
+        let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        dev.write_all_vectored_at(&chunks, at)
+            .map_err(|e| (at, e))?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// How many bytes of `[from, end)` of `dev` come before its trailing zeros.
@@ -1085,6 +1222,7 @@ fn bases_placeholder(_dir: &Arc<dyn Dir>) -> Arc<Base> {
     Arc::new(Base {
         number: 0,
         generation: 0,
+        tag: 0,
         slot: u16::MAX,
         map: None,
         dev: Arc::new(NullDevice),
@@ -1187,6 +1325,7 @@ impl crate::backend::Backend for BlobBackend {
             defrag_running: i.defrag_running.load(Ordering::Relaxed),
             defrag_completed: i.defrag_completed.load(Ordering::Relaxed),
             fsyncs: i.fsyncs.load(Ordering::Relaxed),
+            bases_reused: i.bases_reused.load(Ordering::Relaxed),
             ..Default::default()
         };
         for b in &bases {

@@ -6,6 +6,10 @@
 //! base. A record whose extent passes the end of the scanned region ends the scan: it is the
 //! torn tail.
 //!
+//! A well-formed header with another base's tag ends the scan too: it is a record of the
+//! file's previous life (a reused file, `Inner::recycle`), and the current life's records
+//! all come before the first of those (`foreign_at`).
+//!
 //! A scanner over a mapped base reads records straight from the map (no copy); one over a
 //! device reads it in windows with `pread`.
 
@@ -28,12 +32,18 @@ pub struct Scanner<'a> {
     pub skipped_bytes: u64,
     /// End of the last valid record (where a torn tail starts).
     pub valid_end: u64,
+    /// The tag of the base's records ([`BaseHeader::tag`]).
+    tag: u32,
+    /// Where a record of the file's previous life was met (the scan ended there).
+    pub foreign_at: Option<u64>,
 }
 
 impl<'a> Scanner<'a> {
-    /// Scans `[start, end)` of `dev`.
-    pub fn new(dev: &'a dyn Device, start: u64, end: u64) -> Scanner<'a> {
+    /// Scans `[start, end)` of `dev`, a base whose records carry `tag`.
+    pub fn new(dev: &'a dyn Device, tag: u32, start: u64, end: u64) -> Scanner<'a> {
         Scanner {
+            tag,
+            foreign_at: None,
             dev,
             map: None,
             pos: start,
@@ -47,10 +57,16 @@ impl<'a> Scanner<'a> {
 
     /// Scans `[start, end)` of `dev` through `map`, its mapping, which must hold `end` bytes
     /// that are all on the device (the scanner falls back to reading where it does not).
-    pub fn mapped(dev: &'a dyn Device, map: &'a [u8], start: u64, end: u64) -> Scanner<'a> {
+    pub fn mapped(
+        dev: &'a dyn Device,
+        map: &'a [u8],
+        tag: u32,
+        start: u64,
+        end: u64,
+    ) -> Scanner<'a> {
         Scanner {
             map: Some(map),
-            ..Scanner::new(dev, start, end)
+            ..Scanner::new(dev, tag, start, end)
         }
     }
 
@@ -81,6 +97,10 @@ impl<'a> Scanner<'a> {
             let pos = self.pos;
             let hdr = RecordHeader::decode(self.bytes(pos, RECORD_HEADER_SIZE)?);
             match hdr {
+                Some(h) if h.tag != self.tag => {
+                    self.foreign_at = Some(pos);
+                    break;
+                }
                 Some(h) if pos + h.disk_size() <= self.end => {
                     if let Some(from) = resyncing_from {
                         self.skipped_bytes += pos - from;

@@ -413,6 +413,7 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
         .name("apsis-blob-bg".into())
         .spawn(move || {
             let mut last_defrag_check = Instant::now();
+            let mut last_drop_check = Instant::now();
             loop {
                 {
                     let mut stop = inner.shutdown.lock();
@@ -429,6 +430,12 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
                 }
                 if let Err(e) = inner.maintenance(false) {
                     tracing::warn!(error = %e, "blob background maintenance failed");
+                }
+                if last_drop_check.elapsed() >= Duration::from_secs(1) {
+                    last_drop_check = Instant::now();
+                    if let Err(e) = inner.drop_superseded() {
+                        tracing::warn!(error = %e, "blob: dropping superseded bases failed");
+                    }
                 }
                 if last_defrag_check.elapsed() >= Duration::from_secs(10) {
                     last_defrag_check = Instant::now();

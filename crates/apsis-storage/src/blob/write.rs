@@ -130,14 +130,14 @@ impl Inner {
             let mapped = Self::mapped(&base, loc.offset(), len as usize)
                 .filter(|_| len >= RECORD_HEADER_SIZE);
             let read = if let Some(src) = mapped {
-                Ok((RecordHeader::decode(src), Vec::new()))
+                Ok((base.record_header(src), Vec::new()))
             } else if len < RECORD_HEADER_SIZE {
                 Err(StorageError::Corrupt(
                     "the base ends inside the record".into(),
                 ))
             } else {
                 self.read_vec(&base, loc.offset(), len as usize)
-                    .map(|head| (RecordHeader::decode(&head), head))
+                    .map(|head| (base.record_header(&head), head))
             };
             let (decoded, head) = match read {
                 Ok(h) => h,
@@ -263,6 +263,8 @@ impl Inner {
             timestamp: req.timestamp,
             user_flags: req.user_flags,
             chunk_log2: self.cfg.chunk_log2,
+            // Stamped where the header is written (`append_locked`, `write_header_locked`).
+            tag: 0,
         };
         let len = req.data.len() as u64;
         match op {
@@ -383,7 +385,7 @@ impl Inner {
         let seq = {
             let mut w = self.writer.lock();
             self.write_checksums_locked(&mut w, p, &h, 0)?;
-            self.write_region_locked(&mut w, &p.base, p.loc.offset(), &h.encode())?;
+            self.write_header_locked(&mut w, &p.base, p.loc.offset(), &h)?;
             w.seq += 1;
             w.seq
         };
@@ -440,7 +442,7 @@ impl Inner {
                 self.write_checksums_locked(&mut w, c, &h, first_chunk)?;
             }
         }
-        self.write_region_locked(&mut w, &c.base, c.loc.offset(), &h.encode())?;
+        self.write_header_locked(&mut w, &c.base, c.loc.offset(), &h)?;
         w.seq += 1;
         Ok((record_info(&h, &c.base, c.loc), w.seq))
     }
@@ -535,7 +537,7 @@ impl Inner {
     fn forget_pending(&self, b: &Base, loc: Loc) {
         let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
         if self.read_region(b, loc.offset(), &mut hb).is_ok() {
-            if let Some(h) = RecordHeader::decode(&hb) {
+            if let Some(h) = b.record_header(&hb) {
                 let _ = b
                     .live_bytes
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -550,7 +552,7 @@ impl Inner {
         let base = self.base(loc.slot())?;
         let mut hb = [0u8; RECORD_HEADER_SIZE as usize];
         self.read_region(&base, loc.offset(), &mut hb).ok()?;
-        RecordHeader::decode(&hb).map(|h| h.key)
+        base.record_header(&hb).map(|h| h.key)
     }
 
     /// Drops the key's prepared record if it was stamped before `older_than`: its header is
@@ -567,7 +569,7 @@ impl Inner {
             h.flags |= record_flags::ABORTED;
             let seq = {
                 let mut w = self.writer.lock();
-                self.write_region_locked(&mut w, &p.base, p.loc.offset(), &h.encode())?;
+                self.write_header_locked(&mut w, &p.base, p.loc.offset(), &h)?;
                 w.seq += 1;
                 w.seq
             };
@@ -606,6 +608,7 @@ impl Inner {
                 timestamp: req.timestamp,
                 user_flags: 0,
                 chunk_log2: self.cfg.chunk_log2,
+                tag: 0,
             };
             self.append_version(key, cur.as_ref(), damaged, h, 0, &[])?
         };
@@ -653,7 +656,12 @@ impl Inner {
         self.reserve_for(w, off + size)?;
         self.zero_ahead_locked(w, off, off + size);
         let data_start = h.data_start();
-        let hdr = h.encode();
+        // The open base's tag: the record is this base's, and no other life's.
+        let hdr = RecordHeader {
+            tag: w.open.tag,
+            ..*h
+        }
+        .encode();
         let buffered =
             self.cfg.write_buffer_bytes > 0 && size as usize <= self.cfg.write_buffer_bytes / 2;
         if buffered {
@@ -693,7 +701,16 @@ impl Inner {
                 let tail = &pad[..(size - data_end) as usize];
                 dev.write_all_vectored_at(&[&head, data, tail], off)
             } else {
+                let stale = w.stale_end;
                 (|| {
+                    // Gaps over a reused file's earlier life read as zeros, as in a new file.
+                    let gaps = [
+                        (off + data_start, off + data_start + data_at),
+                        (off + data_end, off + size),
+                    ];
+                    for (from, to) in gaps {
+                        super::write_zeros(&*dev, from, to.min(stale)).map_err(|(_, e)| e)?;
+                    }
                     dev.write_at(&head, off)?;
                     dev.write_at(data, off + data_start + data_at)?;
                     if data_end < size {
@@ -706,6 +723,7 @@ impl Inner {
             if let Err(e) = res {
                 let _ = dev.set_len(off);
                 w.zeroed = w.zeroed.min(off);
+                w.stale_end = w.stale_end.min(off);
                 let err = StorageError::from_io(e, "appending a record");
                 if !matches!(err, StorageError::NoSpace(_)) {
                     self.poison(&format!("append failed: {err}"));
@@ -720,6 +738,21 @@ impl Inner {
         w.open_records += 1;
         w.seq += 1;
         Ok(Loc::new(w.open.slot, off))
+    }
+
+    /// Rewrites the header of the record at `off` of `base`, with that base's tag.
+    fn write_header_locked(
+        &self,
+        w: &mut Writer,
+        base: &Arc<Base>,
+        off: u64,
+        h: &RecordHeader,
+    ) -> Result<()> {
+        let h = RecordHeader {
+            tag: base.tag,
+            ..*h
+        };
+        self.write_region_locked(w, base, off, &h.encode())
     }
 
     /// Writes bytes inside an existing record, in the buffer or on the device.
