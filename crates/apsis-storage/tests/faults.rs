@@ -1420,3 +1420,33 @@ fn without_reuse_a_dropped_base_file_is_deleted() {
     b.rotate().unwrap();
     assert_eq!(b.stats().bases_reused, 0);
 }
+
+/// A kept file counts against the backend's size limit, and gives its room back to data: a
+/// write that fits only without it deletes it instead of failing with ENOSPC.
+#[test]
+fn a_kept_base_file_yields_its_room_to_data_under_a_size_limit() {
+    let cfg = BlobConfig {
+        blob_size: 256 << 10,
+        size_limit_bytes: 150_000,
+        ..quiet(-1)
+    };
+    let (dir, b) = sim(cfg);
+    for i in 0..5 {
+        put(&b, i, &value(i, 10_000)).unwrap();
+    }
+    b.rotate().unwrap();
+    for i in 0..5 {
+        put(&b, i, &value(i + 1, 10_000)).unwrap();
+    }
+    assert_eq!(b.defrag_with_threshold(0.0).unwrap().bases_deleted, 1);
+    let kept = "spare-base.tmp".to_string();
+    assert!(dir.list().unwrap().contains(&kept));
+    // ~51 KB in the open base, ~51 KB kept: 51 KB more fit only without the kept file.
+    for i in 10..15 {
+        put(&b, i, &value(i, 10_000)).unwrap();
+    }
+    assert!(!dir.list().unwrap().contains(&kept));
+    for i in 0..5 {
+        assert_eq!(get(&b, i).unwrap(), value(i + 1, 10_000));
+    }
+}

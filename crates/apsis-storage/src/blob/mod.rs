@@ -1056,6 +1056,30 @@ impl Inner {
         w.zeroed = to.max(end);
     }
 
+    /// Bytes counted against `size_limit_bytes`: the bases' records and the kept file.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        let bases: u64 = self
+            .bases
+            .read()
+            .iter()
+            .flatten()
+            .map(|b| b.end.load(Ordering::Relaxed))
+            .sum();
+        bases + self.kept.lock().as_ref().map_or(0, |k| k.len)
+    }
+
+    /// Deletes the kept file, if any, so its room goes to data; returns whether there was one.
+    pub(crate) fn discard_kept(&self) -> bool {
+        let Some(kept) = self.kept.lock().take() else {
+            return false;
+        };
+        drop(kept);
+        if let Err(e) = self.dir.remove(KEPT_NAME) {
+            tracing::warn!(error = %e, "blob: could not delete the kept base file");
+        }
+        true
+    }
+
     /// Takes the kept file ([`BlobConfig::reuse_bases`]) for the new base `name`: writes
     /// the new base's `header` over the old one, makes it durable, and only then gives the
     /// file its name, so a base file never carries another base's header. The records of
@@ -1084,8 +1108,8 @@ impl Inner {
 
     /// Keeps the file of `b`, a base defrag drops whole and has taken out of its slot, for
     /// [`Inner::recycle`], when nothing else holds the base (a read sharing its map, an
-    /// iteration) and the disk has `blob_size` free besides it. Returns whether it was kept;
-    /// otherwise the caller deletes it.
+    /// iteration), the disk has `blob_size` free besides it, and the bases and it fit in
+    /// `size_limit_bytes`. Returns whether it was kept; otherwise the caller deletes it.
     fn keep_file(&self, b: &Arc<Base>) -> bool {
         if !self.cfg.reuse_bases || Arc::strong_count(b) > 1 {
             return false;
@@ -1099,6 +1123,11 @@ impl Inner {
                 .free_space()
                 .is_ok_and(|free| free >= self.cfg.blob_size)
         {
+            return false;
+        }
+        // The kept file counts against the backend's size limit like a base (and gives its
+        // room back when an append needs it).
+        if self.cfg.size_limit_bytes > 0 && self.disk_bytes() + len > self.cfg.size_limit_bytes {
             return false;
         }
         let mut kept = self.kept.lock();

@@ -637,13 +637,11 @@ impl Inner {
             return Err(StorageError::Limit("record does not fit in a base".into()));
         }
         if self.cfg.size_limit_bytes > 0 {
-            let used: u64 = self
-                .bases
-                .read()
-                .iter()
-                .flatten()
-                .map(|b| b.end.load(Ordering::Relaxed))
-                .sum();
+            let mut used = self.disk_bytes();
+            // A kept file gives its room to data.
+            if used + size > self.cfg.size_limit_bytes && self.discard_kept() {
+                used = self.disk_bytes();
+            }
             if used + size > self.cfg.size_limit_bytes {
                 return Err(StorageError::NoSpace(format!(
                     "the backend holds {used} bytes and its size limit is {}",
