@@ -279,6 +279,8 @@ impl Inner {
     /// (nothing can come to point into a closed base that nothing points into). The versions
     /// that superseded them must be durable before the old copies go.
     fn drop_whole(&self, old: &Arc<Base>, report: &mut crate::types::DefragReport) -> Result<()> {
+        // Its own bytes need not reach the disk: only those of the versions after them.
+        self.writer.lock().dirty.retain(|d| !Arc::ptr_eq(d, old));
         self.sync_all()?;
         let old_end = old.end.load(Ordering::Acquire);
         self.delete_base(old, report)?;
@@ -313,10 +315,10 @@ impl Inner {
         let Some(_g) = self.defrag_lock.try_lock() else {
             return Ok(report);
         };
-        // A base still waiting for its index is held by the queue.
-        self.build_pending_indexes()?;
         for b in candidates {
             if self.holds_nothing_current(&b) {
+                // Dropped: no index is needed (and the queue would hold the base).
+                self.unqueue_index(&b);
                 b.defragging.store(true, Ordering::Release);
                 let _flag = Flag(&b.defragging);
                 self.drop_whole(&b, &mut report)?;

@@ -372,8 +372,8 @@ pub(crate) struct Inner {
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
     read_only: AtomicBool,
-    /// Closed bases whose sorted index is still to be written.
-    index_queue: Mutex<Vec<Arc<Base>>>,
+    /// Closed bases whose sorted index is still to be written, with when they closed.
+    index_queue: Mutex<Vec<(Arc<Base>, std::time::Instant)>>,
     defrag_lock: Mutex<()>,
     defrag_running: AtomicBool,
     /// Asks the running defrag pass to stop (checked between records).
@@ -393,6 +393,10 @@ pub(crate) struct Inner {
 }
 
 const LOCK_STRIPES: usize = 4096;
+
+/// How long the background thread lets a closed base wait before writing its index (see
+/// [`Inner::build_indexes`]).
+pub(crate) const INDEX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How much more of the open base is reserved at once when the whole base could not be.
 const RESERVE_STEP: u64 = 8 << 20;
@@ -873,8 +877,24 @@ impl Inner {
 
     /// Writes the indexes of bases closed since the last call.
     fn build_pending_indexes(&self) -> Result<()> {
-        let queue = std::mem::take(&mut *self.index_queue.lock());
-        for b in queue {
+        self.build_indexes(std::time::Duration::ZERO)
+    }
+
+    /// Writes the sorted index of every base closed at least `settled` ago (after an fsync
+    /// of the base). The background thread waits [`INDEX_DELAY`]: a base that every record
+    /// of is superseded by then is dropped without one (`drop_superseded`), as under an
+    /// overwrite load most are, instead of being synced, scanned and sorted for nothing.
+    pub(crate) fn build_indexes(&self, settled: std::time::Duration) -> Result<()> {
+        let due: Vec<_> = {
+            let mut q = self.index_queue.lock();
+            let (due, wait) = std::mem::take(&mut *q)
+                .into_iter()
+                .partition(|(_, closed)| closed.elapsed() >= settled);
+            *q = wait;
+            due
+        };
+        let mut due = due.into_iter();
+        while let Some((b, closed)) = due.next() {
             if let Err(e) = b
                 .dev
                 .sync()
@@ -883,11 +903,18 @@ impl Inner {
             {
                 // Not fatal: a restart rebuilds a missing index from the data.
                 tracing::warn!(base = b.number, error = %e, "blob: could not write a base index");
-                self.index_queue.lock().push(b);
+                let mut q = self.index_queue.lock();
+                q.push((b, closed));
+                q.extend(due);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Takes `b` out of the index queue (it is being dropped: no index is needed).
+    pub(crate) fn unqueue_index(&self, b: &Arc<Base>) {
+        self.index_queue.lock().retain(|(q, _)| !Arc::ptr_eq(q, b));
     }
 
     pub(crate) fn base(&self, slot: u16) -> Option<Arc<Base>> {
@@ -1168,7 +1195,9 @@ impl Inner {
         self.create_open_base(w)?;
         old.open.store(false, Ordering::Release);
         w.dirty.push(old.clone());
-        self.index_queue.lock().push(old);
+        self.index_queue
+            .lock()
+            .push((old, std::time::Instant::now()));
         Ok(())
     }
 }

@@ -377,7 +377,13 @@ impl Inner {
                 *self.last_sync.lock() = Instant::now();
             }
         }
-        self.build_pending_indexes()?;
+        // Asked for now (tests, shutdown paths), every index; in the background, those of
+        // bases closed a while ago (`INDEX_DELAY`).
+        self.build_indexes(if now {
+            Duration::ZERO
+        } else {
+            super::INDEX_DELAY
+        })?;
         Ok(())
     }
 }
