@@ -101,6 +101,7 @@ impl Inner {
                 break;
             }
         }
+        self.not_droppable.lock().clear();
         self.defrag_completed.fetch_add(1, Ordering::Relaxed);
         Ok(report)
     }
@@ -295,6 +296,7 @@ impl Inner {
     /// nothing while a defrag pass runs (it drops them itself).
     pub(crate) fn drop_superseded(&self) -> Result<crate::types::DefragReport> {
         let mut report = crate::types::DefragReport::default();
+        let skip = self.not_droppable.lock().clone();
         let candidates: Vec<Arc<Base>> = self
             .bases
             .read()
@@ -302,6 +304,7 @@ impl Inner {
             .flatten()
             .filter(|b| {
                 !b.open.load(Ordering::Acquire)
+                    && !skip.contains(&b.number)
                     && b.end.load(Ordering::Acquire) > BASE_HEADER_SIZE
                     && b.live_records.load(Ordering::Acquire) == 0
                     && b.removed_records.load(Ordering::Acquire) == 0
@@ -316,13 +319,15 @@ impl Inner {
             return Ok(report);
         };
         for b in candidates {
-            if self.holds_nothing_current(&b) {
-                // Dropped: no index is needed (and the queue would hold the base).
-                self.unqueue_index(&b);
-                b.defragging.store(true, Ordering::Release);
-                let _flag = Flag(&b.defragging);
-                self.drop_whole(&b, &mut report)?;
+            if !self.holds_nothing_current(&b) {
+                self.not_droppable.lock().push(b.number);
+                continue;
             }
+            // Dropped: no index is needed (and the queue would hold the base).
+            self.unqueue_index(&b);
+            b.defragging.store(true, Ordering::Release);
+            let _flag = Flag(&b.defragging);
+            self.drop_whole(&b, &mut report)?;
         }
         Ok(report)
     }

@@ -5,7 +5,8 @@
 //! - [`index`]: the compact in-memory index (fingerprint → packed location).
 //! - [`scan`]: sequential reading of a base, shared by recovery, index builds, iteration, defrag.
 //! - `open` (this file): configuration, the engine's state, recovery at start, space
-//!   reservation and the zeros written ahead of the open base (`zero_ahead_bytes`).
+//!   reservation, the zeros written ahead of the open base (`zero_ahead_bytes`), and the file
+//!   of a dropped base kept to become the next base (`reuse_bases`).
 //! - `load`: loading the index at start, a merge of the bases' sorted indexes split by key
 //!   range across threads.
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
@@ -13,14 +14,17 @@
 //! - `sync`: the write buffer and its flusher thread, group commit for blocking writers, the
 //!   background thread and poisoning.
 //! - `commit`: [`Committer`], group commit for callers that do not block a thread per write.
-//! - `defrag`: online compaction of closed bases.
+//! - `defrag`: online compaction of closed bases, and the prompt drop of bases whose every
+//!   record was superseded.
 //!
 //! # How it works
 //! A backend directory holds numbered bases `data-NNNNNNNN.blob`. The last one is *open* and
 //! takes appends; the others are *closed* and each has a sorted index `data-NNNNNNNN.index`
-//! written when it closed, so a restart reads indexes instead of data. A later base wins over
-//! an earlier one for the same key, and inside a base a later offset wins; defrag rewrites a
-//! base under the same number, so this order is never disturbed.
+//! written soon after it closed, so a restart reads indexes instead of data. A later base wins
+//! over an earlier one for the same key, and inside a base a later offset wins; defrag rewrites
+//! a base under the same number, so this order is never disturbed. Every record carries its
+//! base's number (its tag), so a base made from a dropped base's file never reads the file's
+//! earlier records as its own.
 //!
 //! Small records are gathered in a write buffer (default 1 MiB) and reach the OS in one
 //! `pwrite`; what `sync` promises is in [`BlobConfig::sync`].
@@ -379,6 +383,10 @@ pub(crate) struct Inner {
     /// Asks the running defrag pass to stop (checked between records).
     defrag_stop: AtomicBool,
     defrag_completed: AtomicU64,
+    /// Bases whose counters said they hold nothing current but the index disagreed: the
+    /// prompt drop (`drop_superseded`) does not look at them again (a look scans the index);
+    /// defrag passes do, and clear this.
+    not_droppable: Mutex<Vec<u64>>,
     shutdown: Mutex<bool>,
     shutdown_cv: Condvar,
     /// Wakes the flusher thread (with the `shutdown` mutex).
@@ -737,6 +745,7 @@ impl Inner {
             defrag_running: AtomicBool::new(false),
             defrag_stop: AtomicBool::new(false),
             defrag_completed: AtomicU64::new(0),
+            not_droppable: Mutex::new(Vec::new()),
             shutdown: Mutex::new(false),
             shutdown_cv: Condvar::new(),
             flush_cv: Condvar::new(),
@@ -1097,10 +1106,12 @@ impl Inner {
 
     /// Deletes the kept file, if any, so its room goes to data; returns whether there was one.
     pub(crate) fn discard_kept(&self) -> bool {
-        let Some(kept) = self.kept.lock().take() else {
+        // The slot's lock is held through the file's removal, as through every change of
+        // the kept file's name, so the name and the slot always agree.
+        let mut slot = self.kept.lock();
+        if slot.take().is_none() {
             return false;
-        };
-        drop(kept);
+        }
         if let Err(e) = self.dir.remove(KEPT_NAME) {
             tracing::warn!(error = %e, "blob: could not delete the kept base file");
         }
@@ -1114,7 +1125,10 @@ impl Inner {
     /// so a scan after a crash ends at the first of them (`scan`). `None` (a new file is
     /// made) when no file is kept or taking it fails.
     fn recycle(&self, name: &str, header: &[u8]) -> Option<KeptFile> {
-        let kept = self.kept.lock().take()?;
+        // Held until the file has its new name: a base dropped meanwhile cannot take
+        // `KEPT_NAME` from under the rename.
+        let mut slot = self.kept.lock();
+        let kept = slot.take()?;
         let res = (|| {
             kept.dev.write_at(header, 0)?;
             kept.dev.sync()?;
