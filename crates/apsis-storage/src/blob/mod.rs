@@ -107,11 +107,12 @@ pub struct BlobConfig {
     /// sorted index). 0 = one per CPU for large loads, one for small ones.
     pub load_threads: usize,
     /// Keep the file of one base that defrag drops whole (every record superseded) and make
-    /// it the next new base, written over from its start ([`Inner::recycle`]), instead of
-    /// deleting it and growing a new file. Its pages are still in the page cache: appends
-    /// copy into them, instead of into pages the kernel must allocate (and zero, on a VM
-    /// whose host reclaims freed guest memory). Costs up to `blob_size` of disk while kept;
-    /// not kept when the disk has less than `blob_size` free besides it.
+    /// it the next new base, written over from its start, instead of deleting it and growing
+    /// a new file (`docs/format.md`, "Reused files"). Its pages are still in the page cache:
+    /// appends copy into them, instead of into pages the kernel must allocate (and zero, on
+    /// a VM whose host reclaims freed guest memory). Costs up to `blob_size` of disk while
+    /// kept; not kept when the disk has less than `blob_size` free besides it, or past
+    /// `size_limit_bytes`, which counts it.
     pub reuse_bases: bool,
 }
 
