@@ -419,6 +419,7 @@ fn engine_config(cfg: &BackendConfig) -> BlobConfig {
         defrag_threshold: (cfg.defrag_percentage.clamp(1, 100) as f64) / 100.0,
         size_limit_bytes: cfg.size_limit_bytes,
         defrag_rate_bytes: cfg.defrag_rate_bytes,
+        reuse_bases: cfg.reuse_bases,
         ..BlobConfig::default()
     }
 }

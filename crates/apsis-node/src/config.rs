@@ -51,6 +51,7 @@
 //! size_limit = "0"                 # most bytes the backend's files may take, 0 = the disk
 //! defrag_percentage = 25            # defrag a closed base once this much of it is dead
 //! defrag_rate = "128M"              # defrag I/O budget per second, 0 = unthrottled
+//! reuse_bases = true                # a dropped base's file becomes the next base (docs/format.md)
 //! cache_size = "0"                  # CACHE / CACHE_ONLY ioflags (see apsis_node::cache), 0 = none
 //! cache_sync_timeout = 30           # seconds before a dirty cache entry is written back
 //! read_only = false
@@ -145,6 +146,9 @@ pub struct BackendConfig {
     pub defrag_percentage: u32,
     /// Defrag's I/O budget in bytes per second (reads plus writes); 0 = unthrottled.
     pub defrag_rate_bytes: u64,
+    /// Keep the file of a base defrag drops whole for the next base (the engine's
+    /// `reuse_bases`): up to `blob_size` of disk held for speed.
+    pub reuse_bases: bool,
     /// Bytes of the backend's cache (CACHE / CACHE_ONLY ioflags); 0 = no cache, and those
     /// flags are served from disk (as Elliptics without a cache does).
     pub cache_size: u64,
@@ -171,6 +175,7 @@ impl BackendConfig {
             size_limit_bytes: 0,
             defrag_percentage: 25,
             defrag_rate_bytes: 128 << 20,
+            reuse_bases: true,
             cache_size: 0,
             cache_sync_timeout_secs: 30,
             read_only: false,
@@ -378,6 +383,9 @@ impl NodeConfig {
             if let Some(v) = b.defrag_rate {
                 bc.defrag_rate_bytes = parse_size(&v)?;
             }
+            if let Some(v) = b.reuse_bases {
+                bc.reuse_bases = v;
+            }
             if let Some(v) = b.read_only {
                 bc.read_only = v;
             }
@@ -545,6 +553,7 @@ struct TomlBackend {
     size_limit: Option<String>,
     defrag_percentage: Option<u32>,
     defrag_rate: Option<String>,
+    reuse_bases: Option<bool>,
     cache_size: Option<String>,
     cache_sync_timeout: Option<u64>,
     read_only: Option<bool>,
@@ -577,11 +586,14 @@ mod tests {
             dir = "/tmp/x"
             sync = 0
             blob_size = "64M"
+            reuse_bases = false
             "#,
         )
         .unwrap();
         assert_eq!(cfg.listen[0].port(), 2025);
         assert_eq!(cfg.backends[0].blob_size, 64 << 20);
+        assert!(!cfg.backends[0].reuse_bases);
+        assert!(BackendConfig::new(1, 1, "/tmp/y").reuse_bases);
         assert_eq!(cfg.backends[0].sync, 0);
         cfg.validate().unwrap();
         let err = NodeConfig::from_toml("[node]\nadress = []\n").unwrap_err();
