@@ -356,7 +356,8 @@ pub struct BackendStats {
     pub defrag_completed: u64,
     /// Group fsyncs done so far (durable writes per fsync = writes / this under `sync = 0`).
     pub fsyncs: u64,
-    /// New bases made from the file of a base defrag dropped (`BlobConfig::reuse_bases`).
+    /// Bases written into the file of a base defrag dropped (`BlobConfig::reuse_bases`): new
+    /// bases, and defrag's copies of bases it rewrites.
     pub bases_reused: u64,
 }
 

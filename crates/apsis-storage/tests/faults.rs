@@ -1450,3 +1450,63 @@ fn a_kept_base_file_yields_its_room_to_data_under_a_size_limit() {
         assert_eq!(get(&b, i).unwrap(), value(i + 1, 10_000));
     }
 }
+
+/// Defrag's copy of a base it rewrites goes into the kept file too, cut at its last record:
+/// the rewritten base holds exactly its live records, before and after a crash.
+#[test]
+fn a_defrag_copy_goes_into_the_kept_file_and_keeps_nothing_of_it() {
+    let cfg = BlobConfig {
+        blob_size: 1 << 20,
+        ..quiet(-1)
+    };
+    let (dir, b) = sim(cfg.clone());
+    for i in 0..40 {
+        put(&b, i, &value(i, 5000)).unwrap();
+    }
+    b.rotate().unwrap();
+    // Base 1 all superseded; base 2 also holds keys of its own.
+    for i in 0..40 {
+        put(&b, i, &value(i + 1, 5000)).unwrap();
+    }
+    for i in 100..110 {
+        put(&b, i, &value(i, 5000)).unwrap();
+    }
+    b.rotate().unwrap();
+    // Most of base 2 superseded: its copy is smaller than the kept file.
+    for i in 0..35 {
+        put(&b, i, &value(i + 2, 5000)).unwrap();
+    }
+    // Base 1 is dropped (its file kept), then base 2 is rewritten into that file.
+    let report = b.defrag_with_threshold(0.0).unwrap();
+    assert_eq!(report.bases_deleted, 1, "{report:?}");
+    assert_eq!(report.records_copied, 15, "{report:?}");
+    assert_eq!(b.stats().bases_reused, 1);
+    let names = dir.list().unwrap();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    // Cut at its last record: the file is no longer than the base's records.
+    let base2 = b
+        .stats()
+        .bases
+        .iter()
+        .find(|s| s.number == 2)
+        .unwrap()
+        .size_bytes;
+    let len = dir
+        .open("data-00000002.blob", false)
+        .unwrap()
+        .len()
+        .unwrap();
+    assert_eq!(len, base2);
+    let want = |i: u64| match i {
+        0..35 => value(i + 2, 5000),
+        35..40 => value(i + 1, 5000),
+        _ => value(i, 5000),
+    };
+    std::mem::forget(b);
+    let (b, report) = BlobBackend::open(Arc::new(dir.clone()), cfg).unwrap();
+    assert_eq!(report.damaged_records, 0, "{report:?}");
+    for i in (0..40).chain(100..110) {
+        assert_eq!(get(&b, i).unwrap(), want(i), "key {i}");
+    }
+    assert_eq!(b.stats().records, 50);
+}

@@ -126,11 +126,19 @@ impl Inner {
             return self.drop_whole(old, report);
         }
         let tmp = format!("{}.tmp", base_name(old.number));
-        let dev = self.dir.open(&tmp, true)?;
+        // The copy goes into the kept file when there is one (its pages are cached, see
+        // `reuse_bases`): written over from its start and cut at its last record, so nothing
+        // of its earlier life stays in the closed base.
+        let (dev, reused) = match self.take_kept(&tmp, None) {
+            Some(kept) => (kept.dev, true),
+            None => (self.dir.open(&tmp, true)?, false),
+        };
         let generation = random_u64();
         // `Ok(None)`: stopped part way; the old base stays as it was.
         let result = (|| -> Result<Option<(Vec<Moved>, u64)>> {
-            dev.set_len(0)?;
+            if !reused {
+                dev.set_len(0)?;
+            }
             dev.allocate(live + BASE_HEADER_SIZE)
                 .map_err(|e| StorageError::from_io(e, "defrag"))?;
             dev.write_at(
@@ -199,6 +207,9 @@ impl Inner {
                 });
                 out += rec.len() as u64;
                 throttle.consume(2 * rec.len() as u64);
+            }
+            if reused {
+                dev.set_len(out)?;
             }
             dev.sync()?;
             Ok(Some((moves, out)))

@@ -145,8 +145,8 @@ impl Default for BlobConfig {
 
 /// The file of a base defrag dropped, kept under [`KEPT_NAME`] until the next new base
 /// takes it over ([`Inner::recycle`]).
-struct KeptFile {
-    dev: Arc<dyn Device>,
+pub(crate) struct KeptFile {
+    pub(crate) dev: Arc<dyn Device>,
     /// Its length: bytes of its earlier life, which the new base writes over.
     len: u64,
 }
@@ -1126,13 +1126,23 @@ impl Inner {
     /// so a scan after a crash ends at the first of them (`scan`). `None` (a new file is
     /// made) when no file is kept or taking it fails.
     fn recycle(&self, name: &str, header: &[u8]) -> Option<KeptFile> {
+        self.take_kept(name, Some(header))
+    }
+
+    /// Gives the kept file the name `name` and takes it out of its slot; with `header`, that
+    /// is written over the old one and made durable first (a base's name must never carry
+    /// another base's header; a `.tmp` name is never loaded). `None` when no file is kept
+    /// or taking it fails (the file is then deleted).
+    pub(crate) fn take_kept(&self, name: &str, header: Option<&[u8]>) -> Option<KeptFile> {
         // Held until the file has its new name: a base dropped meanwhile cannot take
         // `KEPT_NAME` from under the rename.
         let mut slot = self.kept.lock();
         let kept = slot.take()?;
         let res = (|| {
-            kept.dev.write_at(header, 0)?;
-            kept.dev.sync()?;
+            if let Some(header) = header {
+                kept.dev.write_at(header, 0)?;
+                kept.dev.sync()?;
+            }
             self.dir.rename(KEPT_NAME, name)
         })();
         match res {
