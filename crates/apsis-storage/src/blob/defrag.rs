@@ -58,6 +58,17 @@ impl Drop for Flag<'_> {
 impl Inner {
     /// Defrags every closed base whose dead fraction is at least `threshold`.
     pub(crate) fn defrag(&self, threshold: f64) -> Result<crate::types::DefragReport> {
+        self.defrag_settled(threshold, Duration::ZERO)
+    }
+
+    /// [`Inner::defrag`] of the bases closed at least `settled` ago (the background pass
+    /// waits [`super::INDEX_DELAY`], as index builds do: a base closed a moment ago may be
+    /// dropped whole within a second, and rewriting it first is wasted).
+    pub(crate) fn defrag_settled(
+        &self,
+        threshold: f64,
+        settled: Duration,
+    ) -> Result<crate::types::DefragReport> {
         let Some(_g) = self.defrag_lock.try_lock() else {
             return Err(StorageError::AlreadyRunning("defrag"));
         };
@@ -67,15 +78,22 @@ impl Inner {
         self.defrag_stop.store(false, Ordering::Release);
         self.defrag_running.store(true, Ordering::Release);
         let _running = Flag(&self.defrag_running);
-        // Closed bases need their index files (the tombstone rule reads them).
-        self.build_pending_indexes()?;
+        // Closed bases need their index files (the tombstone rule reads them); those still
+        // waiting for theirs are left for a later pass.
+        self.build_indexes(settled)?;
+        let waiting: Vec<u64> = self
+            .index_queue
+            .lock()
+            .iter()
+            .map(|(b, _)| b.number)
+            .collect();
         let mut report = crate::types::DefragReport::default();
         let mut bases: Vec<Arc<Base>> = self
             .bases
             .read()
             .iter()
             .flatten()
-            .filter(|b| !b.open.load(Ordering::Acquire))
+            .filter(|b| !b.open.load(Ordering::Acquire) && !waiting.contains(&b.number))
             .cloned()
             .collect();
         bases.sort_by_key(|b| b.number);

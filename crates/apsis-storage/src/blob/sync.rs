@@ -445,7 +445,8 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
                 }
                 if last_defrag_check.elapsed() >= Duration::from_secs(10) {
                     last_defrag_check = Instant::now();
-                    if let Err(e) = inner.defrag(inner.cfg.defrag_threshold) {
+                    let settled = super::INDEX_DELAY;
+                    if let Err(e) = inner.defrag_settled(inner.cfg.defrag_threshold, settled) {
                         if !matches!(e, StorageError::AlreadyRunning(_)) {
                             tracing::warn!(error = %e, "blob background defrag failed");
                         }
