@@ -1331,6 +1331,13 @@ fn a_failed_fsync_under_concurrent_writers_answers_every_one_of_them() {
     }
 }
 
+/// Writes keys `keys`, each with `value(i + version, len)`.
+fn put_all(b: &dyn Backend, keys: std::ops::Range<u64>, version: u64, len: usize) {
+    for i in keys {
+        put(b, i, &value(i + version, len)).unwrap();
+    }
+}
+
 /// A base defrag drops whole lends its file to the next base (`reuse_bases`): appends write
 /// over the earlier life's records, which never come back. Not after a crash (the restart's
 /// scan ends at the first record with the old base's tag, where an untagged scan would load
@@ -1345,13 +1352,9 @@ fn a_reused_base_file_never_shows_its_earlier_life() {
         ..quiet(-1)
     };
     let (dir, b) = sim(cfg.clone());
-    for i in 0..20 {
-        put(&b, i, &value(i, 5000)).unwrap();
-    }
+    put_all(&b, 0..20, 0, 5000);
     b.rotate().unwrap();
-    for i in 0..20 {
-        put(&b, i, &value(i + 100, 5000)).unwrap();
-    }
+    put_all(&b, 0..20, 100, 5000);
     // Base 1 holds nothing current: dropped, its file kept.
     let report = b.defrag_with_threshold(0.0).unwrap();
     assert_eq!(report.bases_deleted, 1, "{report:?}");
@@ -1408,13 +1411,9 @@ fn without_reuse_a_dropped_base_file_is_deleted() {
         ..small_bases(-1)
     };
     let (dir, b) = sim(cfg);
-    for i in 0..5 {
-        put(&b, i, &value(i, 5000)).unwrap();
-    }
+    put_all(&b, 0..5, 0, 5000);
     b.rotate().unwrap();
-    for i in 0..5 {
-        put(&b, i, &value(i, 5000)).unwrap();
-    }
+    put_all(&b, 0..5, 0, 5000);
     assert_eq!(b.defrag_with_threshold(0.0).unwrap().bases_deleted, 1);
     assert!(!dir.list().unwrap().iter().any(|n| n.ends_with(".tmp")));
     b.rotate().unwrap();
@@ -1431,20 +1430,14 @@ fn a_kept_base_file_yields_its_room_to_data_under_a_size_limit() {
         ..quiet(-1)
     };
     let (dir, b) = sim(cfg);
-    for i in 0..5 {
-        put(&b, i, &value(i, 10_000)).unwrap();
-    }
+    put_all(&b, 0..5, 0, 10_000);
     b.rotate().unwrap();
-    for i in 0..5 {
-        put(&b, i, &value(i + 1, 10_000)).unwrap();
-    }
+    put_all(&b, 0..5, 1, 10_000);
     assert_eq!(b.defrag_with_threshold(0.0).unwrap().bases_deleted, 1);
     let kept = "spare-base.tmp".to_string();
     assert!(dir.list().unwrap().contains(&kept));
     // ~51 KB in the open base, ~51 KB kept: 51 KB more fit only without the kept file.
-    for i in 10..15 {
-        put(&b, i, &value(i, 10_000)).unwrap();
-    }
+    put_all(&b, 10..15, 0, 10_000);
     assert!(!dir.list().unwrap().contains(&kept));
     for i in 0..5 {
         assert_eq!(get(&b, i).unwrap(), value(i + 1, 10_000));
@@ -1460,22 +1453,14 @@ fn a_defrag_copy_goes_into_the_kept_file_and_keeps_nothing_of_it() {
         ..quiet(-1)
     };
     let (dir, b) = sim(cfg.clone());
-    for i in 0..40 {
-        put(&b, i, &value(i, 5000)).unwrap();
-    }
+    put_all(&b, 0..40, 0, 5000);
     b.rotate().unwrap();
     // Base 1 all superseded; base 2 also holds keys of its own.
-    for i in 0..40 {
-        put(&b, i, &value(i + 1, 5000)).unwrap();
-    }
-    for i in 100..110 {
-        put(&b, i, &value(i, 5000)).unwrap();
-    }
+    put_all(&b, 0..40, 1, 5000);
+    put_all(&b, 100..110, 0, 5000);
     b.rotate().unwrap();
     // Most of base 2 superseded: its copy is smaller than the kept file.
-    for i in 0..35 {
-        put(&b, i, &value(i + 2, 5000)).unwrap();
-    }
+    put_all(&b, 0..35, 2, 5000);
     // Base 1 is dropped (its file kept), then base 2 is rewritten into that file.
     let report = b.defrag_with_threshold(0.0).unwrap();
     assert_eq!(report.bases_deleted, 1, "{report:?}");
