@@ -147,7 +147,7 @@ impl Inner {
         // The copy goes into the kept file when there is one (its pages are cached, see
         // `reuse_bases`): written over from its start and cut at its last record, so nothing
         // of its earlier life stays in the closed base.
-        let (dev, reused) = match self.take_kept(&tmp, None) {
+        let (dev, reused) = match self.recycle(&tmp, None) {
             Some(kept) => (kept.dev, true),
             None => (self.dir.open(&tmp, true)?, false),
         };
@@ -335,9 +335,7 @@ impl Inner {
                 !b.open.load(Ordering::Acquire)
                     && !skip.contains(&b.number)
                     && b.end.load(Ordering::Acquire) > BASE_HEADER_SIZE
-                    && b.live_records.load(Ordering::Acquire) == 0
-                    && b.removed_records.load(Ordering::Acquire) == 0
-                    && b.live_bytes.load(Ordering::Acquire) == 0
+                    && b.counts_nothing()
             })
             .cloned()
             .collect();
@@ -377,9 +375,7 @@ impl Inner {
     /// Whether no key's current record, tombstone or reservation is in `b`: its counters say
     /// so, and the index and the pending map confirm it (the counters decide when to look).
     fn holds_nothing_current(&self, b: &Base) -> bool {
-        b.live_records.load(Ordering::Acquire) == 0
-            && b.removed_records.load(Ordering::Acquire) == 0
-            && b.live_bytes.load(Ordering::Acquire) == 0
+        b.counts_nothing()
             && !self.pending.lock().values().any(|l| l.slot() == b.slot)
             && !self.index.points_into(b.slot)
     }

@@ -181,6 +181,14 @@ pub(crate) struct Base {
 }
 
 impl Base {
+    /// Whether its counters say it holds no current record, tombstone or reservation (the
+    /// index and the pending map confirm: `holds_nothing_current`).
+    fn counts_nothing(&self) -> bool {
+        self.live_records.load(Ordering::Acquire) == 0
+            && self.removed_records.load(Ordering::Acquire) == 0
+            && self.live_bytes.load(Ordering::Acquire) == 0
+    }
+
     /// The record header in `b`, if it is valid and one of this base's records (its tag).
     fn record_header(&self, b: &[u8]) -> Option<RecordHeader> {
         RecordHeader::decode(b).filter(|h| h.tag == self.tag)
@@ -329,12 +337,10 @@ pub(crate) struct Writer {
     reserved: u64,
     /// How far the open base's file is written (records, then zeros, or a reused file's
     /// earlier life): its length. Moves past `tail` with [`BlobConfig::zero_ahead_bytes`],
-    /// and is the reused file's length after [`Inner::recycle`].
+    /// and is the reused file's length after [`Inner::recycle`]. Below it the gaps of a
+    /// record written straight to the device are written with zeros (they may hold the
+    /// earlier life), as they would read in a new file.
     zeroed: u64,
-    /// Below this, past `tail`, the open base holds a reused file's earlier life
-    /// ([`Inner::recycle`]): the gaps of a record placed there are written with zeros, as
-    /// they would read in a new file.
-    stale_end: u64,
     /// Every mutation gets the next sequence number; group commit makes a prefix durable.
     seq: u64,
     /// Closed bases written to (in place) or closed since the last sync.
@@ -722,7 +728,6 @@ impl Inner {
                 open_records: open_entries.len() as u64,
                 reserved: 0,
                 zeroed: open_end,
-                stale_end: open_end,
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,
@@ -963,7 +968,7 @@ impl Inner {
         }
         .encode();
         // A kept file holds its earlier life's bytes up to `written`: appends write over them.
-        let (dev, written) = match self.recycle(&name, &header) {
+        let (dev, written) = match self.recycle(&name, Some(&header)) {
             Some(kept) => (kept.dev, kept.len),
             None => {
                 let dev = self
@@ -1012,7 +1017,6 @@ impl Inner {
         w.open = base;
         w.tail = BASE_HEADER_SIZE;
         w.zeroed = written.max(BASE_HEADER_SIZE);
-        w.stale_end = written.max(BASE_HEADER_SIZE);
         w.reserved = reserved;
         w.buf_start = BASE_HEADER_SIZE;
         w.open_records = 0;
@@ -1119,21 +1123,14 @@ impl Inner {
         true
     }
 
-    /// Takes the kept file ([`BlobConfig::reuse_bases`]) for the new base `name`: writes
-    /// the new base's `header` over the old one, makes it durable, and only then gives the
-    /// file its name, so a base file never carries another base's header. The records of
-    /// its earlier life stay, and are written over by appends: they carry another base's tag,
-    /// so a scan after a crash ends at the first of them (`scan`). `None` (a new file is
-    /// made) when no file is kept or taking it fails.
-    fn recycle(&self, name: &str, header: &[u8]) -> Option<KeptFile> {
-        self.take_kept(name, Some(header))
-    }
-
-    /// Gives the kept file the name `name` and takes it out of its slot; with `header`, that
-    /// is written over the old one and made durable first (a base's name must never carry
-    /// another base's header; a `.tmp` name is never loaded). `None` when no file is kept
-    /// or taking it fails (the file is then deleted).
-    pub(crate) fn take_kept(&self, name: &str, header: Option<&[u8]>) -> Option<KeptFile> {
+    /// Takes the kept file ([`BlobConfig::reuse_bases`]) out of its slot and gives it the
+    /// name `name`. For a new base, its `header` is written over the old one and made durable
+    /// first, so a base's name never carries another base's header (defrag's `.tmp` name is
+    /// never loaded: no header). The records of its earlier life stay, and are written over:
+    /// they carry another base's tag, so a scan after a crash ends at the first of them
+    /// (`scan`). `None` (a new file is made) when no file is kept or taking it fails (the
+    /// file is then deleted).
+    pub(crate) fn recycle(&self, name: &str, header: Option<&[u8]>) -> Option<KeptFile> {
         // Held until the file has its new name: a base dropped meanwhile cannot take
         // `KEPT_NAME` from under the rename.
         let mut slot = self.kept.lock();

@@ -699,15 +699,16 @@ impl Inner {
                 let tail = &pad[..(size - data_end) as usize];
                 dev.write_all_vectored_at(&[&head, data, tail], off)
             } else {
-                let stale = w.stale_end;
+                let written = w.zeroed;
                 (|| {
-                    // Gaps over a reused file's earlier life read as zeros, as in a new file.
+                    // Gaps over bytes already in the file (a reused file's earlier life) read
+                    // as zeros, as in a new file.
                     let gaps = [
                         (off + data_start, off + data_start + data_at),
                         (off + data_end, off + size),
                     ];
                     for (from, to) in gaps {
-                        super::write_zeros(&*dev, from, to.min(stale)).map_err(|(_, e)| e)?;
+                        super::write_zeros(&*dev, from, to.min(written)).map_err(|(_, e)| e)?;
                     }
                     dev.write_at(&head, off)?;
                     dev.write_at(data, off + data_start + data_at)?;
@@ -721,7 +722,6 @@ impl Inner {
             if let Err(e) = res {
                 let _ = dev.set_len(off);
                 w.zeroed = w.zeroed.min(off);
-                w.stale_end = w.stale_end.min(off);
                 let err = StorageError::from_io(e, "appending a record");
                 if !matches!(err, StorageError::NoSpace(_)) {
                     self.poison(&format!("append failed: {err}"));
