@@ -968,22 +968,24 @@ impl Inner {
         }
         .encode();
         // A kept file holds its earlier life's bytes up to `written`: appends write over them.
-        let (dev, written) = match self.recycle(&name, Some(&header)) {
-            Some(kept) => (kept.dev, kept.len),
+        // (A kept file's header is written by `recycle`.)
+        let (dev, written, fresh) = match self.recycle(&name, Some(&header)) {
+            Some(kept) => (kept.dev, kept.len, false),
             None => {
                 let dev = self
                     .dir
                     .open(&name, true)
                     .map_err(|e| StorageError::from_io(e, "creating a base"))?;
-                (dev, BASE_HEADER_SIZE)
+                (dev, BASE_HEADER_SIZE, true)
             }
         };
         let setup = self
             .reserve_base(&*dev, BASE_HEADER_SIZE)
             .and_then(|reserved| {
                 (|| {
-                    dev.write_at(&header, 0)?;
-                    dev.sync()?;
+                    if fresh {
+                        dev.write_durable_at(&header, 0)?;
+                    }
                     self.dir.sync_dir()
                 })()
                 .map_err(|e| StorageError::from_io(e, "creating a base"))
@@ -1136,9 +1138,11 @@ impl Inner {
         let mut slot = self.kept.lock();
         let kept = slot.take()?;
         let res = (|| {
+            // Durable before the new name is: the earlier life's header under it would
+            // tag its records as the new base's. Only the header is written back, not
+            // the earlier life's dirty pages (up to a GiB, with `sync = -1`).
             if let Some(header) = header {
-                kept.dev.write_at(header, 0)?;
-                kept.dev.sync()?;
+                kept.dev.write_durable_at(header, 0)?;
             }
             self.dir.rename(KEPT_NAME, name)
         })();
@@ -1192,27 +1196,49 @@ impl Inner {
     }
 
     /// Cuts the zeros past the open base's last record (buffer flushed first) and makes
-    /// that durable, so a closed or cleanly shut down base ends at its last record: only the
-    /// open base is ever scanned for its end.
+    /// that durable, so a cleanly shut down base ends at its last record: only the open
+    /// base is ever scanned for its end.
     pub(crate) fn trim_open_locked(&self, w: &mut Writer) -> Result<()> {
-        self.flush_buffer(w)?;
-        if w.zeroed > w.tail {
-            let dev = &w.open.dev;
-            if let Err(e) = dev.set_len(w.tail).and_then(|()| dev.sync()) {
+        if self.cut_open_tail(w)? {
+            if let Err(e) = w.open.dev.sync() {
                 // As after any failed fsync, dirty pages may be gone.
                 let err = StorageError::from_io(e, "trimming the open base");
                 self.poison(&format!("{err}"));
                 return Err(err);
             }
-            w.zeroed = w.tail;
         }
         Ok(())
     }
 
+    /// Flushes the buffer and cuts the zeros past the open base's last record; returns
+    /// whether there were any. Not synced: see [`Inner::rotate`].
+    fn cut_open_tail(&self, w: &mut Writer) -> Result<bool> {
+        self.flush_buffer(w)?;
+        if w.zeroed <= w.tail {
+            return Ok(false);
+        }
+        if let Err(e) = w.open.dev.set_len(w.tail) {
+            let err = StorageError::from_io(e, "trimming the open base");
+            self.poison(&format!("{err}"));
+            return Err(err);
+        }
+        w.zeroed = w.tail;
+        Ok(true)
+    }
+
     /// Closes the open base (its index is written by the background thread or the next
     /// maintenance call) and opens a new one.
+    ///
+    /// The closed base is not synced here, under the writer lock: with `sync = -1` it can
+    /// hold a GiB of dirty pages, whose writeback stalled every write of the backend for
+    /// half a second. It joins the dirty bases, which the next group commit syncs (`sync
+    /// = 0`, before any later write is acknowledged) or the periodic sync does (`sync > 0`),
+    /// and the background thread syncs it before it writes its index. A crash before then
+    /// may leave its zeros uncut or its last records torn: a closed base without an index
+    /// is scanned on start, which skips zeros, stops at another life's records and checks
+    /// every record found.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
-        self.trim_open_locked(w)?;
+        self.cut_open_tail(w)?;
         let old = w.open.clone();
         self.create_open_base(w)?;
         old.open.store(false, Ordering::Release);
