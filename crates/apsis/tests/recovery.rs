@@ -519,7 +519,9 @@ async fn a_full_disk_refuses_only_its_group_and_dc_fills_it_once_space_is_freed(
     }
     let took = ks.len() - 20 - refused.len();
     assert!(took >= 20, "the disk took what it had room for: {took}");
-    assert!(refused.len() >= 60, "then refused: {}", refused.len());
+    // (Less than the 140 - 48 the 3 MiB leave: the open base's room and the next base's,
+    // made ahead, were reserved before the disk filled.)
+    assert!(refused.len() >= 30, "then refused: {}", refused.len());
     assert!(disk.injected_errors() > 0);
     // A refused write left nothing behind; what the full disk holds it still serves; and
     // ENOSPC does not fence the backend.

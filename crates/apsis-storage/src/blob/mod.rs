@@ -12,7 +12,7 @@
 //! - `write`: every write mode, tombstones, appending records and rotating bases.
 //! - `read`: lookup, read, iteration.
 //! - `sync`: the write buffer and its flusher thread, group commit for blocking writers, the
-//!   background thread and poisoning.
+//!   background thread, the thread that makes the next base ahead, and poisoning.
 //! - `commit`: [`Committer`], group commit for callers that do not block a thread per write.
 //! - `defrag`: online compaction of closed bases, and the prompt drop of bases whose every
 //!   record was superseded.
@@ -153,6 +153,20 @@ pub(crate) struct KeptFile {
 
 /// The kept file's name while it waits: a `.tmp`, so a restart deletes it.
 const KEPT_NAME: &str = "spare-base.tmp";
+
+/// A base made ahead of its turn ([`Inner::prepare_next`]): its file has its name, its
+/// header is durable and its room reserved, so the rotation that opens it waits on no
+/// filesystem call. Empty (or holding a kept file's earlier life): found after a crash, it
+/// is the newest base and holds nothing, and the one before it is rebuilt as closed.
+pub(crate) struct NextBase {
+    number: u64,
+    generation: u64,
+    dev: Arc<dyn Device>,
+    /// Bytes of a kept file's earlier life, which appends write over (else the header's).
+    written: u64,
+    /// The end of its reservation.
+    reserved: u64,
+}
 
 /// One base (data file).
 pub(crate) struct Base {
@@ -346,6 +360,8 @@ pub(crate) struct Writer {
     /// Closed bases written to (in place) or closed since the last sync.
     dirty: Vec<Arc<Base>>,
     next_number: u64,
+    /// Whether the open base has asked for the next one to be made ([`Inner::prepare_next`]).
+    next_asked: bool,
 }
 
 pub(crate) struct SyncState {
@@ -405,6 +421,15 @@ pub(crate) struct Inner {
     kept: Mutex<Option<KeptFile>>,
     /// Bases made from a kept file (for stats).
     bases_reused: AtomicU64,
+    /// The next base, made ahead by the thread that prepares it; its lock is held while a
+    /// base is made, so one base is never made twice.
+    next: Mutex<Option<NextBase>>,
+    /// The number the next base takes (the writer's `next_number`, readable without the
+    /// writer lock).
+    next_number: AtomicU64,
+    /// Asks the thread that prepares the next base to make one (with the `shutdown` mutex).
+    next_wanted: AtomicBool,
+    next_cv: Condvar,
 }
 
 const LOCK_STRIPES: usize = 4096;
@@ -539,10 +564,13 @@ impl Drop for BlobBackend {
             *self.inner.shutdown.lock() = true;
             self.inner.shutdown_cv.notify_all();
             self.inner.flush_cv.notify_all();
+            self.inner.next_cv.notify_all();
         }
         for h in self.background.drain(..) {
             let _ = h.join();
         }
+        // Otherwise the next start would take the empty base made ahead for the open one.
+        self.inner.discard_next();
         if !self.inner.is_poisoned.load(Ordering::Acquire) {
             let trimmed = self.inner.trim_open_locked(&mut self.inner.writer.lock());
             match trimmed.and_then(|()| self.inner.sync_all()) {
@@ -731,6 +759,7 @@ impl Inner {
                 seq: 0,
                 dirty: Vec::new(),
                 next_number,
+                next_asked: false,
             }),
             sync_state: std::sync::Mutex::new(SyncState {
                 durable_seq: 0,
@@ -759,6 +788,10 @@ impl Inner {
             fsyncs: AtomicU64::new(0),
             kept: Mutex::new(None),
             bases_reused: AtomicU64::new(0),
+            next: Mutex::new(None),
+            next_number: AtomicU64::new(next_number),
+            next_wanted: AtomicBool::new(false),
+            next_cv: Condvar::new(),
             dir: inner_dir,
             cfg,
         };
@@ -956,9 +989,72 @@ impl Inner {
         Ok(b)
     }
 
-    /// Creates the next base and makes it the open one.
+    /// Makes the next base the open one: the one made ahead ([`Inner::prepare_next`]) when
+    /// it is there, else made now.
     fn create_open_base(&self, w: &mut Writer) -> Result<()> {
         let number = w.next_number;
+        let made = {
+            // Waits while the preparing thread is making it.
+            let mut next = self.next.lock();
+            match next.take() {
+                Some(n) if n.number == number => n,
+                stale => {
+                    if let Some(n) = stale {
+                        self.remove_made(&n);
+                    }
+                    self.make_base(number)?
+                }
+            }
+        };
+        let NextBase {
+            number,
+            generation,
+            dev,
+            written,
+            reserved,
+        } = made;
+        let map = map_base(&self.cfg, &dev, self.cfg.blob_size);
+        let base = self.install_base(|slot| Base {
+            number,
+            generation,
+            tag: record_tag(number),
+            slot,
+            map,
+            dev,
+            end: AtomicU64::new(BASE_HEADER_SIZE),
+            flushed: AtomicU64::new(BASE_HEADER_SIZE),
+            live_bytes: AtomicU64::new(0),
+            live_records: AtomicU64::new(0),
+            removed_records: AtomicU64::new(0),
+            open: AtomicBool::new(true),
+            defragging: AtomicBool::new(false),
+            written_here: true,
+        })?;
+        debug_assert!(w.buf.is_empty() && w.inflight.is_none());
+        w.open = base;
+        w.tail = BASE_HEADER_SIZE;
+        w.zeroed = written.max(BASE_HEADER_SIZE);
+        w.reserved = reserved;
+        w.buf_start = BASE_HEADER_SIZE;
+        w.open_records = 0;
+        w.next_number = number + 1;
+        w.next_asked = false;
+        self.next_number.store(number + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Wakes the thread that makes the next base.
+    pub(crate) fn want_next(&self) {
+        self.next_wanted.store(true, Ordering::Release);
+        let _g = self.shutdown.lock();
+        self.next_cv.notify_one();
+    }
+
+    /// Makes base `number`'s file: the kept file when there is one, else a new file; its
+    /// header durable, its room reserved, its name durable. Each step may wait on the
+    /// filesystem's journal (hundreds of milliseconds while another thread deletes or
+    /// fsyncs a GiB), which is why a base is made ahead where it can be.
+    fn make_base(&self, number: u64) -> Result<NextBase> {
         let name = base_name(number);
         let generation = random_u64();
         let header = BaseHeader {
@@ -991,39 +1087,66 @@ impl Inner {
                 .map_err(|e| StorageError::from_io(e, "creating a base"))
                 .map(|()| reserved)
             });
-        let reserved = match setup {
-            Ok(r) => r,
+        match setup {
+            Ok(reserved) => Ok(NextBase {
+                number,
+                generation,
+                dev,
+                written,
+                reserved,
+            }),
             Err(e) => {
                 let _ = self.dir.remove(&name);
-                return Err(e);
+                Err(e)
             }
-        };
-        let map = map_base(&self.cfg, &dev, self.cfg.blob_size);
-        let base = self.install_base(|slot| Base {
-            number,
-            generation,
-            tag: record_tag(number),
-            slot,
-            map,
-            dev,
-            end: AtomicU64::new(BASE_HEADER_SIZE),
-            flushed: AtomicU64::new(BASE_HEADER_SIZE),
-            live_bytes: AtomicU64::new(0),
-            live_records: AtomicU64::new(0),
-            removed_records: AtomicU64::new(0),
-            open: AtomicBool::new(true),
-            defragging: AtomicBool::new(false),
-            written_here: true,
-        })?;
-        debug_assert!(w.buf.is_empty() && w.inflight.is_none());
-        w.open = base;
-        w.tail = BASE_HEADER_SIZE;
-        w.zeroed = written.max(BASE_HEADER_SIZE);
-        w.reserved = reserved;
-        w.buf_start = BASE_HEADER_SIZE;
-        w.open_records = 0;
-        w.next_number = number + 1;
-        Ok(())
+        }
+    }
+
+    /// Makes the next base ahead of its turn, unless it is made already (the thread that
+    /// prepares it calls this once the open base is half full). Not on a backend that
+    /// refuses writes, nor on a disk short of room for two bases, nor under a size limit
+    /// (the rotation makes it then).
+    pub(crate) fn prepare_next(&self) {
+        let mut next = self.next.lock();
+        let number = self.next_number.load(Ordering::Acquire);
+        if next.as_ref().is_some_and(|n| n.number == number) || self.check_writable().is_err() {
+            return;
+        }
+        // A new file reserves a whole base: only where the disk has that besides the open
+        // base's room, or the reservation would take room the open base's records need. And
+        // not under a size limit, which counts a kept file and deletes it for room: a base
+        // made from it would hold that room out of reach.
+        let room = self.kept.lock().is_some()
+            || self
+                .dir
+                .free_space()
+                .is_ok_and(|free| free >= self.cfg.blob_size.saturating_mul(2));
+        if !room || self.cfg.size_limit_bytes > 0 {
+            return;
+        }
+        if let Some(stale) = next.take() {
+            self.remove_made(&stale);
+        }
+        match self.make_base(number) {
+            Ok(n) => *next = Some(n),
+            Err(e) => tracing::warn!(error = %e, "blob: could not make the next base ahead"),
+        }
+    }
+
+    /// Deletes the base made ahead, if any (at shutdown: a start finds no empty base).
+    pub(crate) fn discard_next(&self) {
+        if let Some(n) = self.next.lock().take() {
+            self.remove_made(&n);
+            if let Err(e) = self.dir.sync_dir() {
+                tracing::warn!(error = %e, "blob: could not sync the removal of the next base");
+            }
+        }
+    }
+
+    fn remove_made(&self, n: &NextBase) {
+        if let Err(e) = self.dir.remove(&base_name(n.number)) {
+            tracing::warn!(base = n.number, error = %e, "blob: could not delete a base made ahead");
+        }
     }
 
     /// Reserves disk space for the open base `dev`, whose records end at `tail`: the whole

@@ -390,8 +390,10 @@ impl Inner {
 
 /// Starts the background threads: the flusher, which hands the write buffer to the OS every
 /// `flush_interval_ms` and whenever it fills; and the background thread, which syncs every
-/// `sync` seconds, writes the indexes of closed bases, and defrags bases past the threshold.
-/// Flushing has a thread of its own so a long index build or defrag never holds it up.
+/// `sync` seconds, writes the indexes of closed bases, and defrags bases past the threshold;
+/// and the thread that makes the next base while the open one fills ([`Inner::prepare_next`]).
+/// Flushing and the next base have threads of their own so a long index build, defrag or
+/// fsync never holds them up.
 pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle<()>> {
     let interval = Duration::from_millis(inner.cfg.flush_interval_ms.max(1));
     let flusher = inner.clone();
@@ -415,6 +417,28 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
             }
         })
         .expect("spawning the blob flusher thread");
+    // Makes the next base while the open one fills: a rotation then only switches to it.
+    let preparer = inner.clone();
+    let preparer = std::thread::Builder::new()
+        .name("apsis-blob-next".into())
+        .spawn(move || loop {
+            {
+                let mut stop = preparer.shutdown.lock();
+                if *stop {
+                    return;
+                }
+                if !preparer.next_wanted.load(Ordering::Acquire) {
+                    preparer.next_cv.wait(&mut stop);
+                }
+                if *stop {
+                    return;
+                }
+            }
+            if preparer.next_wanted.swap(false, Ordering::AcqRel) {
+                preparer.prepare_next();
+            }
+        })
+        .expect("spawning the blob next-base thread");
     let background = std::thread::Builder::new()
         .name("apsis-blob-bg".into())
         .spawn(move || {
@@ -455,5 +479,5 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
             }
         })
         .expect("spawning the blob background thread");
-    vec![flusher, background]
+    vec![flusher, preparer, background]
 }
