@@ -24,6 +24,7 @@
 
 use super::{Inner, Writer};
 use crate::error::{Result, StorageError};
+use parking_lot::Condvar;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -388,6 +389,23 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// For a background thread: waits on `cv` (with the `shutdown` mutex) unless `asked` is
+    /// set, at most `timeout` (`None`: until woken). Returns false once the backend shuts down.
+    fn wait_asked(&self, asked: &AtomicBool, cv: &Condvar, timeout: Option<Duration>) -> bool {
+        let mut stop = self.shutdown.lock();
+        if !*stop && !asked.load(Ordering::Acquire) {
+            match timeout {
+                Some(t) => {
+                    cv.wait_for(&mut stop, t);
+                }
+                None => cv.wait(&mut stop),
+            }
+        }
+        !*stop
+    }
+}
+
 /// Starts the background threads: the flusher, which hands the write buffer to the OS every
 /// `flush_interval_ms` and whenever it fills; and the background thread, which syncs every
 /// `sync` seconds, writes the indexes of closed bases, and defrags bases past the threshold;
@@ -399,21 +417,11 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
     let flusher = inner.clone();
     let flusher = std::thread::Builder::new()
         .name("apsis-blob-flush".into())
-        .spawn(move || loop {
-            {
-                let mut stop = flusher.shutdown.lock();
-                if *stop {
-                    return;
+        .spawn(move || {
+            while flusher.wait_asked(&flusher.flush_requested, &flusher.flush_cv, Some(interval)) {
+                if let Err(e) = flusher.flush_in_background() {
+                    tracing::warn!(error = %e, "blob: flushing the write buffer failed");
                 }
-                if !flusher.flush_requested.load(Ordering::Acquire) {
-                    flusher.flush_cv.wait_for(&mut stop, interval);
-                }
-                if *stop {
-                    return;
-                }
-            }
-            if let Err(e) = flusher.flush_in_background() {
-                tracing::warn!(error = %e, "blob: flushing the write buffer failed");
             }
         })
         .expect("spawning the blob flusher thread");
@@ -421,21 +429,11 @@ pub(crate) fn spawn_background(inner: Arc<Inner>) -> Vec<std::thread::JoinHandle
     let preparer = inner.clone();
     let preparer = std::thread::Builder::new()
         .name("apsis-blob-next".into())
-        .spawn(move || loop {
-            {
-                let mut stop = preparer.shutdown.lock();
-                if *stop {
-                    return;
+        .spawn(move || {
+            while preparer.wait_asked(&preparer.next_wanted, &preparer.next_cv, None) {
+                if preparer.next_wanted.swap(false, Ordering::AcqRel) {
+                    preparer.prepare_next();
                 }
-                if !preparer.next_wanted.load(Ordering::Acquire) {
-                    preparer.next_cv.wait(&mut stop);
-                }
-                if *stop {
-                    return;
-                }
-            }
-            if preparer.next_wanted.swap(false, Ordering::AcqRel) {
-                preparer.prepare_next();
             }
         })
         .expect("spawning the blob next-base thread");
