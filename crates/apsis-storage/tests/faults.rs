@@ -1612,3 +1612,21 @@ fn the_next_base_is_made_ahead_and_a_restart_loses_nothing_by_it() {
         assert!(get(&b, i).unwrap() == want, "key {i}");
     }
 }
+
+/// A base filling fast asks for the next one before it is half full: at the rate it filled,
+/// it would be full within a second (the flusher thread looks every `flush_interval_ms`).
+#[test]
+fn a_base_filling_fast_asks_for_the_next_one_early() {
+    let cfg = BlobConfig {
+        background: true,
+        ..small_bases(-1)
+    };
+    let (dir, b) = sim(cfg);
+    // 40 % of the first base, at once.
+    put_all(&b, 0..13, 0, 2000);
+    let s = b.stats();
+    let open = s.bases.iter().find(|x| x.open).unwrap();
+    assert_eq!(open.number, 1);
+    assert!(open.size_bytes < (64 << 10) / 2, "{s:?}");
+    wait_for_file(&dir, &base_file(2));
+}

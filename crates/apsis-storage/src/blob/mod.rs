@@ -362,6 +362,8 @@ pub(crate) struct Writer {
     next_number: u64,
     /// Whether the open base has asked for the next one to be made ([`Inner::prepare_next`]).
     next_asked: bool,
+    /// When the open base opened (its fill rate: [`Inner::ask_next_early`]).
+    opened: std::time::Instant,
 }
 
 pub(crate) struct SyncState {
@@ -437,6 +439,10 @@ const LOCK_STRIPES: usize = 4096;
 /// How long the background thread lets a closed base wait before writing its index (see
 /// [`Inner::build_indexes`]).
 pub(crate) const INDEX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long before the open base fills, at its rate, the next base is asked for at the latest
+/// ([`Inner::ask_next_early`]).
+const NEXT_LEAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much more of the open base is reserved at once when the whole base could not be.
 const RESERVE_STEP: u64 = 8 << 20;
@@ -760,6 +766,7 @@ impl Inner {
                 dirty: Vec::new(),
                 next_number,
                 next_asked: false,
+                opened: std::time::Instant::now(),
             }),
             sync_state: std::sync::Mutex::new(SyncState {
                 durable_seq: 0,
@@ -1039,8 +1046,29 @@ impl Inner {
         w.open_records = 0;
         w.next_number = number + 1;
         w.next_asked = false;
+        w.opened = std::time::Instant::now();
         self.next_number.store(number + 1, Ordering::Release);
         Ok(())
+    }
+
+    /// Asks for the next base before the open one is half full when, at the rate it has
+    /// filled so far, it would be full within [`NEXT_LEAD`]: under 1 MiB writes a base fills
+    /// in under a second, and half of that was less than making the next one can take while
+    /// another thread fsyncs a GiB (the rotation then waited for it). (Under slower loads
+    /// the half-full mark comes first, late enough for the base before to have been dropped
+    /// and its file kept.) The flusher thread asks, every `flush_interval_ms`.
+    pub(crate) fn ask_next_early(&self, w: &mut Writer) {
+        if w.next_asked {
+            return;
+        }
+        let filled = w.tail.saturating_sub(BASE_HEADER_SIZE) as f64;
+        let left = self.cfg.blob_size.saturating_sub(w.tail) as f64;
+        if filled > 0.0
+            && left * w.opened.elapsed().as_secs_f64() < filled * NEXT_LEAD.as_secs_f64()
+        {
+            w.next_asked = true;
+            self.want_next();
+        }
     }
 
     /// Wakes the thread that makes the next base.

@@ -181,6 +181,9 @@ impl Inner {
         if self.is_poisoned.load(Ordering::Acquire) {
             return Ok(());
         }
+        if self.cfg.background {
+            self.ask_next_early(&mut w);
+        }
         let Some(h) = self.hand_over(&mut w)? else {
             return Ok(());
         };
