@@ -1554,19 +1554,18 @@ fn wait_for_file(dir: &SimDir, name: &str) {
     }
 }
 
+fn open_base_stats(b: &BlobBackend) -> BaseStats {
+    b.stats().bases.into_iter().find(|x| x.open).unwrap()
+}
+
 fn open_base(b: &BlobBackend) -> u64 {
-    b.stats().bases.iter().find(|x| x.open).unwrap().number
+    open_base_stats(b).number
 }
 
 /// Writes keys from `from` on (version 0) until the open base is half full, when the next one
 /// is made; waits for it and returns the open base and the first key not written.
 fn fill_half(b: &BlobBackend, dir: &SimDir, mut from: u64) -> (u64, u64) {
-    let half = |b: &BlobBackend| {
-        let s = b.stats();
-        let open = s.bases.iter().find(|x| x.open).unwrap();
-        open.size_bytes >= (64 << 10) / 2
-    };
-    while !half(b) {
+    while open_base_stats(b).size_bytes < (64 << 10) / 2 {
         put(b, from, &value(from, 2000)).unwrap();
         from += 1;
     }
@@ -1624,9 +1623,8 @@ fn a_base_filling_fast_asks_for_the_next_one_early() {
     let (dir, b) = sim(cfg);
     // 40 % of the first base, at once.
     put_all(&b, 0..13, 0, 2000);
-    let s = b.stats();
-    let open = s.bases.iter().find(|x| x.open).unwrap();
+    let open = open_base_stats(&b);
     assert_eq!(open.number, 1);
-    assert!(open.size_bytes < (64 << 10) / 2, "{s:?}");
+    assert!(open.size_bytes < (64 << 10) / 2, "{open:?}");
     wait_for_file(&dir, &base_file(2));
 }

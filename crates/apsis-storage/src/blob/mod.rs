@@ -359,10 +359,9 @@ pub(crate) struct Writer {
     seq: u64,
     /// Closed bases written to (in place) or closed since the last sync.
     dirty: Vec<Arc<Base>>,
-    next_number: u64,
     /// Whether the open base has asked for the next one to be made ([`Inner::prepare_next`]).
     next_asked: bool,
-    /// When the open base opened (its fill rate: [`Inner::ask_next_early`]).
+    /// When the open base opened (its fill rate: [`Inner::ask_next`]).
     opened: std::time::Instant,
 }
 
@@ -426,8 +425,8 @@ pub(crate) struct Inner {
     /// The next base, made ahead by the thread that prepares it; its lock is held while a
     /// base is made, so one base is never made twice.
     next: Mutex<Option<NextBase>>,
-    /// The number the next base takes (the writer's `next_number`, readable without the
-    /// writer lock).
+    /// The number the next base takes: changed under the writer lock (when a base opens),
+    /// read without it by the thread that makes the next base.
     next_number: AtomicU64,
     /// Asks the thread that prepares the next base to make one (with the `shutdown` mutex).
     next_wanted: AtomicBool,
@@ -441,7 +440,7 @@ const LOCK_STRIPES: usize = 4096;
 pub(crate) const INDEX_DELAY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long before the open base fills, at its rate, the next base is asked for at the latest
-/// ([`Inner::ask_next_early`]).
+/// ([`Inner::ask_next`]).
 const NEXT_LEAD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much more of the open base is reserved at once when the whole base could not be.
@@ -764,7 +763,6 @@ impl Inner {
                 zeroed: open_end,
                 seq: 0,
                 dirty: Vec::new(),
-                next_number,
                 next_asked: false,
                 opened: std::time::Instant::now(),
             }),
@@ -999,7 +997,7 @@ impl Inner {
     /// Makes the next base the open one: the one made ahead ([`Inner::prepare_next`]) when
     /// it is there, else made now.
     fn create_open_base(&self, w: &mut Writer) -> Result<()> {
-        let number = w.next_number;
+        let number = self.next_number.load(Ordering::Acquire);
         let made = {
             // Waits while the preparing thread is making it.
             let mut next = self.next.lock();
@@ -1044,28 +1042,30 @@ impl Inner {
         w.reserved = reserved;
         w.buf_start = BASE_HEADER_SIZE;
         w.open_records = 0;
-        w.next_number = number + 1;
         w.next_asked = false;
         w.opened = std::time::Instant::now();
         self.next_number.store(number + 1, Ordering::Release);
         Ok(())
     }
 
-    /// Asks for the next base before the open one is half full when, at the rate it has
-    /// filled so far, it would be full within [`NEXT_LEAD`]: under 1 MiB writes a base fills
-    /// in under a second, and half of that was less than making the next one can take while
-    /// another thread fsyncs a GiB (the rotation then waited for it). (Under slower loads
-    /// the half-full mark comes first, late enough for the base before to have been dropped
-    /// and its file kept.) The flusher thread asks, every `flush_interval_ms`.
-    pub(crate) fn ask_next_early(&self, w: &mut Writer) {
+    /// Asks for the next base while the open one fills (the flusher thread looks every
+    /// `flush_interval_ms`): once it is half full, late enough for the base before it to
+    /// have been dropped and its file kept (made at once when a base opens, it was always a
+    /// new file); or earlier when, at the rate it has filled, it would be full within
+    /// [`NEXT_LEAD`]: under 1 MiB writes a base fills in under a second, and the other half
+    /// was less time than making the next one can take while another thread fsyncs a GiB
+    /// (the rotation then waited for it).
+    pub(crate) fn ask_next(&self, w: &mut Writer) {
         if w.next_asked {
             return;
         }
+        let half = w.tail >= self.cfg.blob_size / 2
+            || (self.cfg.records_in_blob > 0 && w.open_records >= self.cfg.records_in_blob / 2);
         let filled = w.tail.saturating_sub(BASE_HEADER_SIZE) as f64;
         let left = self.cfg.blob_size.saturating_sub(w.tail) as f64;
-        if filled > 0.0
-            && left * w.opened.elapsed().as_secs_f64() < filled * NEXT_LEAD.as_secs_f64()
-        {
+        let soon = filled > 0.0
+            && left * w.opened.elapsed().as_secs_f64() < filled * NEXT_LEAD.as_secs_f64();
+        if half || soon {
             w.next_asked = true;
             self.want_next();
         }
@@ -1131,7 +1131,7 @@ impl Inner {
     }
 
     /// Makes the next base ahead of its turn, unless it is made already (the thread that
-    /// prepares it calls this once the open base is half full). Not on a backend that
+    /// prepares it calls this when the open base asks: [`Inner::ask_next`]). Not on a backend that
     /// refuses writes, nor on a disk short of room for two bases, nor under a size limit
     /// (the rotation makes it then).
     pub(crate) fn prepare_next(&self) {

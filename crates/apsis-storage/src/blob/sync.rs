@@ -182,7 +182,7 @@ impl Inner {
             return Ok(());
         }
         if self.cfg.background {
-            self.ask_next_early(&mut w);
+            self.ask_next(&mut w);
         }
         let Some(h) = self.hand_over(&mut w)? else {
             return Ok(());

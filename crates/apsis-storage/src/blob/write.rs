@@ -735,16 +735,6 @@ impl Inner {
         }
         w.open_records += 1;
         w.seq += 1;
-        // Half full: the next base is made now, while this one fills. (Not at once when
-        // this one opened: by now the base before it has likely been dropped, superseded,
-        // and its file is kept for the next one.)
-        if !w.next_asked
-            && (w.tail >= self.cfg.blob_size / 2
-                || (self.cfg.records_in_blob > 0 && w.open_records >= self.cfg.records_in_blob / 2))
-        {
-            w.next_asked = true;
-            self.want_next();
-        }
         Ok(Loc::new(w.open.slot, off))
     }
 
