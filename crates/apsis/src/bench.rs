@@ -14,7 +14,10 @@
 //!   the route table, NEED_ACK, an io_attr) on its own socket and reads the replies back until
 //!   each request's final one. One node only. It measures the server with as little of the
 //!   load tool's own work as the RESP loop leaves for Redis, which matters where the two share
-//!   the machine's cores.
+//!   the machine's cores. So each key's id and backend are made once, before the run (up to
+//!   [`TARGETS_MAX`] keys), as an application that keeps its keys' ids does (the session's
+//!   `*_id` calls). The RESP loop has nothing of the kind to make: Redis hashes a key in the
+//!   server, where its cost is counted. `--client session` hashes every key per request.
 //!
 //! Redis is driven by a RESP loop: pipelined batches of `inflight` SET or GET commands.
 //!
@@ -137,6 +140,10 @@ fn key_name(key: &mut String, n: u64) {
     let _ = write!(key, "bench-{n}");
 }
 
+/// Up to this many keys the plain loop makes each key's id and backend before the run (68
+/// bytes a key); past it, per request.
+const TARGETS_MAX: u64 = 1 << 20;
+
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let value: Vec<u8> = (0..parse_size(&a.value_size)?)
         .map(|i| (i * 31 + 7) as u8)
@@ -157,7 +164,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let n = a.connections.max(1);
     let plain = match (redis, a.client) {
-        (false, ClientKind::Plain) => Some(Arc::new(Plain::new(a.c.session().await?)?)),
+        (false, ClientKind::Plain) => Some(Arc::new(Plain::new(a.c.session().await?, keys)?)),
         _ => None,
     };
     // Connections first (not timed): a session each, or a socket each (RESP or plain).
@@ -535,13 +542,22 @@ async fn redis_worker(mut conn: BufReader<TcpStream>, seed: u64, load: Arc<Load>
 }
 
 /// `--client plain`'s view of the node: a session for ids (and the prefill), the route table
-/// its handshake brought (a copy: the loop follows no route changes, it drives one node), and
-/// the one address the routes of its group point at.
+/// its handshake brought (a copy: the loop follows no route changes, it drives one node), the
+/// one address the routes of its group point at, and each key's id and backend (up to
+/// [`TARGETS_MAX`] keys; `None` for a key the routes give no owner on `addr`).
 struct Plain {
     session: apsis_client::Session,
     routes: apsis_client::routes::RouteTable,
     group: u32,
     addr: SocketAddr,
+    targets: Option<Vec<Option<Target>>>,
+}
+
+/// Where a request for one key goes: its id, and the backend the routes give it.
+#[derive(Clone, Copy)]
+struct Target {
+    id: [u8; 64],
+    backend: i32,
 }
 
 /// Values from this size on are written from the load's own buffer, after their request's
@@ -558,7 +574,7 @@ enum Settled {
 }
 
 impl Plain {
-    fn new(session: apsis_client::Session) -> anyhow::Result<Plain> {
+    fn new(session: apsis_client::Session, keys: u64) -> anyhow::Result<Plain> {
         let &[group] = &session.groups[..] else {
             anyhow::bail!(
                 "--client plain drives one group, {} given (use --client session)",
@@ -578,48 +594,71 @@ impl Plain {
                 "--client plain drives one node; group {group} is on {k} (use --client session)"
             ),
         };
-        Ok(Plain {
+        let mut p = Plain {
             session,
             routes,
             group,
             addr,
+            targets: None,
+        };
+        if keys <= TARGETS_MAX {
+            let mut key = String::new();
+            let t = (0..keys).map(|i| {
+                key_name(&mut key, i);
+                p.resolve(&key)
+            });
+            p.targets = Some(t.collect());
+        }
+        Ok(p)
+    }
+
+    /// Where a request for `key` goes: its id (the session's: SHA-512 in its namespace) and
+    /// its backend on `addr`.
+    fn resolve(&self, key: &str) -> Option<Target> {
+        let id = self.session.id(key.as_bytes());
+        let r = self.routes.owner(self.group, &id)?;
+        (r.addr == self.addr).then_some(Target {
+            id,
+            backend: r.backend_id,
         })
     }
 
+    /// Where key `n`'s request goes: from the table, or resolved now (its name written into
+    /// `scratch`).
+    fn target(&self, n: u64, scratch: &mut String) -> anyhow::Result<Target> {
+        let t = match &self.targets {
+            Some(t) => t[n as usize],
+            None => {
+                key_name(scratch, n);
+                self.resolve(scratch)
+            }
+        };
+        t.ok_or_else(|| anyhow::anyhow!("no route to {} in group {}", self.addr, self.group))
+    }
+
     /// Appends one request's frame to `buf`, as the session builds it: a WRITE of `data`, or
-    /// a READ of the whole object; NEED_ACK, the key's id and its backend from the routes.
+    /// a READ of the whole object; NEED_ACK, the key's id and its backend.
     ///
     /// A value of [`PLAIN_INLINE_MAX`] bytes or more is not copied: the caller writes it right
-    /// after what `buf` holds now (`Ok(true)`).
-    fn request(
-        &self,
-        buf: &mut Vec<u8>,
-        key: &[u8],
-        data: Option<&[u8]>,
-        trans: u64,
-    ) -> anyhow::Result<bool> {
-        let id = self.session.id(key);
-        let r = self
-            .routes
-            .owner(self.group, &id)
-            .filter(|r| r.addr == self.addr)
-            .ok_or_else(|| anyhow::anyhow!("no route to {} in group {}", self.addr, self.group))?;
+    /// after what `buf` holds now (`true`).
+    fn request(&self, buf: &mut Vec<u8>, to: Target, data: Option<&[u8]>, trans: u64) -> bool {
+        let id = to.id;
         // The session's own builders: the frames are the ones it would send.
         let (c, io) = match data {
             Some(d) => (cmd::WRITE, self.session.io(id, 0, 0, d.len() as u64)),
             None => (cmd::READ, self.session.read_io(id, 0, 0)),
         };
-        let mut h = self.session.header(c, self.group, id, r.backend_id);
+        let mut h = self.session.header(c, self.group, id, to.backend);
         h.trans = trans;
         h.size = (IoAttr::SIZE + data.map_or(0, <[u8]>::len)) as u64;
         buf.extend_from_slice(&h.encode());
         buf.extend_from_slice(&io.encode());
         let d = data.unwrap_or_default();
         if d.len() >= PLAIN_INLINE_MAX {
-            return Ok(true);
+            return true;
         }
         buf.extend_from_slice(d);
-        Ok(false)
+        false
     }
 }
 
@@ -710,18 +749,16 @@ async fn plain_worker(
         buf.clear();
         splices.clear();
         for _ in 0..inflight {
-            key_name(&mut key, rng.u64(..keys));
+            let Ok(to) = p.target(rng.u64(..keys), &mut key) else {
+                t.errors += 1;
+                continue;
+            };
             let write = rng.f64() < ratio;
             trans += 1;
-            match p.request(&mut buf, key.as_bytes(), write.then_some(&v[..]), trans) {
-                Ok(large) => {
-                    pending.push((trans, write));
-                    if large {
-                        splices.push(buf.len());
-                    }
-                }
-                Err(_) => t.errors += 1,
+            if p.request(&mut buf, to, write.then_some(&v[..]), trans) {
+                splices.push(buf.len());
             }
+            pending.push((trans, write));
         }
         if pending.is_empty() {
             continue;
