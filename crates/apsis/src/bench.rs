@@ -24,9 +24,12 @@
 //! Besides throughput and latency, a run reports the CPU time it cost per operation (user and
 //! system, from `/proc`): the load tool's own, and with `--server-pid` the server's. On a
 //! machine where the tool and the server share the cores, throughput is the cores divided by
-//! that total, so the split shows which side a difference comes from. The line ends with the
-//! host's steal over the run (`/proc/stat`): the share of the CPUs the hypervisor gave other
-//! guests. A run with much of it measured the host's neighbours as much as the servers.
+//! that total, less what stayed idle, so the split shows which side a difference comes from.
+//! Then the host's idle share over the run and its steal (`/proc/stat`: the share of the CPUs
+//! the hypervisor gave other guests; a run with much of it measured the host's neighbours as
+//! much as the servers), and how often each side's threads went to sleep per operation
+//! (voluntary context switches): each sleep costs the other side a wake-up and may leave a
+//! CPU idle, so two loops of equal CPU per operation can still differ in throughput.
 //!
 //! The tool keeps its own cost per request small, for both targets alike: each worker counts
 //! into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
@@ -213,7 +216,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         CpuTime::of(None),
         a.server_pid.and_then(|p| CpuTime::of(Some(p))),
     );
-    let steal_before = Steal::now();
+    let host_before = HostCpu::now();
     if redis || plain.is_some() {
         for (i, conn) in socks.into_iter().enumerate() {
             let (load, p) = (load.clone(), plain.clone());
@@ -251,7 +254,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let per_op = |before: Option<CpuTime>, pid| Some(CpuTime::of(pid)?.since(before?, ops));
     let tool_cpu = per_op(cpu_before.0, None);
     let server_cpu = a.server_pid.and_then(|p| per_op(cpu_before.1, Some(p)));
-    let steal = steal_before.and_then(|b| Steal::now()?.share_since(b));
+    let host = host_before.and_then(|b| HostCpu::now()?.shares_since(b));
     let errors = all.errors;
     let mb = all.bytes as f64 / (1 << 20) as f64 / secs;
     let client = match (redis, a.client) {
@@ -266,7 +269,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "latency_us": {"p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
                        "p99": hist.value_at_quantile(0.99), "p999": hist.value_at_quantile(0.999), "max": hist.max()},
         "cpu_us_per_op": {"tool": tool_cpu.map(CpuTime::json), "server": server_cpu.map(CpuTime::json)},
-        "host_steal": steal,
+        "host_steal": host.map(|h| h.steal), "host_idle": host.map(|h| h.idle),
     });
     if a.c.json {
         println!("{r}");
@@ -300,10 +303,26 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 .flatten()
                 .map(|c| c.user + c.sys)
                 .sum();
-            // The hypervisor's share of the CPUs during the run: a run with much of it
-            // measured a host busy with others, not the servers.
-            let steal = steal.map_or(String::new(), |s| format!("; host steal {:.0}%", s * 100.0));
-            println!("  cpu us/op: {}; total {total:.2}{steal}", parts.join(", "));
+            // The CPUs' idle share: where load and server share the cores, throughput is
+            // those cores, less what stayed idle, over the total. And the hypervisor's share
+            // during the run: a run with much of it measured a host busy with others, not the
+            // servers.
+            let host = host.map_or(String::new(), |h| {
+                format!(
+                    "; host idle {:.1}%; host steal {:.0}%",
+                    h.idle * 100.0,
+                    h.steal * 100.0
+                )
+            });
+            let sleeps: Vec<String> = [("tool", tool_cpu), ("server", server_cpu)]
+                .into_iter()
+                .filter_map(|(name, c)| Some(format!("{name} {:.3}", c?.sleeps)))
+                .collect();
+            println!(
+                "  cpu us/op: {}; total {total:.2}{host}; sleeps/op: {}",
+                parts.join(", "),
+                sleeps.join(", ")
+            );
         }
     }
     if errors > 0 && ops == 0 {
@@ -312,40 +331,57 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The machine's CPU time in clock ticks from `/proc/stat`: all of it, and what the
-/// hypervisor gave other guests (steal).
+/// The machine's CPU time in clock ticks from `/proc/stat`: all of it, the time no thread
+/// ran (idle and I/O wait), and what the hypervisor gave other guests (steal).
 #[derive(Clone, Copy)]
-struct Steal {
+struct HostCpu {
     total: u64,
+    idle: u64,
     steal: u64,
 }
 
-impl Steal {
-    fn now() -> Option<Steal> {
+/// Shares of the CPUs' time over a run (0 to 1).
+#[derive(Clone, Copy)]
+struct HostShares {
+    idle: f64,
+    steal: f64,
+}
+
+impl HostCpu {
+    fn now() -> Option<HostCpu> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let line = stat.lines().find(|l| l.starts_with("cpu "))?;
         // user nice system idle iowait irq softirq steal (guest time is inside user).
         let v: Vec<u64> = (line.split_whitespace().skip(1).take(8))
             .map(|f| f.parse().ok())
             .collect::<Option<_>>()?;
-        (v.len() == 8).then(|| Steal {
+        (v.len() == 8).then(|| HostCpu {
             total: v.iter().sum(),
+            idle: v[3] + v[4],
             steal: v[7],
         })
     }
 
-    /// The share of the CPUs' time stolen since `before` (`None` when no time passed).
-    fn share_since(self, before: Steal) -> Option<f64> {
-        let total = self.total.checked_sub(before.total).filter(|&t| t > 0)?;
-        Some(self.steal.saturating_sub(before.steal) as f64 / total as f64)
+    /// The shares of the CPUs' time idle and stolen since `before` (`None` when no time
+    /// passed).
+    fn shares_since(self, before: HostCpu) -> Option<HostShares> {
+        let total = self.total.checked_sub(before.total).filter(|&t| t > 0)? as f64;
+        Some(HostShares {
+            idle: self.idle.saturating_sub(before.idle) as f64 / total,
+            steal: self.steal.saturating_sub(before.steal) as f64 / total,
+        })
     }
 }
 
-/// A process's CPU time (seconds, or microseconds per operation after [`CpuTime::since`]).
+/// A process's CPU time (seconds, or microseconds per operation after [`CpuTime::since`]),
+/// and how many times its threads went to sleep (voluntary context switches; per operation
+/// after `since`). On a machine where load and server share the cores, a sleep costs the
+/// waker a wake-up (on a VM often an interrupt to a halted CPU) and can leave a CPU idle.
 #[derive(Clone, Copy)]
 struct CpuTime {
     user: f64,
     sys: f64,
+    sleeps: f64,
 }
 
 impl CpuTime {
@@ -363,6 +399,7 @@ impl CpuTime {
         (tick > 0.0).then(|| CpuTime {
             user: utime / tick,
             sys: stime / tick,
+            sleeps: sleeps(pid).unwrap_or(0) as f64,
         })
     }
 
@@ -372,12 +409,30 @@ impl CpuTime {
         CpuTime {
             user: (self.user - before.user) * per,
             sys: (self.sys - before.sys) * per,
+            sleeps: (self.sleeps - before.sleeps).max(0.0) * per / 1e6,
         }
     }
 
     fn json(self) -> serde_json::Value {
-        json!({"user": self.user, "sys": self.sys})
+        json!({"user": self.user, "sys": self.sys, "sleeps": self.sleeps})
     }
+}
+
+/// The voluntary context switches of a process's threads now alive (`None`: this process),
+/// from `/proc/PID/task/*/status`.
+fn sleeps(pid: Option<u32>) -> Option<u64> {
+    let dir = pid.map_or("/proc/self/task".into(), |p| format!("/proc/{p}/task"));
+    let mut n = 0;
+    for t in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        n += (status.lines())
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(n)
 }
 
 /// Opens one load connection (no Nagle: one small request at a time).

@@ -1973,11 +1973,16 @@ fn cli_object_and_admin_commands() {
     assert_eq!(v["errors"], 0);
     // CPU per operation, the tool's and the server's: both present; in clock ticks, so user
     // or system alone may be 0 in a short run, never both, never negative.
+    // And how often each side's threads slept per operation (a server waiting for requests
+    // sleeps at times), and the host's idle share over the run.
     for side in ["tool", "server"] {
         let c = &v["cpu_us_per_op"][side];
         let (u, s) = (c["user"].as_f64().unwrap(), c["sys"].as_f64().unwrap());
         assert!(u >= 0.0 && s >= 0.0 && u + s > 0.0, "{side}: {c}");
+        assert!(c["sleeps"].as_f64().unwrap() > 0.0, "{side}: {c}");
     }
+    let idle = v["host_idle"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&idle), "{v}");
     assert_eq!(v["client"], "session");
     // The plain protocol loop: the same requests written and read back on each connection.
     // Its reads check each reply's data against its io_attr; every operation must have moved
