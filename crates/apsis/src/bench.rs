@@ -9,17 +9,19 @@
 //! - `session` (default): each connection is its own [`apsis_client::Session`]'s client, the
 //!   library users call: routing, requests multiplexed on the connection by transaction,
 //!   a reader task per connection, timeouts, fallback and read repair. Works with a cluster.
-//! - `plain`: a protocol loop like the one driving Redis: each worker writes its requests'
-//!   frames (a READ or WRITE as the session builds it: the key's SHA-512 id, its backend from
-//!   the route table, NEED_ACK, an io_attr) on its own socket and reads the replies back until
-//!   each request's final one. One node only. It measures the server with as little of the
+//! - `plain`: a protocol loop like the one driving Redis ([`wire_worker`]): each connection
+//!   writes its requests' frames (a READ or WRITE as the session builds it: the key's SHA-512
+//!   id, its backend from the route table, NEED_ACK, an io_attr) on its own socket and reads
+//!   the replies back until each request's final one. One node only. It measures the server with as little of the
 //!   load tool's own work as the RESP loop leaves for Redis, which matters where the two share
 //!   the machine's cores. So each key's id and backend are made once, before the run (up to
 //!   [`TARGETS_MAX`] keys), as an application that keeps its keys' ids does (the session's
 //!   `*_id` calls). The RESP loop has nothing of the kind to make: Redis hashes a key in the
 //!   server, where its cost is counted. `--client session` hashes every key per request.
 //!
-//! Redis is driven by a RESP loop: pipelined batches of `inflight` SET or GET commands.
+//! Redis is driven by a RESP loop, the same [`wire_worker`] as the plain loop: pipelined
+//! batches of `inflight` SET or GET commands. Both loops write a batch from one task and read
+//! its replies in another, as the client library does.
 //!
 //! Besides throughput and latency, a run reports the CPU time it cost per operation (user and
 //! system, from `/proc`): the load tool's own, and with `--server-pid` the server's. On a
@@ -31,8 +33,8 @@
 //! (voluntary context switches): each sleep costs the other side a wake-up and may leave a
 //! CPU idle, so two loops of equal CPU per operation can still differ in throughput.
 //!
-//! The tool keeps its own cost per request small, for both targets alike: each worker counts
-//! into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
+//! The tool keeps its own cost per request small, for both targets alike: each connection
+//! counts into its own [`Tally`] (summed at the end) and formats keys into a buffer it keeps.
 
 use crate::ClientOpts;
 use apsis_proto::{cmd, Header, IoAttr, HEADER_SIZE};
@@ -43,7 +45,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 #[derive(Args)]
@@ -218,14 +220,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     let host_before = HostCpu::now();
     if redis || plain.is_some() {
+        let wire = plain.map_or(Wire::Resp, Wire::Plain);
         for (i, conn) in socks.into_iter().enumerate() {
-            let (load, p) = (load.clone(), plain.clone());
-            tasks.push(tokio::spawn(async move {
-                match p {
-                    Some(p) => plain_worker(conn, p, i as u64, load).await,
-                    None => redis_worker(conn, i as u64, load).await,
-                }
-            }));
+            let load = load.clone();
+            tasks.push(tokio::spawn(wire_worker(
+                conn,
+                wire.clone(),
+                i as u64,
+                load,
+            )));
         }
     } else {
         for (i, s) in sessions.into_iter().enumerate() {
@@ -487,7 +490,9 @@ async fn prefill_redis(
         }
         conn.get_mut().write_all(&buf).await?;
         for _ in 0..n {
-            read_reply(conn, &mut line, &mut bulk).await?;
+            read_reply(conn, &mut line, &mut bulk)
+                .await?
+                .map_err(anyhow::Error::msg)?;
         }
         k += n;
     }
@@ -536,64 +541,33 @@ fn resp_get(buf: &mut Vec<u8>, key: &str) {
     let _ = write!(buf, "*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
 }
 
-/// Reads one RESP reply into `line` and `bulk` (the caller's, kept between replies); returns
-/// the payload size of a bulk string. Errors and nil are errors.
-async fn read_reply(
-    conn: &mut BufReader<TcpStream>,
+/// Reads one RESP reply into `line` and `bulk` (the caller's, kept between replies): the
+/// payload size of a bulk string (0 for a status), or the error a failed request got (an
+/// error reply, or nil). `Err`: the stream broke or is not RESP.
+async fn read_reply<R: AsyncRead + Unpin>(
+    conn: &mut BufReader<R>,
     line: &mut String,
     bulk: &mut Vec<u8>,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Result<usize, String>> {
     line.clear();
-    conn.read_line(line).await?;
+    anyhow::ensure!(
+        conn.read_line(line).await? > 0,
+        "redis closed the connection"
+    );
     match line.as_bytes().first() {
-        Some(b'+') | Some(b':') => Ok(0),
+        Some(b'+') | Some(b':') => Ok(Ok(0)),
         Some(b'$') => {
             let n: i64 = line[1..].trim().parse()?;
             if n < 0 {
-                anyhow::bail!("nil");
+                return Ok(Err("nil".into()));
             }
             bulk.resize(n as usize + 2, 0);
             conn.read_exact(bulk).await?;
-            Ok(n as usize)
+            Ok(Ok(n as usize))
         }
-        Some(b'-') => anyhow::bail!("redis: {}", line.trim()),
+        Some(b'-') => Ok(Err(format!("redis: {}", line.trim()))),
         _ => anyhow::bail!("redis: unexpected reply {line:?}"),
     }
-}
-
-async fn redis_worker(mut conn: BufReader<TcpStream>, seed: u64, load: Arc<Load>) -> Tally {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut t = Tally::new();
-    let (mut buf, mut key, mut line, mut bulk) =
-        (Vec::new(), String::new(), String::new(), Vec::new());
-    let (v, keys, inflight, ratio) = (&load.value, load.keys, load.inflight, load.write_ratio);
-    while !load.stop.load(Relaxed) {
-        buf.clear();
-        for _ in 0..inflight {
-            key_name(&mut key, rng.u64(..keys));
-            if rng.f64() < ratio {
-                resp_set(&mut buf, &key, v);
-            } else {
-                resp_get(&mut buf, &key);
-            }
-        }
-        let start = Instant::now();
-        if conn.get_mut().write_all(&buf).await.is_err() {
-            t.errors += inflight as u64;
-            break;
-        }
-        for _ in 0..inflight {
-            match read_reply(&mut conn, &mut line, &mut bulk).await {
-                Ok(n) => {
-                    t.ops += 1;
-                    t.bytes += if n == 0 { v.len() } else { n } as u64;
-                }
-                Err(_) => t.errors += 1,
-            }
-            let _ = t.hist.record(start.elapsed().as_micros().max(1) as u64);
-        }
-    }
-    t
 }
 
 /// `--client plain`'s view of the node: a session for ids (and the prefill), the route table
@@ -720,8 +694,8 @@ impl Plain {
 /// Reads frames until the final reply of one of the `pending` requests (trans, is a write),
 /// which it removes. A reply larger than `max` bytes, one to a request not asked, or a read's
 /// data not of the size its io_attr gives is an error (the connection is then given up).
-async fn plain_reply(
-    conn: &mut BufReader<TcpStream>,
+async fn plain_reply<R: AsyncRead + Unpin>(
+    conn: &mut BufReader<R>,
     payload: &mut Vec<u8>,
     pending: &mut Vec<(u64, bool)>,
     max: u64,
@@ -766,8 +740,8 @@ async fn plain_reply(
 }
 
 /// Writes `buf` with `v` inserted at each of the `splices` offsets.
-async fn write_spliced(
-    conn: &mut TcpStream,
+async fn write_spliced<W: AsyncWrite + Unpin>(
+    conn: &mut W,
     buf: &[u8],
     splices: &[usize],
     v: &[u8],
@@ -781,65 +755,168 @@ async fn write_spliced(
     conn.write_all(&buf[from..]).await
 }
 
-/// The plain loop on one connection: `inflight` requests written in one go, their replies
-/// read back, again, as [`redis_worker`] does with RESP.
-async fn plain_worker(
-    mut conn: BufReader<TcpStream>,
-    p: Arc<Plain>,
-    seed: u64,
-    load: Arc<Load>,
-) -> Tally {
+/// How a connection of the RESP or the plain loop speaks: its requests, and how their
+/// replies are read.
+#[derive(Clone)]
+enum Wire {
+    Resp,
+    Plain(Arc<Plain>),
+}
+
+/// A request written and not yet answered: its transaction (its place in the batch, for
+/// RESP) and whether it is a write.
+type Sent = (u64, bool);
+
+impl Wire {
+    /// Appends the request for key `n` to `buf`: a write of `data`, or a read. `true` when
+    /// the value is to be written from the load's buffer after what `buf` holds now (the
+    /// plain loop's large values, see [`Plain::request`]).
+    fn request(
+        &self,
+        buf: &mut Vec<u8>,
+        n: u64,
+        key: &mut String,
+        data: Option<&[u8]>,
+        trans: u64,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Wire::Resp => {
+                key_name(key, n);
+                match data {
+                    Some(v) => resp_set(buf, key, v),
+                    None => resp_get(buf, key),
+                }
+                Ok(false)
+            }
+            Wire::Plain(p) => Ok(p.request(buf, p.target(n, key)?, data, trans)),
+        }
+    }
+
+    /// Reads until the final reply of one of `pending`, which it removes. `Err`: the
+    /// connection is to be given up.
+    async fn reply<R: AsyncRead + Unpin>(
+        &self,
+        rd: &mut BufReader<R>,
+        line: &mut String,
+        payload: &mut Vec<u8>,
+        pending: &mut Vec<Sent>,
+        max: u64,
+    ) -> anyhow::Result<Settled> {
+        match self {
+            Wire::Resp => {
+                // Replies come in the order of the requests.
+                let r = read_reply(rd, line, payload).await?;
+                anyhow::ensure!(!pending.is_empty(), "a reply to no request");
+                let (_, write) = pending.remove(0);
+                Ok(match r {
+                    Ok(bytes) => Settled::Done { write, bytes },
+                    Err(_) => Settled::Failed,
+                })
+            }
+            Wire::Plain(_) => plain_reply(rd, payload, pending, max).await,
+        }
+    }
+}
+
+/// One connection of the RESP or the plain loop: `inflight` requests written in one go, and
+/// again once their replies are in. This task writes them; a reader task of its own reads
+/// the replies back, as the client library has a request's task and a connection's reader.
+/// With one task doing both, each of the tool's threads slept once per round of its
+/// connections (0.04 sleeps per request under 50 connections), each sleep cost the server a
+/// wake-up, and 5-7 % of two shared CPUs stayed idle; with two, 0.02 and 2-3 %
+/// (`docs/benchmarks.md`, twenty-second session).
+async fn wire_worker(conn: BufReader<TcpStream>, wire: Wire, seed: u64, load: Arc<Load>) -> Tally {
+    let (rd, mut wr) = conn.into_inner().into_split();
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    // A batch to read the replies of (with when it was written), and the emptied list back.
+    let (to_read, mut batches) = tokio::sync::mpsc::channel::<(Vec<Sent>, Instant)>(1);
+    let (read, mut done) = tokio::sync::mpsc::channel::<Vec<Sent>>(1);
+    let value_len = load.value.len();
+    // A reply carries the value and an io_attr, or a file info with the path: far less than
+    // a MiB besides the value.
+    let max = value_len as u64 + (1 << 20);
+    let reader = tokio::spawn({
+        let wire = wire.clone();
+        async move {
+            let mut t = Tally::new();
+            let (mut line, mut payload) = (String::new(), Vec::new());
+            while let Some((mut pending, start)) = batches.recv().await {
+                while !pending.is_empty() {
+                    match wire
+                        .reply(&mut rd, &mut line, &mut payload, &mut pending, max)
+                        .await
+                    {
+                        Ok(Settled::Done { write, bytes }) => {
+                            t.ops += 1;
+                            t.bytes += if write { value_len } else { bytes } as u64;
+                        }
+                        Ok(Settled::Failed) => t.errors += 1,
+                        Err(_) => {
+                            t.errors += pending.len() as u64;
+                            return t;
+                        }
+                    }
+                    let _ = t.hist.record(start.elapsed().as_micros().max(1) as u64);
+                }
+                if read.send(pending).await.is_err() {
+                    break;
+                }
+            }
+            t
+        }
+    });
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut t = Tally::new();
-    let (mut buf, mut key, mut payload, mut pending) =
-        (Vec::new(), String::new(), Vec::new(), Vec::new());
+    let mut errors = 0;
+    let (mut buf, mut key, mut pending) = (Vec::new(), String::new(), Vec::new());
     // Where in `buf` a large value goes (written from `v`, not copied).
     let mut splices = Vec::new();
     let (v, keys, inflight, ratio) = (&load.value, load.keys, load.inflight, load.write_ratio);
-    // A reply carries the value and an io_attr, or a file info with the path: far less than
-    // a MiB besides the value.
-    let max = v.len() as u64 + (1 << 20);
     let mut trans = 0u64;
-    'run: while !load.stop.load(Relaxed) {
+    while !load.stop.load(Relaxed) {
         buf.clear();
         splices.clear();
         for _ in 0..inflight {
-            let Ok(to) = p.target(rng.u64(..keys), &mut key) else {
-                t.errors += 1;
-                continue;
-            };
             let write = rng.f64() < ratio;
             trans += 1;
-            if p.request(&mut buf, to, write.then_some(&v[..]), trans) {
-                splices.push(buf.len());
+            match wire.request(
+                &mut buf,
+                rng.u64(..keys),
+                &mut key,
+                write.then_some(&v[..]),
+                trans,
+            ) {
+                Ok(large) => {
+                    if large {
+                        splices.push(buf.len());
+                    }
+                    pending.push((trans, write));
+                }
+                Err(_) => errors += 1,
             }
-            pending.push((trans, write));
         }
         if pending.is_empty() {
             continue;
         }
-        let start = Instant::now();
-        if write_spliced(conn.get_mut(), &buf, &splices, v)
+        let n = pending.len() as u64;
+        // The reader has the batch before its first reply can come.
+        if to_read
+            .send((std::mem::take(&mut pending), Instant::now()))
             .await
             .is_err()
         {
-            t.errors += pending.len() as u64;
             break;
         }
-        while !pending.is_empty() {
-            match plain_reply(&mut conn, &mut payload, &mut pending, max).await {
-                Ok(Settled::Done { write, bytes }) => {
-                    t.ops += 1;
-                    t.bytes += if write { v.len() } else { bytes } as u64;
-                }
-                Ok(Settled::Failed) => t.errors += 1,
-                Err(_) => {
-                    t.errors += pending.len() as u64;
-                    break 'run;
-                }
-            }
-            let _ = t.hist.record(start.elapsed().as_micros().max(1) as u64);
+        if write_spliced(&mut wr, &buf, &splices, v).await.is_err() {
+            errors += n;
+            break;
+        }
+        match done.recv().await {
+            Some(emptied) => pending = emptied,
+            None => break, // the reader gave the connection up
         }
     }
+    drop(to_read);
+    let mut t = reader.await.unwrap_or_else(|_| Tally::new());
+    t.errors += errors;
     t
 }

@@ -2066,6 +2066,122 @@ fn cli_object_and_admin_commands() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--server-pid 0"));
 }
 
+/// A redis-server of its own (Debian's; `.ci/run` installs it where it can), on a free
+/// loopback port, killed when dropped. `None` where there is no `redis-server`.
+struct Redis {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let dir = tempfile::tempdir().unwrap();
+        // A port found free and then taken by another test before redis binds it: another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let Ok(mut child) = child else {
+                return None; // not installed
+            };
+            let addr = format!("127.0.0.1:{port}");
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return Some(Redis {
+                        child,
+                        addr,
+                        _dir: dir,
+                    });
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start on any of five ports");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `apsis bench --target redis`: the RESP loop against a real Redis, its writer and reader
+/// tasks on each connection. Every operation moves a whole value (reads their data, writes
+/// theirs) and none fails; `--inflight` pipelines requests.
+#[test]
+fn bench_drives_redis_with_the_resp_loop() {
+    let Some(redis) = Redis::start() else {
+        eprintln!("no redis-server here: the RESP loop is not tested");
+        return;
+    };
+    for (ratio, inflight) in [("0.3", "3"), ("0", "1"), ("1", "1")] {
+        let o = common::apsis()
+            .args(["bench", "--target", "redis", "--redis", &redis.addr])
+            .args([
+                "--connections",
+                "3",
+                "--inflight",
+                inflight,
+                "--duration",
+                "0.5",
+            ])
+            .args([
+                "--keys",
+                "40",
+                "--value-size",
+                "2K",
+                "--write-ratio",
+                ratio,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["client"], "resp");
+        let ops = v["ops"].as_u64().unwrap();
+        assert!(ops > 0, "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+        let bytes = v["mib_per_sec"].as_f64().unwrap() * v["seconds"].as_f64().unwrap();
+        assert!(
+            (bytes * 1024.0 * 1024.0 / (ops as f64 * 2048.0) - 1.0).abs() < 0.01,
+            "{v}"
+        );
+    }
+    // Reads of keys never written get nil: failed requests, counted; the run fails.
+    let o = common::apsis()
+        .args(["bench", "--target", "redis", "--redis", &redis.addr])
+        .args([
+            "--connections",
+            "1",
+            "--duration",
+            "0.3",
+            "--keys",
+            "1000000000",
+        ])
+        .args(["--no-prefill", "--json"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "only misses: every request failed");
+}
+
 /// A backend with a cache: CACHE_ONLY never reaches the disk, CACHE writes are written back
 /// after `cache_sync_timeout` (and at shutdown), offset writes and appends patch the cached
 /// object, a write that bypasses the cache sees the newest data, TTL with
