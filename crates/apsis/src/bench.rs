@@ -12,12 +12,13 @@
 //! - `plain`: a protocol loop like the one driving Redis ([`wire_worker`]): each connection
 //!   writes its requests' frames (a READ or WRITE as the session builds it: the key's SHA-512
 //!   id, its backend from the route table, NEED_ACK, an io_attr) on its own socket and reads
-//!   the replies back until each request's final one. One node only. It measures the server with as little of the
-//!   load tool's own work as the RESP loop leaves for Redis, which matters where the two share
-//!   the machine's cores. So each key's id and backend are made once, before the run (up to
-//!   [`TARGETS_MAX`] keys), as an application that keeps its keys' ids does (the session's
-//!   `*_id` calls). The RESP loop has nothing of the kind to make: Redis hashes a key in the
-//!   server, where its cost is counted. `--client session` hashes every key per request.
+//!   the replies back until each request's final one. One node only. It measures the server
+//!   with as little of the load tool's own work as the RESP loop leaves for Redis, which
+//!   matters where the two share the machine's cores. So each key's id and backend are made
+//!   once, before the run (up to [`TARGETS_MAX`] keys), as an application that keeps its
+//!   keys' ids does (the session's `*_id` calls). The RESP loop has nothing of the kind to
+//!   make: Redis hashes a key in the server, where its cost is counted. `--client session`
+//!   hashes every key per request.
 //!
 //! Redis is driven by a RESP loop, the same [`wire_worker`] as the plain loop: pipelined
 //! batches of `inflight` SET or GET commands. Both loops write a batch from one task and read
@@ -897,7 +898,6 @@ async fn wire_worker(conn: BufReader<TcpStream>, wire: Wire, seed: u64, load: Ar
         if pending.is_empty() {
             continue;
         }
-        let n = pending.len() as u64;
         // The reader has the batch before its first reply can come.
         if to_read
             .send((std::mem::take(&mut pending), Instant::now()))
@@ -907,7 +907,7 @@ async fn wire_worker(conn: BufReader<TcpStream>, wire: Wire, seed: u64, load: Ar
             break;
         }
         if write_spliced(&mut wr, &buf, &splices, v).await.is_err() {
-            errors += n;
+            // The reader counts the batch's requests not answered when the socket fails it.
             break;
         }
         match done.recv().await {
