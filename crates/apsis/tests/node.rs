@@ -2131,28 +2131,29 @@ fn bench_drives_redis_with_the_resp_loop() {
         eprintln!("no redis-server here: the RESP loop is not tested");
         return;
     };
-    for (ratio, inflight) in [("0.3", "3"), ("0", "1"), ("1", "1")] {
-        let o = common::apsis()
-            .args(["bench", "--target", "redis", "--redis", &redis.addr])
+    let bench = |args: &[&str]| {
+        common::apsis()
             .args([
-                "--connections",
-                "3",
-                "--inflight",
-                inflight,
-                "--duration",
-                "0.5",
-            ])
-            .args([
-                "--keys",
-                "40",
-                "--value-size",
-                "2K",
-                "--write-ratio",
-                ratio,
+                "bench",
+                "--target",
+                "redis",
+                "--redis",
+                &redis.addr,
                 "--json",
             ])
+            .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (ratio, inflight) in [("0.3", "3"), ("0", "1"), ("1", "1")] {
+        let o = bench(&[
+            "--connections=3",
+            &format!("--inflight={inflight}"),
+            "--duration=0.5",
+            "--keys=40",
+            "--value-size=2K",
+            &format!("--write-ratio={ratio}"),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["client"], "resp");
@@ -2166,19 +2167,12 @@ fn bench_drives_redis_with_the_resp_loop() {
         );
     }
     // Reads of keys never written get nil: failed requests, counted; the run fails.
-    let o = common::apsis()
-        .args(["bench", "--target", "redis", "--redis", &redis.addr])
-        .args([
-            "--connections",
-            "1",
-            "--duration",
-            "0.3",
-            "--keys",
-            "1000000000",
-        ])
-        .args(["--no-prefill", "--json"])
-        .output()
-        .unwrap();
+    let o = bench(&[
+        "--connections=1",
+        "--duration=0.3",
+        "--keys=1000000000",
+        "--no-prefill",
+    ]);
     assert!(!o.status.success(), "only misses: every request failed");
 }
 
