@@ -407,13 +407,14 @@ impl CpuTime {
         })
     }
 
-    /// Microseconds per operation spent since `before`.
+    /// Microseconds per operation spent since `before`, and sleeps per operation.
     fn since(self, before: CpuTime, ops: u64) -> CpuTime {
-        let per = 1e6 / ops.max(1) as f64;
+        let ops = ops.max(1) as f64;
         CpuTime {
-            user: (self.user - before.user) * per,
-            sys: (self.sys - before.sys) * per,
-            sleeps: (self.sleeps - before.sleeps).max(0.0) * per / 1e6,
+            user: (self.user - before.user) * 1e6 / ops,
+            sys: (self.sys - before.sys) * 1e6 / ops,
+            // Threads that ended during the run take their count along.
+            sleeps: (self.sleeps - before.sleeps).max(0.0) / ops,
         }
     }
 
@@ -440,11 +441,14 @@ fn sleeps(pid: Option<u32>) -> Option<u64> {
 }
 
 /// Opens one load connection (no Nagle: one small request at a time).
-async fn connect(addr: &str) -> std::io::Result<BufReader<TcpStream>> {
+async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    Ok(BufReader::with_capacity(256 << 10, s))
+    Ok(s)
 }
+
+/// How much of a connection's replies its reader takes in per read.
+const READ_BUF: usize = 256 << 10;
 
 /// Writes every key once through `sessions`, each its share, concurrently.
 async fn prefill(
@@ -474,11 +478,9 @@ async fn prefill(
 }
 
 /// Writes every key once over one RESP connection, 64 SETs at a time.
-async fn prefill_redis(
-    conn: &mut BufReader<TcpStream>,
-    keys: u64,
-    value: &[u8],
-) -> anyhow::Result<()> {
+async fn prefill_redis(conn: &mut TcpStream, keys: u64, value: &[u8]) -> anyhow::Result<()> {
+    // Borrowed: every reply is read, so nothing is left in the buffer when it goes.
+    let mut conn = BufReader::with_capacity(READ_BUF, conn);
     let (mut buf, mut key, mut line, mut bulk) =
         (Vec::new(), String::new(), String::new(), Vec::new());
     let mut k = 0;
@@ -491,7 +493,7 @@ async fn prefill_redis(
         }
         conn.get_mut().write_all(&buf).await?;
         for _ in 0..n {
-            read_reply(conn, &mut line, &mut bulk)
+            read_reply(&mut conn, &mut line, &mut bulk)
                 .await?
                 .map_err(anyhow::Error::msg)?;
         }
@@ -698,7 +700,7 @@ impl Plain {
 async fn plain_reply<R: AsyncRead + Unpin>(
     conn: &mut BufReader<R>,
     payload: &mut Vec<u8>,
-    pending: &mut Vec<(u64, bool)>,
+    pending: &mut Vec<Sent>,
     max: u64,
 ) -> anyhow::Result<Settled> {
     let mut head = [0u8; HEADER_SIZE];
@@ -826,9 +828,9 @@ impl Wire {
 /// connections (0.04 sleeps per request under 50 connections), each sleep cost the server a
 /// wake-up, and 5-7 % of two shared CPUs stayed idle; with two, 0.02 and 2-3 %
 /// (`docs/benchmarks.md`, twenty-second session).
-async fn wire_worker(conn: BufReader<TcpStream>, wire: Wire, seed: u64, load: Arc<Load>) -> Tally {
-    let (rd, mut wr) = conn.into_inner().into_split();
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
+async fn wire_worker(conn: TcpStream, wire: Wire, seed: u64, load: Arc<Load>) -> Tally {
+    let (rd, mut wr) = conn.into_split();
+    let mut rd = BufReader::with_capacity(READ_BUF, rd);
     // A batch to read the replies of (with when it was written), and the emptied list back.
     let (to_read, mut batches) = tokio::sync::mpsc::channel::<(Vec<Sent>, Instant)>(1);
     let (read, mut done) = tokio::sync::mpsc::channel::<Vec<Sent>>(1);
